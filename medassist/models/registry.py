@@ -1,0 +1,120 @@
+"""The shipped models: their specs, which series each applies to, and integrity-checked loading.
+
+Each shipped model is a pair in ``medassist/models/weights/``: ``NAME.json`` (a ModelSpec) and the
+weights file it names. Weights are checked against the spec's sha256 before use and loaded with
+``torch.load(weights_only=True)``: a tampered or truncated file is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medassist.datamodel import Series
+from medassist.errors import MedassistError
+from medassist.models.networks import build_network
+from medassist.models.spec import ModelSpec, read_spec
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def shipped_specs(weights_dir: Path = WEIGHTS_DIR) -> list[ModelSpec]:
+    """Every model spec shipped in ``weights_dir``, sorted by name."""
+    return [read_spec(p) for p in sorted(weights_dir.glob("*.json"))]
+
+
+def spec_by_name(name: str, weights_dir: Path = WEIGHTS_DIR) -> ModelSpec:
+    """One shipped spec by name; an unknown name raises MedassistError listing the known ones."""
+    specs = {s.name: s for s in shipped_specs(weights_dir)}
+    if name not in specs:
+        raise MedassistError(f"unknown model {name!r}; shipped models: {', '.join(sorted(specs)) or 'none'}")
+    return specs[name]
+
+
+def applies_to(spec: ModelSpec, series: Series) -> bool:
+    """Whether a model's scope (modality, body part) covers this series."""
+    if series.modality.upper() not in spec.modalities:
+        return False
+    body = series.body_part.upper()
+    if body and body in spec.excluded_body_parts:
+        return False
+    return not spec.body_parts or body in spec.body_parts
+
+
+def models_for(series: Series, specs: list[ModelSpec]) -> list[ModelSpec]:
+    """The shipped models whose scope covers this series."""
+    return [s for s in specs if applies_to(s, series)]
+
+
+def not_applicable_reason(series: Series) -> str:
+    """The worklist's explanation when no shipped model covers a series."""
+    body = series.body_part or "unknown body part"
+    return f"no shipped model applies to {series.modality or 'unknown modality'} / {body}"
+
+
+def verify_weights(spec: ModelSpec, weights_dir: Path = WEIGHTS_DIR) -> Path:
+    """The weights path, after checking it exists and matches the spec's sha256."""
+    path = weights_dir / spec.weights
+    if not path.is_file():
+        raise MedassistError(f"{path}: weights file for model {spec.name} is missing")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != spec.sha256:
+        raise MedassistError(
+            f"{path}: sha256 {digest[:16]}... does not match the spec's {spec.sha256[:16]}...; "
+            "the weights were modified or corrupted and will not be used"
+        )
+    return path
+
+
+@dataclass
+class LoadedModel:
+    """A spec with its network, in eval mode on a device."""
+
+    spec: ModelSpec
+    network: nn.Module
+    device: torch.device
+
+    @torch.no_grad()
+    def scores(self, batch: torch.Tensor) -> torch.Tensor:
+        """Probabilities of the finding for a (N, 1, S, S) batch, shape (N,), on the CPU."""
+        x = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
+            if self.spec.score_head == "cell_max":
+                _, cells = self.network.forward_all(x)
+                logits = cells.amax(dim=(1, 2, 3))
+            else:
+                logits = self.network(x)[:, 0]
+        return torch.sigmoid(logits.float()).cpu()
+
+
+def load_model(spec: ModelSpec, device: torch.device, weights_dir: Path = WEIGHTS_DIR) -> LoadedModel:
+    """Verify the weights' sha256, load them with weights_only=True, return the model in eval mode."""
+    path = verify_weights(spec, weights_dir)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # an unpicklable or foreign object is refused by weights_only
+        raise MedassistError(f"{path}: refused to load weights ({exc})") from exc
+    network = build_network(spec.network, spec.network_args)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        raise MedassistError(f"{path}: weights do not fit network {spec.network} ({exc})") from exc
+    network = network.to(device).eval()
+    if device.type == "cuda":
+        network = network.to(memory_format=torch.channels_last)
+    return LoadedModel(spec=spec, network=network, device=device)
+
+
+def choose_device(requested: str = "auto") -> torch.device:
+    """The one place that decides the device: CUDA when present (or asked for), else CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise MedassistError(f"--device {requested}: CUDA is not available on this machine")
+    return torch.device(requested)
