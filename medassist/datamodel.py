@@ -56,8 +56,8 @@ class Series:
 
     study_uid: str
     series_uid: str
-    patient_id: str
-    accession: str
+    patient_id: str = field(repr=False)
+    accession: str = field(repr=False)
     modality: str
     body_part: str
     source_path: str

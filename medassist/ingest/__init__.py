@@ -1,0 +1,17 @@
+"""ingest stage: find image series in folders, DICOM files, DICOMDIRs and NIfTI, decode lazily.
+
+Map of the package:
+
+* ``discover``  - walk the inputs, follow DICOMDIRs, hand each file to a reader (entry point);
+* ``dicom``     - recognise DICOM by content, read headers only, classify (image/skip/problem);
+* ``series``    - group headers into Series, drop duplicates, order slices along the normal;
+* ``pixels``    - decode + Modality LUT -> ``Image.pixels``; VOI LUT/window -> ``Image.display``;
+* ``geometry``  - spacing, orientation, positions and the LPS affine;
+* ``nifti``     - NIfTI files (nibabel), RAS converted to LPS;
+* ``images``    - plain JPEG/PNG as grayscale uint8 for training code.
+"""
+
+from medassist.ingest.discover import discover_series, read_series_file
+from medassist.ingest.images import load_jpeg_grayscale
+
+__all__ = ["discover_series", "read_series_file", "load_jpeg_grayscale"]

@@ -1,0 +1,517 @@
+"""DICOM headers: recognise a file, read its header only, and say what it is.
+
+``read_dicom_header`` answers one of three things for a file:
+
+* ``DicomHeader``  - an image instance worth grouping into a series (header only, no pixels);
+* ``Skipped``      - not ours: not DICOM at all, a DICOMDIR, or a non-image object (SEG, SR, RT plan);
+* ``IngestProblem`` - looks like DICOM but is broken (truncated, no meta, bad VR, no pixel data).
+
+Pixel data is never read here: we stop before it and only look at its element header and the
+file size, which is enough to catch truncated files and headers that lie about the image size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import struct
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from medassist.datamodel import IngestProblem
+from medassist.ingest.geometry import slice_normal
+
+logger = logging.getLogger(__name__)
+
+Vec3 = tuple[float, float, float]
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
+
+# SOP classes that carry Pixel Data but are not images to diagnose (masks and maps).
+NON_IMAGE_WITH_PIXELS = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+        "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation
+        "1.2.840.10008.5.1.4.1.1.66.8",  # Height Map Segmentation
+        "1.2.840.10008.5.1.4.1.1.30",  # Parametric Map
+    }
+)
+NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "REG", "DOC"})
+
+# Refuse to decode anything declaring more than this many bytes of decoded pixels.
+MAX_DECODED_BYTES = 4 * 1024**3
+
+_PIXEL_DATA_TAG = (0x7FE0, 0x0010)
+_FLOAT_PIXEL_TAGS = {(0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+_ITEM_TAG = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER_TAG = (0xFFFE, 0xE0DD)
+_VR_WITH_32BIT_LENGTH = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
+# First tag groups a DICOM stream without a preamble plausibly starts with.
+_LEADING_GROUPS = {0x0002, 0x0004, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One slice of a series: a frame of a file, and where it sits in patient space."""
+
+    path: str
+    frame: int
+    position: Vec3 | None
+    instance_number: int | None
+
+
+@dataclass(frozen=True)
+class PixelElement:
+    """The Pixel Data element header, read without reading its value."""
+
+    length: int | None  # None: undefined length (encapsulated, compressed)
+    available: int  # bytes in the file after the element header
+    complete: bool  # the bytes the header promises are all there
+    floating: bool = False  # Float / Double Float Pixel Data (parametric maps)
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What discovery keeps of one image instance: identifiers, layout and per-frame geometry."""
+
+    path: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    transfer_syntax: str
+    patient_id: str
+    accession: str
+    modality: str
+    body_part: str
+    sex: str
+    age: str
+    manufacturer: str
+    description: str
+    rows: int
+    columns: int
+    samples: int
+    n_frames: int
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    nominal_slice_spacing: float | None
+    frames: tuple[FrameRef, ...]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that is not an image series, skipped without complaint (``kind`` says why)."""
+
+    path: str
+    kind: str  # "not-dicom", "dicomdir" or "non-image"
+    reason: str
+
+
+HeaderResult = DicomHeader | Skipped | IngestProblem
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's warnings and log lines while reading: they may quote patient data."""
+    pydicom_logger = logging.getLogger("pydicom")
+    was_disabled = pydicom_logger.disabled
+    pydicom_logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom_logger.disabled = was_disabled
+
+
+def sniff(path: str) -> str:
+    """Guess from the first bytes: "preamble" (DICM at 128), "bare" (starts like a dataset), "no"."""
+    with open(path, "rb") as fp:
+        head = fp.read(132)
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return "preamble"
+    if len(head) >= 8:
+        for order in ("<", ">"):
+            group, element = struct.unpack(order + "HH", head[:4])
+            if group in _LEADING_GROUPS and element < 0x2000:
+                return "bare"
+    return "no"
+
+
+def has_dicom_suffix(path: str) -> bool:
+    """True for names that claim to be DICOM (.dcm and friends): failures there get reported."""
+    return Path(path).suffix.lower() in DICOM_SUFFIXES
+
+
+def read_dicom_header(path: str, *, explicit: bool = False) -> HeaderResult:
+    """Read one file's header (never its pixels) and classify it.
+
+    ``explicit``: the user named this file. Then junk is reported as a problem instead of skipped.
+    """
+    with quiet_pydicom():
+        return _read_and_classify(path, explicit)
+
+
+def _read_and_classify(path: str, explicit: bool) -> HeaderResult:
+    try:
+        kind = sniff(path)
+    except OSError as exc:
+        return IngestProblem(path, f"cannot read file: {exc.strerror or exc}")
+    named_dicom = explicit or has_dicom_suffix(path)
+    if kind == "no" and not named_dicom:
+        return Skipped(path, "not-dicom", "not a DICOM file")
+
+    try:
+        ds, pixel = _read_header(path, force=kind != "preamble")
+    except Exception as exc:  # pydicom raises many types on broken input
+        if kind == "preamble":
+            return IngestProblem(path, f"unreadable DICOM header: {first_line(exc)}")
+        ds, pixel = None, None
+    if kind != "preamble" and (ds is None or not _plausible(ds)):
+        if not named_dicom:
+            return Skipped(path, "not-dicom", "not a DICOM file")
+        if kind == "no" and not has_dicom_suffix(path):
+            return IngestProblem(path, "not a DICOM or NIfTI file")
+        return IngestProblem(path, "no DICOM file meta and not parseable")
+    assert ds is not None
+    return _classify(path, ds, pixel)
+
+
+def _read_header(path: str, *, force: bool) -> tuple[Dataset, PixelElement | None]:
+    """Parse everything before Pixel Data, then peek at the Pixel Data element header."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fp:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force, defer_size="256 KB")
+        meta = getattr(ds, "file_meta", None) or Dataset()
+        syntax = str(meta.get("TransferSyntaxUID", ""))
+        if syntax == DEFLATED_SYNTAX:
+            return ds, _deflated_pixel_element(path)
+        return ds, _peek_pixel_element(fp, ds, size)
+
+
+def _peek_pixel_element(fp: BinaryIO, ds: Dataset, file_size: int) -> PixelElement | None:
+    """Read the element header where pydicom stopped; None if it is not Pixel Data."""
+    start = fp.tell()
+    head = fp.read(12)
+    if len(head) < 8:
+        return None
+    implicit, little = ds.original_encoding
+    order = "<" if little in (True, None) else ">"
+    group, element = struct.unpack(order + "HH", head[:4])
+    if (group, element) in _FLOAT_PIXEL_TAGS:
+        return PixelElement(length=None, available=0, complete=True, floating=True)
+    if (group, element) != _PIXEL_DATA_TAG:
+        return None
+    if implicit or head[4:6] not in _VR_WITH_32BIT_LENGTH:
+        if implicit:
+            (length,) = struct.unpack(order + "I", head[4:8])
+        else:
+            (length,) = struct.unpack(order + "H", head[6:8])
+        header_len = 8
+    else:
+        if len(head) < 12:
+            return PixelElement(length=None, available=0, complete=False)
+        (length,) = struct.unpack(order + "I", head[8:12])
+        header_len = 12
+    available = max(file_size - start - header_len, 0)
+    if length == 0xFFFFFFFF:
+        complete = _fragments_complete(fp, start + header_len, file_size)
+        return PixelElement(length=None, available=available, complete=complete)
+    return PixelElement(length=length, available=available, complete=available >= length)
+
+
+def _fragments_complete(fp: BinaryIO, offset: int, file_size: int) -> bool:
+    """Hop over the encapsulated items (seeks only): do they all fit, up to the delimiter?"""
+    while offset + 8 <= file_size:
+        fp.seek(offset)
+        group, element, length = struct.unpack("<HHI", fp.read(8))
+        if (group, element) == _SEQUENCE_DELIMITER_TAG:
+            return True
+        if (group, element) != _ITEM_TAG:
+            return False
+        offset += 8 + length
+    return False
+
+
+def _deflated_pixel_element(path: str) -> PixelElement | None:
+    """Deflated files are inflated in memory by pydicom anyway: read them whole to check."""
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        return None
+    n = len(ds.PixelData)
+    return PixelElement(length=n, available=n, complete=True)
+
+
+def _plausible(ds: Dataset) -> bool:
+    """A forced parse of a file without a preamble counts as DICOM only if it names itself."""
+    keys = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
+    try:
+        return sum(1 for k in keys if ds.get(k)) >= 2
+    except Exception:
+        return False
+
+
+def _classify(path: str, ds: Dataset, pixel: PixelElement | None) -> HeaderResult:
+    """Decide what a parsed header is, and check its image attributes against its pixel data."""
+    meta = getattr(ds, "file_meta", None) or Dataset()
+    sop_class = str(_get(ds, "SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+    modality = _text(ds, "Modality").upper()
+    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        return Skipped(path, "dicomdir", "DICOMDIR (a directory of files)")
+    if pixel is None:
+        if _is_image_sop_class(sop_class):
+            return IngestProblem(path, f"missing pixel data: {UID(sop_class).name} has no Pixel Data")
+        if sop_class or modality:
+            return Skipped(path, "non-image", f"non-image object ({_sop_name(sop_class, modality)})")
+        return IngestProblem(path, "no SOP Class UID and no Pixel Data: not an image object")
+    if sop_class in NON_IMAGE_WITH_PIXELS or modality in NON_IMAGE_MODALITIES:
+        return Skipped(path, "non-image", f"non-image object ({_sop_name(sop_class, modality)})")
+    if pixel.floating:
+        return Skipped(path, "non-image", "float pixel data (parametric map) is not supported")
+
+    layout = _image_layout(ds, meta)
+    if isinstance(layout, str):
+        return IngestProblem(path, layout)
+    rows, columns, samples, n_frames, bits = layout
+    syntax = str(meta.get("TransferSyntaxUID", ""))
+    reason = _pixel_data_problem(pixel, syntax, rows, columns, samples, n_frames, bits)
+    if reason:
+        return IngestProblem(path, reason)
+    return _header(path, ds, syntax, rows, columns, samples, n_frames)
+
+
+def _image_layout(ds: Dataset, meta: Dataset) -> tuple[int, int, int, int, int] | str:
+    """(rows, columns, samples, frames, bits allocated), or the reason they cannot be trusted."""
+    required = ("Rows", "Columns", "BitsAllocated")
+    missing = [k for k in required if _get(ds, k) in (None, "")]
+    if missing:
+        reason = f"missing image attribute(s): {', '.join(missing)}"
+        if "TransferSyntaxUID" not in meta:
+            reason += "; file meta has no Transfer Syntax UID"
+        return reason
+    values = {}
+    for keyword, default in (
+        ("Rows", None),
+        ("Columns", None),
+        ("SamplesPerPixel", 1),
+        ("NumberOfFrames", 1),
+        ("BitsAllocated", None),
+    ):
+        raw = _get(ds, keyword)
+        if raw in (None, ""):
+            values[keyword] = default
+            continue
+        try:
+            values[keyword] = int(raw)
+        except (TypeError, ValueError):
+            return f"invalid {keyword} value {str(raw)!r} (bad VR value)"
+        if values[keyword] < 1:
+            return f"invalid {keyword} value {values[keyword]}"
+    if values["BitsAllocated"] not in (1, 8, 16, 32, 64):
+        return f"invalid BitsAllocated value {values['BitsAllocated']}"
+    return (
+        values["Rows"],
+        values["Columns"],
+        values["SamplesPerPixel"],
+        values["NumberOfFrames"],
+        values["BitsAllocated"],
+    )
+
+
+def expected_pixel_bytes(rows: int, columns: int, samples: int, n_frames: int, bits: int) -> int:
+    """Bytes of uncompressed pixel data the header promises."""
+    return (rows * columns * samples * n_frames * bits + 7) // 8
+
+
+def describe_layout(rows: int, columns: int, samples: int, n_frames: int, bits: int) -> str:
+    """'512 x 512 x 2 frames x 16 bits', for messages."""
+    text = f"{rows} x {columns}"
+    if samples != 1:
+        text += f" x {samples} samples"
+    if n_frames != 1:
+        text += f" x {n_frames} frames"
+    return f"{text} x {bits} bits"
+
+
+def _pixel_data_problem(
+    pixel: PixelElement, syntax: str, rows: int, columns: int, samples: int, n_frames: int, bits: int
+) -> str | None:
+    """Truncated or lying pixel data, found from the element header and file size alone."""
+    expected = expected_pixel_bytes(rows, columns, samples, n_frames, bits)
+    if expected > MAX_DECODED_BYTES:
+        return (
+            f"declared image size {expected} bytes ({describe_layout(rows, columns, samples, n_frames, bits)}) "
+            f"exceeds the {MAX_DECODED_BYTES} byte limit"
+        )
+    if pixel.length is None:  # encapsulated
+        if not pixel.complete:
+            return "pixel data truncated: encapsulated pixel data ends before its sequence delimiter"
+        return None
+    if not pixel.complete:
+        return f"pixel data truncated: expected {pixel.length} bytes, found {pixel.available}"
+    compressed = bool(syntax) and UID(syntax).is_compressed
+    if not compressed and pixel.length < expected:
+        return (
+            f"pixel data truncated: expected {expected} bytes "
+            f"({describe_layout(rows, columns, samples, n_frames, bits)}), found {pixel.length}"
+        )
+    return None
+
+
+def _header(
+    path: str, ds: Dataset, syntax: str, rows: int, columns: int, samples: int, n_frames: int
+) -> DicomHeader:
+    """Build the header record, including where each frame sits in patient space."""
+    orientation, spacing, nominal, positions = _frame_geometry(ds, n_frames)
+    instance = _int_or_none(_get(ds, "InstanceNumber"))
+    frames = tuple(FrameRef(path, i, positions[i], instance) for i in range(n_frames))
+    return DicomHeader(
+        path=path,
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        sop_uid=_text(ds, "SOPInstanceUID"),
+        transfer_syntax=syntax,
+        patient_id=_text(ds, "PatientID"),
+        accession=_text(ds, "AccessionNumber"),
+        modality=_text(ds, "Modality").upper(),
+        body_part=_text(ds, "BodyPartExamined").upper(),
+        sex=_text(ds, "PatientSex"),
+        age=_text(ds, "PatientAge"),
+        manufacturer=_text(ds, "Manufacturer"),
+        description=_text(ds, "SeriesDescription"),
+        rows=rows,
+        columns=columns,
+        samples=samples,
+        n_frames=n_frames,
+        orientation=orientation,
+        pixel_spacing=spacing,
+        nominal_slice_spacing=nominal,
+        frames=frames,
+    )
+
+
+def _frame_geometry(
+    ds: Dataset, n_frames: int
+) -> tuple[tuple[float, ...] | None, tuple[float, float] | None, float | None, list[Vec3 | None]]:
+    """Orientation, pixel spacing, nominal slice spacing and one position per frame.
+
+    Looks at the top level first, then the shared and per-frame functional groups of enhanced
+    multi-frame objects (PlanePositionSequence per frame), then RT Dose's GridFrameOffsetVector.
+    """
+    shared = _first_item(ds, "SharedFunctionalGroupsSequence")
+    per_frame = _get(ds, "PerFrameFunctionalGroupsSequence") or []
+    first_frame = per_frame[0] if len(per_frame) else None
+
+    def from_groups(sequence: str, keyword: str) -> Any:
+        for holder in (ds, shared, first_frame):
+            if holder is None:
+                continue
+            if holder is ds:
+                value = _get(ds, keyword)
+            else:
+                value = _get(_first_item(holder, sequence) or Dataset(), keyword)
+            if value not in (None, ""):
+                return value
+        return None
+
+    orientation = _floats(from_groups("PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    spacing = _floats(from_groups("PixelMeasuresSequence", "PixelSpacing"), 2)
+    if spacing is None:
+        spacing = _floats(_get(ds, "ImagerPixelSpacing"), 2)
+    nominal = _floats(from_groups("PixelMeasuresSequence", "SpacingBetweenSlices"), 1)
+    if nominal is None:
+        nominal = _floats(from_groups("PixelMeasuresSequence", "SliceThickness"), 1)
+    if spacing is not None and min(spacing) <= 0:
+        spacing = None
+
+    positions: list[Vec3 | None] = [None] * n_frames
+    top_position = _floats(_get(ds, "ImagePositionPatient"), 3)
+    if len(per_frame) == n_frames and any("PlanePositionSequence" in f for f in per_frame):
+        for i, item in enumerate(per_frame):
+            value = _get(_first_item(item, "PlanePositionSequence") or Dataset(), "ImagePositionPatient")
+            positions[i] = _floats(value, 3)  # type: ignore[assignment]
+    elif n_frames == 1:
+        positions[0] = top_position  # type: ignore[assignment]
+    elif top_position is not None and orientation is not None:
+        offsets = _floats(_get(ds, "GridFrameOffsetVector"), n_frames)
+        if offsets is not None:
+            normal = slice_normal(orientation)
+            origin = np.asarray(top_position)
+            for i, offset in enumerate(offsets):
+                positions[i] = tuple(float(v) for v in origin + normal * offset)  # type: ignore[assignment]
+    return (
+        orientation,
+        spacing,  # type: ignore[return-value]
+        nominal[0] if nominal else None,
+        positions,
+    )
+
+
+def _is_image_sop_class(sop_class: str) -> bool:
+    """Image storage SOP classes must carry Pixel Data."""
+    return bool(sop_class) and "Image Storage" in UID(sop_class).name
+
+
+def _sop_name(sop_class: str, modality: str) -> str:
+    if sop_class and UID(sop_class).name != sop_class:
+        return UID(sop_class).name
+    return modality or sop_class or "unknown SOP class"
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    """ds.get that never raises on a malformed value."""
+    try:
+        return ds.get(keyword)
+    except Exception:
+        return None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = _get(ds, keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
+    value = _get(ds, keyword)
+    try:
+        return value[0] if value else None
+    except Exception:
+        return None
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    """Exactly ``n`` finite floats, else None (missing or malformed geometry is just unknown)."""
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        items = list(value) if isinstance(value, Sequence) else [value]
+        floats = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        return None
+    if len(floats) != n or not all(math.isfinite(v) and abs(v) < 1e9 for v in floats):
+        return None
+    return floats
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (decoder errors run to several lines)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,182 @@
+"""Walk the user's inputs and turn them into Series: the ingest stage's entry point.
+
+Inputs may be folders (walked recursively; names and suffixes do not matter), single files,
+DICOMDIR files (their records are followed) and NIfTI files. Every file is visited once, even
+when it is reached twice (a folder and the DICOMDIR inside it, say).
+
+Junk found while walking a folder (README, thumbnails...) is skipped quietly; a file the user
+named explicitly is reported if it yields nothing, and so is anything that looks like DICOM
+but is broken.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+
+from medassist.datamodel import IngestProblem, Series
+from medassist.errors import MedassistError
+from medassist.ingest.dicom import DicomHeader, Skipped, first_line, quiet_pydicom, read_dicom_header
+from medassist.ingest.nifti import is_nifti_path, read_nifti_series
+from medassist.ingest.series import group_into_series
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file to look at; ``explicit`` when the user (or a DICOMDIR the user named) listed it."""
+
+    path: str
+    explicit: bool
+
+
+def discover_series(
+    inputs: Sequence[str | Path], *, modality_override: str | None = None
+) -> tuple[list[Series], list[IngestProblem]]:
+    """Find every image series in ``inputs``; return them with the files that could not be used.
+
+    Reads headers only. ``modality_override`` sets the modality of NIfTI series (default "MR")
+    and of DICOM series whose header has none; it never replaces a DICOM header's modality.
+    """
+    if isinstance(inputs, (str, Path)):  # a lone path, not a list of them
+        inputs = [inputs]
+    headers: list[DicomHeader] = []
+    series: list[Series] = []
+    problems: list[IngestProblem] = []
+    for item in iter_input_files(inputs, problems):
+        if is_nifti_path(item.path):
+            nifti = read_nifti_series(item.path, modality_override=modality_override)
+            if isinstance(nifti, Series):
+                series.append(nifti)
+            else:
+                problems.append(nifti)
+            continue
+        result = read_dicom_header(item.path, explicit=item.explicit)
+        if isinstance(result, DicomHeader):
+            headers.append(result)
+        elif isinstance(result, IngestProblem):
+            problems.append(result)
+        else:
+            logger.debug("%s: skipped: %s", result.path, result.reason)
+
+    dicom_series, duplicates = group_into_series(headers, modality_override=modality_override)
+    problems.extend(duplicates)
+    series.extend(dicom_series)
+    series.sort(key=lambda s: (s.source_path, s.paths[0]))
+    for problem in problems:
+        logger.info("skipped %s", problem)
+    logger.info("ingest: %d series, %d problem file(s)", len(series), len(problems))
+    return series, problems
+
+
+def read_series_file(path: str | Path, *, modality_override: str | None = None) -> Series:
+    """The one Series in a single file (DICOM or NIfTI), or a MedassistError saying why not."""
+    found, problems = discover_series([path], modality_override=modality_override)
+    if problems:
+        raise MedassistError(str(problems[0]))
+    if not found:
+        raise MedassistError(f"{path}: not an image series")
+    if len(found) > 1:
+        raise MedassistError(f"{path}: holds {len(found)} series; use discover_series")
+    return found[0]
+
+
+def iter_input_files(inputs: Sequence[str | Path], problems: list[IngestProblem]) -> Iterator[InputFile]:
+    """Every file under the inputs, once each, DICOMDIR records expanded; problems appended."""
+    seen: set[str] = set()
+    named: list[InputFile] = []
+    walked: list[InputFile] = []
+    for raw in inputs:
+        path = str(raw)
+        if os.path.isdir(path):
+            walked.extend(InputFile(p, explicit=False) for p in walk_folder(path))
+        elif os.path.isfile(path):
+            named.append(InputFile(path, explicit=True))
+        else:
+            problems.append(IngestProblem(path, "no such file or folder"))
+    queue = named + walked  # named files first, so a file both named and walked counts as named
+
+    index = 0
+    while index < len(queue):
+        item = queue[index]
+        index += 1
+        key = os.path.realpath(item.path)
+        if key in seen:
+            continue
+        seen.add(key)
+        if item.explicit and not is_nifti_path(item.path):
+            listed = _expand_if_dicomdir(item.path, problems)
+            if listed is not None:
+                queue[index:index] = [InputFile(p, explicit=True) for p in listed]  # next in line
+                continue
+        yield item
+
+
+def walk_folder(folder: str) -> Iterator[str]:
+    """Files under ``folder`` in sorted order; hidden files and folders are left out."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield os.path.join(root, name)
+
+
+def _expand_if_dicomdir(path: str, problems: list[IngestProblem]) -> list[str] | None:
+    """The files a DICOMDIR lists, or None if ``path`` is not a DICOMDIR."""
+    result = read_dicom_header(path, explicit=True)
+    if not (isinstance(result, Skipped) and result.kind == "dicomdir"):
+        return None
+    return dicomdir_files(path, problems)
+
+
+def dicomdir_files(path: str, problems: list[IngestProblem]) -> list[str]:
+    """Files referenced by a DICOMDIR's records (any record type), resolved next to it."""
+    try:
+        with quiet_pydicom():
+            ds = pydicom.dcmread(path, force=True)
+            records = list(ds.get("DirectoryRecordSequence") or [])
+    except Exception as exc:
+        problems.append(IngestProblem(path, f"unreadable DICOMDIR: {first_line(exc)}"))
+        return []
+    base = os.path.dirname(path)
+    files: list[str] = []
+    listed = 0
+    for record in records:
+        file_id = record.get("ReferencedFileID")
+        if not file_id:
+            continue
+        listed += 1
+        parts = [file_id] if isinstance(file_id, str) else [str(p) for p in file_id]
+        target = _resolve(base, parts)
+        if target is None:
+            missing = os.path.join(base, *parts)
+            problems.append(IngestProblem(missing, f"listed in DICOMDIR {path} but not found"))
+        elif target not in files:
+            files.append(target)
+    if not listed:
+        problems.append(IngestProblem(path, "DICOMDIR lists no files"))
+    return files
+
+
+def _resolve(base: str, parts: list[str]) -> str | None:
+    """Join DICOMDIR file ID components, matching case-insensitively (media are often lowercased)."""
+    current = base
+    for part in parts:
+        candidate = os.path.join(current, part)
+        if os.path.exists(candidate):
+            current = candidate
+            continue
+        try:
+            matches = [n for n in os.listdir(current) if n.lower() == part.lower()]
+        except OSError:
+            return None
+        if not matches:
+            return None
+        current = os.path.join(current, matches[0])
+    return current if os.path.isfile(current) else None

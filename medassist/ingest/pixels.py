@@ -1,0 +1,410 @@
+"""Decoding DICOM pixels: stored values -> physical values -> a 0..1 display image.
+
+The chain for one series (``load_dicom_stack``), file by file:
+
+1. read the whole file, check the header's size against the pixel data (before allocating);
+2. decode (pydicom with pylibjpeg / gdcm for compressed syntaxes), colour -> grayscale luminance;
+3. Modality LUT / rescale (per frame for enhanced multi-frame) -> ``Image.pixels`` (float32);
+4. for the whole stack: VOI LUT or the first default window, else the 0.5-99.5 percentile range,
+   scaled to 0..1, MONOCHROME1 inverted so bright means dense -> ``Image.display``.
+
+Every failure is a ``MedassistError`` whose message starts with the file path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from medassist.datamodel import Geometry, Image
+from medassist.errors import MedassistError
+from medassist.ingest.dicom import (
+    MAX_DECODED_BYTES,
+    FrameRef,
+    describe_layout,
+    expected_pixel_bytes,
+    first_line,
+    quiet_pydicom,
+)
+
+logger = logging.getLogger(__name__)
+
+# Percentiles of the display range when a file has no window or VOI LUT.
+DISPLAY_PERCENTILES = (0.5, 99.5)
+# Percentiles are taken on at most this many values (a strided sample) to stay fast on big volumes.
+_PERCENTILE_SAMPLE = 4_000_000
+# CT sanity check: values below this (HU) are air-or-less; only padding should be that low.
+_CT_MIN_PLAUSIBLE_HU = -1100.0
+_CT_MAX_IMPLAUSIBLE_FRACTION = 0.05
+_CT_PADDING_MIN_FRACTION = 0.005
+
+
+@dataclass(frozen=True)
+class DicomStack:
+    """What a DICOM series' loader needs: its slices in stack order and the discovered geometry."""
+
+    slices: tuple[FrameRef, ...]
+    rows: int
+    columns: int
+    geometry: Geometry
+    alternates: dict[str, tuple[str, ...]] = field(default_factory=dict)  # duplicate files to try
+
+
+@dataclass(frozen=True)
+class DisplayParams:
+    """How a file asks to be displayed: a VOI LUT, else a window; and its photometric."""
+
+    photometric: str
+    window: tuple[float, float] | None = None
+    function: str = "LINEAR"
+    voi_lut: Dataset | None = None  # a dataset holding the VOILUTSequence, for apply_voi
+
+
+@dataclass(frozen=True)
+class DecodedFile:
+    """One file's frames after the Modality LUT, shaped (frames, rows, columns), float32."""
+
+    values: np.ndarray
+    display: DisplayParams
+
+
+def load_dicom_stack(stack: DicomStack) -> Image:
+    """Decode every file of a stack and assemble the ordered (slices, rows, columns) image."""
+    slots: dict[str, list[tuple[int, int]]] = {}
+    for index, ref in enumerate(stack.slices):
+        slots.setdefault(ref.path, []).append((index, ref.frame))
+
+    pixels = np.empty((len(stack.slices), stack.rows, stack.columns), dtype=np.float32)
+    first: DisplayParams | None = None
+    for path, wanted in slots.items():  # dict order = order of first appearance in the stack
+        decoded = _decode_with_fallback(path, stack.alternates.get(path, ()))
+        n_frames, rows, columns = decoded.values.shape
+        if (rows, columns) != (stack.rows, stack.columns):
+            raise MedassistError(
+                f"{path}: decoded image is {rows} x {columns}, "
+                f"the series expects {stack.rows} x {stack.columns}"
+            )
+        for slice_index, frame in wanted:
+            if frame >= n_frames:
+                raise MedassistError(f"{path}: frame {frame + 1} missing, decoded {n_frames} frame(s)")
+            pixels[slice_index] = decoded.values[frame]
+        first = first or decoded.display
+
+    assert first is not None
+    return Image(
+        pixels=pixels,
+        display=to_display(pixels, first),
+        geometry=stack.geometry,
+        window=first.window,
+        photometric=first.photometric,
+    )
+
+
+def _decode_with_fallback(path: str, alternates: tuple[str, ...]) -> DecodedFile:
+    """Decode ``path``; if that fails, try its duplicates (same SOPInstanceUID) in order."""
+    try:
+        return decode_file(path)
+    except MedassistError as error:
+        for alternate in alternates:
+            try:
+                decoded = decode_file(alternate)
+            except MedassistError:
+                continue
+            logger.warning("%s; using its duplicate %s instead", error, alternate)
+            return decoded
+        raise
+
+
+def decode_file(path: str) -> DecodedFile:
+    """Read, check, decode and rescale one DICOM file (all its frames)."""
+    with quiet_pydicom():
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as exc:
+            raise MedassistError(f"{path}: unreadable DICOM file: {first_line(exc)}") from exc
+        if "PixelData" not in ds:
+            raise MedassistError(f"{path}: missing pixel data")
+        syntax = _ensure_transfer_syntax(ds, path)
+        _check_declared_size(ds, path, syntax)
+        frames, decoded_photometric = _decode(ds, path, syntax)
+        if decoded_photometric == "PALETTE COLOR":
+            frames = apply_color_lut(frames, ds)
+            decoded_photometric = "RGB"
+        if frames.ndim == 4:
+            values = _luminance(frames, decoded_photometric)
+        else:
+            values = _modality_values(frames, ds, path)
+        _check_plausible_ct(values, ds, path, syntax)
+        return DecodedFile(values=values, display=_display_params(ds))
+
+
+def _ensure_transfer_syntax(ds: Dataset, path: str) -> UID:
+    """The transfer syntax, filled in from how the file was parsed when the meta lacks it."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax:
+        return UID(syntax)
+    implicit, little = ds.original_encoding
+    if little is False:
+        guessed = ExplicitVRBigEndian
+    else:
+        guessed = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    ds.file_meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = guessed
+    logger.info("%s: no transfer syntax in file meta; read as %s", path, guessed.name)
+    return guessed
+
+
+def _layout(ds: Dataset, path: str) -> tuple[int, int, int, int, int]:
+    """(rows, columns, samples, frames, bits allocated) as ints, or a MedassistError."""
+    values = []
+    for keyword, default in (
+        ("Rows", None),
+        ("Columns", None),
+        ("SamplesPerPixel", 1),
+        ("NumberOfFrames", 1),
+        ("BitsAllocated", None),
+    ):
+        raw = ds.get(keyword, default)
+        try:
+            values.append(int(raw if raw not in (None, "") else default))
+        except (TypeError, ValueError):
+            raise MedassistError(f"{path}: invalid or missing {keyword} value {raw!r}") from None
+    return tuple(values)  # type: ignore[return-value]
+
+
+def _check_declared_size(ds: Dataset, path: str, syntax: UID) -> None:
+    """Refuse headers that promise more pixels than the file holds, or than we will allocate."""
+    rows, columns, samples, n_frames, bits = _layout(ds, path)
+    expected = expected_pixel_bytes(rows, columns, samples, n_frames, bits)
+    layout = describe_layout(rows, columns, samples, n_frames, bits)
+    if expected > MAX_DECODED_BYTES:
+        raise MedassistError(
+            f"{path}: declared image size {expected} bytes ({layout}) exceeds the "
+            f"{MAX_DECODED_BYTES} byte limit"
+        )
+    if not syntax.is_compressed:
+        found = len(ds.PixelData)
+        if found < expected:
+            raise MedassistError(
+                f"{path}: pixel data truncated: expected {expected} bytes ({layout}), found {found}"
+            )
+
+
+def _decode(ds: Dataset, path: str, syntax: UID) -> tuple[np.ndarray, str]:
+    """Decoded frames shaped (frames, rows, columns[, samples]) and their photometric after decoding."""
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise MedassistError(f"{path}: transfer syntax {syntax.name} ({syntax}) is not supported") from None
+    try:
+        array, meta = decoder.as_array(ds)
+    except Exception as exc:
+        raise MedassistError(
+            f"{path}: {codec_name(syntax)} undecodable: {decoder_message(exc)}"
+        ) from exc
+    n_frames = int(meta.get("number_of_frames", 1) or 1)
+    samples = int(meta.get("samples_per_pixel", 1) or 1)
+    if n_frames == 1 and array.ndim == (3 if samples > 1 else 2):
+        array = array[np.newaxis]
+    return array, str(meta.get("photometric_interpretation", ds.get("PhotometricInterpretation", "")))
+
+
+_CODEC_NAMES = {
+    "1.2.840.10008.1.2.4.50": "JPEG baseline stream",
+    "1.2.840.10008.1.2.4.51": "JPEG extended (12-bit) stream",
+    "1.2.840.10008.1.2.4.57": "JPEG lossless stream",
+    "1.2.840.10008.1.2.4.70": "JPEG lossless stream",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS stream",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS stream",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 stream",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000 stream",
+    "1.2.840.10008.1.2.4.92": "JPEG 2000 stream",
+    "1.2.840.10008.1.2.4.93": "JPEG 2000 stream",
+    "1.2.840.10008.1.2.4.201": "HTJ2K stream",
+    "1.2.840.10008.1.2.4.202": "HTJ2K stream",
+    "1.2.840.10008.1.2.4.203": "HTJ2K stream",
+    "1.2.840.10008.1.2.5": "RLE stream",
+}
+
+
+def codec_name(syntax: UID) -> str:
+    """A short name of the pixel encoding, for messages: 'JPEG 2000 stream', 'RLE stream'..."""
+    if str(syntax) in _CODEC_NAMES:
+        return _CODEC_NAMES[str(syntax)]
+    return f"{syntax.name} stream" if syntax.is_compressed else "pixel data"
+
+
+def decoder_message(exc: BaseException) -> str:
+    """The most useful line of a decoding error (pydicom lists one line per plugin tried)."""
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines()]
+    by_plugin = {}
+    for line in lines[1:]:
+        name, sep, message = line.partition(":")
+        if sep:
+            by_plugin[name.strip()] = message.strip()
+    for plugin in ("pylibjpeg", "gdcm", "pillow", "pyjpegls"):
+        if plugin in by_plugin:
+            return f"{by_plugin[plugin]} ({plugin})"
+    return lines[0] if lines else type(exc).__name__
+
+
+def _luminance(frames: np.ndarray, photometric: str) -> np.ndarray:
+    """Colour frames (frames, rows, columns, 3) -> grayscale luminance, float32."""
+    if photometric.startswith("YBR"):
+        return frames[..., 0].astype(np.float32)  # Y already is the luminance
+    weights = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+    return (frames.astype(np.float32) @ weights).astype(np.float32)
+
+
+def _modality_values(frames: np.ndarray, ds: Dataset, path: str) -> np.ndarray:
+    """Apply the Modality LUT / rescale: top level, else per frame from the functional groups."""
+    try:
+        if ds.get("ModalityLUTSequence") or ("RescaleSlope" in ds and "RescaleIntercept" in ds):
+            return np.asarray(apply_modality_lut(frames, ds), dtype=np.float32)
+        values = frames.astype(np.float32)
+        for index in range(frames.shape[0]):
+            item = _functional_group(ds, index, "PixelValueTransformationSequence")
+            if item is not None and "RescaleSlope" in item and "RescaleIntercept" in item:
+                values[index] = apply_modality_lut(frames[index], item)
+        return values
+    except (TypeError, ValueError) as exc:
+        raise MedassistError(f"{path}: invalid Modality LUT or rescale values: {first_line(exc)}") from exc
+
+
+def _functional_group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
+    """The first item of ``sequence`` for a frame: per-frame functional group, else shared."""
+    for holder_keyword, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        holder = ds.get(holder_keyword)
+        if holder and len(holder) > index and holder[index].get(sequence):
+            return holder[index].get(sequence)[0]
+    return None
+
+
+def _check_plausible_ct(values: np.ndarray, ds: Dataset, path: str, syntax: UID) -> None:
+    """Catch decoders that return noise without an error: CT must mostly be >= -1100 HU.
+
+    Padding outside the scan circle is legitimately lower (-2000, -3024...), but it is one
+    repeated value; garbage is spread over the whole range.
+    """
+    if str(ds.get("Modality", "")).upper() != "CT" or str(ds.get("RescaleType", "HU")).upper() not in ("HU", ""):
+        return
+    low = values[values < _CT_MIN_PLAUSIBLE_HU]
+    if low.size <= _CT_MAX_IMPLAUSIBLE_FRACTION * values.size:
+        return
+    levels, counts = np.unique(low, return_counts=True)
+    padding = levels[counts >= _CT_PADDING_MIN_FRACTION * values.size]
+    scattered = low.size - int(np.isin(low, padding).sum())
+    fraction = scattered / values.size
+    if fraction > _CT_MAX_IMPLAUSIBLE_FRACTION:
+        raise MedassistError(
+            f"{path}: {codec_name(syntax)} decoded to implausible CT values "
+            f"({fraction:.0%} of pixels scattered below {_CT_MIN_PLAUSIBLE_HU:.0f} HU); "
+            "the compressed data is probably corrupt"
+        )
+
+
+def _display_params(ds: Dataset) -> DisplayParams:
+    """The file's VOI LUT or first default window (top level, else frame 1's functional group)."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    voi_holder = ds if ds.get("VOILUTSequence") else None
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        window_holder: Dataset | None = ds
+    else:
+        window_holder = _functional_group(ds, 0, "FrameVOILUTSequence")
+    window = None
+    function = "LINEAR"
+    if window_holder is not None:
+        center = _first_float(window_holder.get("WindowCenter"))
+        width = _first_float(window_holder.get("WindowWidth"))
+        if center is not None and width is not None and width > 0:
+            window = (center, width)
+            function = str(window_holder.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    voi = None
+    if voi_holder is not None:
+        voi = Dataset()
+        voi.VOILUTSequence = ds.VOILUTSequence
+        voi.file_meta = ds.file_meta
+        voi.BitsStored = ds.get("BitsStored", 16)
+        voi.PixelRepresentation = ds.get("PixelRepresentation", 0)
+    return DisplayParams(photometric=photometric, window=window, function=function, voi_lut=voi)
+
+
+def to_display(pixels: np.ndarray, params: DisplayParams) -> np.ndarray:
+    """Physical values -> float32 in 0..1 (VOI LUT, else window, else percentiles); bright = dense."""
+    display: np.ndarray | None = None
+    if params.voi_lut is not None:
+        display = _apply_voi_lut(pixels, params.voi_lut)
+    if display is None and params.window is not None:
+        display = apply_window(pixels, *params.window, function=params.function)
+    if display is None:
+        display = percentile_scale(pixels)
+    if params.photometric == "MONOCHROME1":
+        display = 1.0 - display
+    return display.astype(np.float32, copy=False)
+
+
+def apply_window(values: np.ndarray, center: float, width: float, *, function: str = "LINEAR") -> np.ndarray:
+    """DICOM windowing (PS3.3 C.11.2.1.2) to 0..1: LINEAR, LINEAR_EXACT or SIGMOID."""
+    x = values.astype(np.float32, copy=False)
+    if function == "SIGMOID":
+        return (1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))).astype(np.float32)
+    if function == "LINEAR_EXACT":
+        return np.clip((x - (center - width / 2.0)) / width, 0.0, 1.0).astype(np.float32)
+    if width <= 1.0:
+        return (x > center - 0.5).astype(np.float32)
+    return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def percentile_scale(values: np.ndarray, percentiles: tuple[float, float] = DISPLAY_PERCENTILES) -> np.ndarray:
+    """Scale the given percentile range to 0..1 (a constant image maps to 0)."""
+    flat = values.reshape(-1)
+    step = max(1, math.ceil(flat.size / _PERCENTILE_SAMPLE))
+    low, high = np.percentile(flat[::step], percentiles)
+    if not high > low:
+        return np.zeros(values.shape, dtype=np.float32)
+    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def _apply_voi_lut(pixels: np.ndarray, voi: Dataset) -> np.ndarray | None:
+    """The VOI LUT Sequence's first LUT, scaled by the LUT's own output range; None if unusable."""
+    try:
+        with quiet_pydicom():  # the LUT indexes integer (modality output) values
+            mapped = np.asarray(apply_voi(np.rint(pixels).astype(np.int32), voi, index=0), dtype=np.float32)
+        item = voi.VOILUTSequence[0]
+        data = item.LUTData
+        if isinstance(data, (bytes, bytearray)):
+            little = voi.file_meta.TransferSyntaxUID.is_little_endian
+            entries = np.frombuffer(data, dtype="<u2" if little else ">u2")
+        else:
+            entries = np.asarray(data if isinstance(data, (list, tuple)) or hasattr(data, "__len__") else [data])
+    except Exception as exc:  # a broken VOI LUT falls back to the window
+        logger.info("VOI LUT unusable (%s); using the window instead", first_line(exc))
+        return None
+    low, high = float(entries.min()), float(entries.max())
+    if not high > low:
+        return None
+    return np.clip((mapped - low) / (high - low), 0.0, 1.0)
+
+
+def _first_float(value: Any) -> float | None:
+    """First value of a possibly multi-valued DS, as a float."""
+    if value is None or value == "":
+        return None
+    try:
+        if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
+            value = value[0]
+        result = float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return result if math.isfinite(result) else None
+
