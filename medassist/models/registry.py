@@ -85,12 +85,11 @@ class LoadedModel:
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
-            if self.spec.score_head == "cell_max":
-                _, cells = self.network.forward_all(x)
-                logits = cells.amax(dim=(1, 2, 3))
-            else:
-                logits = self.network(x)[:, 0]
-        return torch.sigmoid(logits.float()).cpu()
+            image_logits, cells = self.network.forward_all(x)
+        image_p = torch.sigmoid(image_logits[:, 0].float())
+        cell_p = torch.sigmoid(cells.amax(dim=(1, 2, 3)).float())
+        heads = {"image": image_p, "cell_max": cell_p, "mean": (image_p + cell_p) / 2}
+        return heads[self.spec.score_head].cpu()
 
 
 def load_model(spec: ModelSpec, device: torch.device, weights_dir: Path = WEIGHTS_DIR) -> LoadedModel:

@@ -206,7 +206,6 @@ def finish_fracture(config, net, pre, cache, train_idx, val_idx, history) -> Mod
     labels = cache["labels"]
     val = predict_scores(net, cache["images"][val_idx], batch_size=32)
     head = max(val, key=lambda k: binary_metrics(labels[val_idx], val[k], 0.5)["auroc"])
-    head = "image" if head == "mean" else head  # 'mean' would need both heads; keep to one
     scores = val[head]
     threshold = youden_threshold(labels[val_idx], scores)
     val_metrics = binary_metrics(labels[val_idx], scores, threshold)

@@ -1,0 +1,65 @@
+# medassist: make install | demo | test | bench | system-deps
+# Everything runs from the project virtualenv in .venv (created by `make install`).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Extra pip arguments (e.g. a local wheel folder: PIP_ARGS='--find-links /path/to/wheels')
+PIP_ARGS ?=
+STAMPS := build/stamps
+DEMO_OUT := out/demo
+
+# System packages (Debian/Ubuntu) the project needs. Empty for now; later: chromium (app tests), orthanc (PACS tests).
+SYSTEM_PACKAGES :=
+# python3-venv too, where this Python cannot create a virtualenv (Debian splits ensurepip out).
+APT_PACKAGES := $(strip $(SYSTEM_PACKAGES) $(shell $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv))
+
+# Prints the demo worklist's main columns as an aligned table (the CSV itself is in $(DEMO_OUT)).
+SHOW_WORKLIST := import csv, sys; cols = ("modality", "body_part", "finding", "score", "flagged", "source_path", "error"); \
+  rows = [cols] + [tuple(r[c] for c in cols) for r in csv.DictReader(open(sys.argv[1], newline=""))]; \
+  widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]; \
+  print("\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows))
+
+.PHONY: install system-deps demo test bench clean
+
+install: $(STAMPS)/system-deps $(VENV)/.installed
+
+# apt-get runs only when the stamp is missing. Without root (and without password-less sudo) it
+# prints what to install and carries on, leaving no stamp: most of the project runs without them.
+system-deps: $(STAMPS)/system-deps
+
+$(STAMPS)/system-deps:
+	@mkdir -p $(STAMPS)
+	@if [ -z "$(APT_PACKAGES)" ]; then \
+	  echo "system-deps: no system packages needed" && touch $@; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES) && touch $@; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	  sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES) && touch $@; \
+	else \
+	  echo "system-deps: not root, skipped (no stamp: tried again next time); install yourself: $(APT_PACKAGES)" >&2; \
+	fi
+
+$(BIN)/python: | $(STAMPS)/system-deps
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when pyproject.toml changes; pip itself is idempotent.
+$(VENV)/.installed: pyproject.toml $(BIN)/python
+	$(BIN)/pip install $(PIP_ARGS) -e '.[test]'
+	@touch $@
+
+demo: install
+	$(BIN)/medassist triage samples/export --out $(DEMO_OUT)
+	@echo
+	@echo "== $(DEMO_OUT)/worklist.csv (highest priority first) =="
+	@$(BIN)/python -c '$(SHOW_WORKLIST)' $(DEMO_OUT)/worklist.csv
+	# REVIEW APP (added with review/): $(BIN)/streamlit run apps/streamlit_viewer.py -- $(DEMO_OUT)
+
+test: install
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_triage.py
+
+clean:
+	rm -rf $(DEMO_OUT) $(STAMPS)

@@ -1,0 +1,199 @@
+"""The ``medassist`` command: parses arguments and calls one stage function per command.
+
+Exit status: 0 when the command ran (even if some input files were unreadable: they are rows in the
+worklist), 2 for a usage error or a problem the user can fix (MedassistError: printed as
+``medassist: error: <message>``, no traceback), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from medassist.errors import MedassistError
+
+if TYPE_CHECKING:
+    from medassist.models.spec import ModelSpec
+
+
+def default_workers() -> int:
+    """Decode worker processes: leave a core for inference, at most 4."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def add_models_dir(parser: argparse.ArgumentParser) -> None:
+    """The hidden --models-dir option: use model specs and weights from another folder."""
+    parser.add_argument("--models-dir", type=Path, default=None, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    parser = argparse.ArgumentParser(
+        prog="medassist",
+        description="Medical-imaging diagnostic assistant: triage imaging studies with shipped models "
+        "for human review. Not a medical device; every finding needs a clinician's review.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    triage = commands.add_parser(
+        "triage", help="score every series under INPUT and write a prioritised worklist",
+        description="Find every image series under INPUT (folders, DICOM files, DICOMDIRs, NIfTI), run "
+        "each shipped model that applies, and write OUT/worklist.csv and OUT/worklist.json, highest "
+        "priority first. Re-running into the same OUT resumes: finished series are not redone.",
+    )
+    triage.add_argument("inputs", nargs="+", metavar="INPUT", help="a file or folder to read")
+    triage.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    triage.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where models run (default: auto, CUDA when available)")
+    triage.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
+                        help="images per model batch (default: 16)")
+    triage.add_argument("--workers", type=non_negative_int, default=default_workers(), metavar="N",
+                        help="decoding worker processes; 0 decodes in the main process (default: %(default)s)")
+    triage.add_argument("--modality", default=None, metavar="MODALITY",
+                        help="modality for inputs that carry none, e.g. MR for NIfTI files")
+    triage.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_models_dir(triage)
+    triage.set_defaults(func=cmd_triage)
+
+    train = commands.add_parser(
+        "train", help="train a model from a YAML config",
+        description="Train a model from a YAML config (e.g. configs/fracture_xray.yaml) and write its "
+        "weights, sha256 and spec into the shipped models folder.",
+    )
+    train.add_argument("config", type=Path, metavar="CONFIG", help="training config (YAML)")
+    train.set_defaults(func=cmd_train)
+
+    models = commands.add_parser(
+        "models", help="list the shipped models",
+        description="List the shipped models: name, version, finding, threshold, scope, sha256 prefix.",
+    )
+    add_models_dir(models)
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def weights_dir_of(args: argparse.Namespace) -> Path:
+    """The models folder: --models-dir, or the shipped one."""
+    from medassist.models.registry import WEIGHTS_DIR
+
+    return args.models_dir if args.models_dir is not None else WEIGHTS_DIR
+
+
+def cmd_triage(args: argparse.Namespace) -> int:
+    """``medassist triage``: run_triage, then one summary line without identifiers."""
+    from medassist.triage import run_triage
+
+    summary = run_triage(
+        args.inputs, args.out, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+        weights_dir=weights_dir_of(args), modality_override=args.modality.upper() if args.modality else None,
+        progress=not args.quiet,
+    )
+    print(f"medassist triage: {summary.line()}; worklist: {summary.worklist_csv}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``medassist train CONFIG``."""
+    if not args.config.is_file():
+        raise MedassistError(f"{args.config}: no such config file")
+    from medassist.models.train import train_from_config
+
+    spec = train_from_config(args.config)
+    print(f"medassist train: {spec.name} {spec.version}, threshold {spec.threshold}, "
+          f"weights {spec.weights} (sha256 {spec.sha256[:12]})")
+    return 0
+
+
+def scope_text(spec: ModelSpec) -> str:
+    """A model's scope in words: modalities, then body parts."""
+    parts = ",".join(spec.body_parts) or "any body part"
+    if spec.excluded_body_parts:
+        parts += " except " + ",".join(spec.excluded_body_parts)
+    return f"{','.join(spec.modalities)}; {parts}"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``medassist models``: one line per shipped model."""
+    from medassist.models.registry import shipped_specs
+
+    folder = weights_dir_of(args)
+    specs = shipped_specs(folder)
+    if not specs:
+        print(f"no shipped models in {folder}")
+        return 0
+    header = ("NAME", "VERSION", "FINDING", "THRESHOLD", "SHA256", "SCOPE")
+    lines = [header] + [
+        (s.name, s.version, s.finding, f"{s.threshold:.4f}", s.sha256[:12], scope_text(s)) for s in specs
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    for line in lines:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1])
+    return 0
+
+
+@contextlib.contextmanager
+def logging_configured(verbose: int) -> Iterator[None]:
+    """Warnings by default; pydicom kept quiet unless -vv (its messages can quote header values).
+
+    Logger levels are restored afterwards, so calling ``main`` in-process leaves logging as it was.
+    """
+    import pydicom  # noqa: F401  (importing pydicom resets its logger's level: do it first)
+
+    level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(level=logging.WARNING, format="medassist: %(levelname)s: %(message)s", stream=sys.stderr)
+    loggers = {"medassist": level, "pydicom": logging.DEBUG if verbose >= 2 else logging.CRITICAL}
+    previous = {name: logging.getLogger(name).level for name in loggers}
+    for name, value in loggers.items():
+        logging.getLogger(name).setLevel(value)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            logging.getLogger(name).setLevel(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    verbose = args.verbose + (1 if args.command == "train" else 0)  # training reports its progress
+    try:
+        with logging_configured(verbose):
+            return args.func(args)
+    except MedassistError as exc:
+        print(f"medassist: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medassist: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

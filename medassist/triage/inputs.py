@@ -1,0 +1,139 @@
+"""Turning (series, model) jobs into network inputs, in DataLoader worker processes.
+
+An *input kind* says how a model reads a series: how many network inputs one series gives and how
+their scores become the series' score. Radiograph models (kind ``"image2d"``) take one input per
+series - the first slice - and its score is the series' score. A volume model (brain MRI) plugs in
+as another kind: one input per slice, scores aggregated (e.g. max) with the contributing slice
+indices reported in the worklist's ``slices`` column. A spec chooses its kind with an
+``input_kind`` attribute; specs without one are ``"image2d"``.
+
+Decoding happens in ``JobDataset.__getitem__``, so with ``num_workers > 0`` it runs in worker
+processes and overlaps inference. A job that fails to decode comes back as an error string, and
+``collate_prepared`` keeps those apart from the tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medassist.datamodel import Image, Series
+from medassist.errors import MedassistError
+from medassist.models.spec import ModelSpec
+from medassist.preprocess.transforms import prepare_2d
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model to run on one series."""
+
+    series: Series
+    spec: ModelSpec
+
+
+@dataclass
+class Prepared:
+    """A job's network inputs (k, 1, S, S) with the slice index of each, or an error message."""
+
+    index: int
+    inputs: torch.Tensor | None
+    slices: tuple[int, ...] = ()
+    error: str = ""
+
+
+@dataclass
+class Batch:
+    """Collated jobs: inputs of all good jobs concatenated, ``owners`` slicing them back per job."""
+
+    inputs: torch.Tensor | None
+    owners: list[tuple[int, int, tuple[int, ...]]]  # (job index, number of inputs, slices)
+    errors: list[tuple[int, str]]  # (job index, message)
+
+    def pin_memory(self) -> "Batch":
+        """Called by DataLoader(pin_memory=True) for fast host-to-GPU copies."""
+        inputs = self.inputs.pin_memory() if self.inputs is not None else None
+        return Batch(inputs, self.owners, self.errors)
+
+
+class InputKind(Protocol):
+    """How a family of models reads a series."""
+
+    name: str
+
+    def prepare(self, image: Image, spec: ModelSpec) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Network inputs (k, 1, S, S) and the source slice index of each."""
+
+    def aggregate(self, scores: torch.Tensor, slices: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
+        """The series' score from its inputs' scores, and the slices to report."""
+
+    def jobs_per_batch(self, batch_size: int) -> int:
+        """How many jobs one DataLoader batch should hold for ``batch_size`` network inputs."""
+
+
+class Radiograph2D:
+    """One 2D image per series (the first slice): one network input, its score is the series'."""
+
+    name = "image2d"
+
+    def prepare(self, image: Image, spec: ModelSpec) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The first slice of the spec's source array, letterboxed to the input size."""
+        source = np.asarray(getattr(image, spec.preprocess.source))
+        if source.ndim != 3 or source.shape[0] < 1:
+            raise ValueError(f"expected (slices, rows, cols) pixels, got shape {source.shape}")
+        tensor, _ = prepare_2d(source[0], spec.preprocess)
+        return tensor[None], ()
+
+    def aggregate(self, scores: torch.Tensor, slices: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
+        """The single input's score; no slices to report."""
+        return float(scores[0]), ()
+
+    def jobs_per_batch(self, batch_size: int) -> int:
+        """One input per job, so a batch of jobs is a batch of inputs."""
+        return batch_size
+
+
+KINDS: dict[str, InputKind] = {"image2d": Radiograph2D()}
+
+
+def kind_of(spec: ModelSpec) -> InputKind:
+    """The input kind a spec asks for (``spec.input_kind``, default ``"image2d"``)."""
+    name = getattr(spec, "input_kind", "image2d")
+    if name not in KINDS:
+        raise MedassistError(f"model {spec.name}: unknown input kind {name!r}; known: {sorted(KINDS)}")
+    return KINDS[name]
+
+
+class JobDataset(Dataset):
+    """Decode and preprocess the series of a list of jobs for one model (one kind, one spec)."""
+
+    def __init__(self, jobs: list[Job], kind: InputKind) -> None:
+        self.jobs = jobs
+        self.kind = kind
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> Prepared:
+        job = self.jobs[index]
+        try:
+            image = job.series.load()
+            inputs, slices = self.kind.prepare(image, job.spec)
+        except MedassistError as exc:
+            return Prepared(index, None, error=str(exc))
+        except Exception as exc:  # one undecodable series must not stop the run
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return Prepared(index, None, error=f"{job.series.source_path}: could not prepare image ({reason})")
+        return Prepared(index, inputs.float(), slices)
+
+
+def collate_prepared(items: list[Prepared]) -> Batch:
+    """Concatenate the good jobs' inputs; keep the failed jobs' messages apart."""
+    good = [item for item in items if item.inputs is not None]
+    errors = [(item.index, item.error) for item in items if item.inputs is None]
+    inputs = torch.cat([item.inputs for item in good]) if good else None  # type: ignore[misc]
+    owners = [(item.index, int(item.inputs.shape[0]), item.slices) for item in good]  # type: ignore[union-attr]
+    return Batch(inputs, owners, errors)

@@ -1,0 +1,312 @@
+"""Batch triage: every input series through every shipped model that applies, into a worklist.
+
+``run_triage`` discovers the series, then for each (series, applicable model) pair not already in
+the output folder's journal decodes and preprocesses the pixels in DataLoader worker processes
+while the model scores the previous batch. Each finished pair is journaled (fsynced) at once and
+the worklist is rewritten atomically every ``checkpoint_every`` pairs and at the end, so a run
+killed at any point resumes where it stopped when run again into the same folder.
+
+Worklist conventions (rows, ordering, not-applicable and error rows) are described in
+``medassist.triage.worklist``; the journal format in ``medassist.triage.journal``. The worklist
+describes the series found in this run's inputs; rows journaled by earlier runs are reused, never
+duplicated. Nothing here logs patient names or IDs (series UIDs only at debug level).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from medassist.datamodel import IngestProblem, Series, WorklistRow
+from medassist.errors import MedassistError
+from medassist.models.registry import (
+    WEIGHTS_DIR,
+    LoadedModel,
+    choose_device,
+    load_model,
+    models_for,
+    not_applicable_reason,
+    shipped_specs,
+)
+from medassist.models.spec import ModelSpec
+from medassist.triage.inputs import InputKind, Job, JobDataset, collate_prepared, kind_of
+from medassist.triage.journal import (
+    JOURNAL_NAME,
+    Journal,
+    Key,
+    not_applicable_key,
+    problem_key,
+    result_key,
+    run_lock,
+)
+from medassist.triage.worklist import (
+    Record,
+    not_applicable_record,
+    problem_record,
+    remove_stale_temporaries,
+    row_kind,
+    write_worklist,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TriageSummary:
+    """Counts for the end-of-run line (no identifiers) and where the worklist is."""
+
+    n_series: int
+    n_findings: int
+    n_flagged: int
+    n_not_applicable: int
+    n_errors: int
+    n_resumed: int
+    worklist_csv: Path
+    worklist_json: Path
+
+    def line(self) -> str:
+        """``N series, N findings, N flagged, N errors``."""
+        return (
+            f"{self.n_series} series, {self.n_findings} findings, "
+            f"{self.n_flagged} flagged, {self.n_errors} errors"
+        )
+
+
+def run_triage(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 16,
+    num_workers: int = 1,
+    weights_dir: str | Path = WEIGHTS_DIR,
+    modality_override: str | None = None,
+    progress: bool = True,
+    checkpoint_every: int = 50,
+) -> TriageSummary:
+    """Discover the series under ``inputs``, score them, write ``out_dir``/worklist.{csv,json}.
+
+    ``progress``: show a progress bar on stderr (only when stderr is a terminal).
+    A missing input path, a bad output folder or refused model weights raise MedassistError;
+    unreadable files and undecodable series become error rows instead.
+    """
+    paths = check_inputs(inputs)
+    from medassist.ingest import discover_series  # imported late: ingest pulls in the decoders
+
+    series, problems = discover_series(paths, modality_override=modality_override)
+    log.info("found %d series and %d unreadable files in %d inputs", len(series), len(problems), len(paths))
+    return triage_series(
+        series, problems, out_dir, device=device, batch_size=batch_size, num_workers=num_workers,
+        weights_dir=weights_dir, progress=progress, checkpoint_every=checkpoint_every,
+    )
+
+
+def check_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """The input paths, after checking there is at least one and each exists."""
+    if not inputs:
+        raise MedassistError("no input given: name at least one file or folder")
+    paths = [Path(p) for p in inputs]
+    for path in paths:
+        if not path.exists():
+            raise MedassistError(f"{path}: no such file or directory")
+    return paths
+
+
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    """Create the output folder (and parents); a path that is a file raises MedassistError."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MedassistError(f"{out}: output path exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedassistError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
+    return out
+
+
+def triage_series(
+    series: Sequence[Series],
+    problems: Sequence[IngestProblem],
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 16,
+    num_workers: int = 1,
+    weights_dir: str | Path = WEIGHTS_DIR,
+    progress: bool = True,
+    checkpoint_every: int = 50,
+) -> TriageSummary:
+    """Score already-discovered series (see ``run_triage``) and write the worklist."""
+    if batch_size < 1 or num_workers < 0 or checkpoint_every < 1:
+        raise ValueError("batch_size and checkpoint_every must be >= 1, num_workers >= 0")
+    out = prepare_out_dir(out_dir)
+    torch_device = choose_device(device) if isinstance(device, str) else device
+    specs = shipped_specs(Path(weights_dir))
+    if not specs:
+        log.warning("no shipped models in %s: every series will be 'not applicable'", weights_dir)
+
+    with run_lock(out), Journal(out / JOURNAL_NAME) as journal:
+        remove_stale_temporaries(out)
+        rows = Rows(journal, out)
+        pending = plan(series, problems, specs, rows)
+        rows.checkpoint()
+        total = sum(len(jobs) for _, jobs in pending)
+        bar = tqdm(total=total, desc="triage", unit="series", file=sys.stderr,
+                   disable=not (progress and sys.stderr.isatty()), leave=False)
+        try:
+            for spec, jobs in pending:
+                model = load_model(spec, torch_device, Path(weights_dir))
+                for job, score, slices, error in score_jobs(model, jobs, batch_size, num_workers):
+                    rows.finish(job, score, slices, error)
+                    bar.update(1)
+                    if rows.finished_now % checkpoint_every == 0:
+                        rows.checkpoint()
+        finally:
+            bar.close()
+            csv_path, json_path = rows.checkpoint()
+    return summarise(rows.records.values(), len(series), rows.resumed, csv_path, json_path)
+
+
+class Rows:
+    """The worklist being built: records by journal key, journaled as they are decided."""
+
+    def __init__(self, journal: Journal, out_dir: Path) -> None:
+        self.journal = journal
+        self.out_dir = out_dir
+        self.records: dict[Key, Record] = {}
+        self.resumed = 0
+        self.finished_now = 0
+
+    def add(self, key: Key, record: Record, status: str = "done") -> None:
+        """Journal a row and put it in the worklist."""
+        self.journal.record(key, record, status)
+        self.records[key] = record
+
+    def reuse(self, key: Key) -> bool:
+        """Take a finished row from the journal; False if the work has to be done."""
+        row = self.journal.finished(key)
+        if row is None:
+            return False
+        if key not in self.records:
+            self.resumed += 1
+        self.records[key] = row
+        return True
+
+    def finish(self, job: Job, score: float | None, slices: tuple[int, ...], error: str) -> None:
+        """Record one scored (or failed) job."""
+        spec, series = job.spec, job.series
+        key = result_key(series.series_uid, spec.name, spec.version)
+        if error:
+            row = WorklistRow.for_series(series, model=spec.name, model_version=spec.version,
+                                         finding=spec.finding, error=error)
+            log.debug("series %s, model %s: %s", series.series_uid, spec.name, error)
+            self.add(key, row.as_record(), status="error")
+        else:
+            assert score is not None
+            row = WorklistRow.for_series(
+                series, model=spec.name, model_version=spec.version, finding=spec.finding,
+                score=score, threshold=spec.threshold, flagged=score >= spec.threshold, slices=slices,
+            )
+            self.add(key, row.as_record())
+        self.finished_now += 1
+
+    def checkpoint(self) -> tuple[Path, Path]:
+        """Atomically rewrite the worklist with the rows decided so far."""
+        return write_worklist(self.out_dir, self.records.values())
+
+
+def plan(
+    series: Sequence[Series], problems: Sequence[IngestProblem], specs: list[ModelSpec], rows: Rows
+) -> list[tuple[ModelSpec, list[Job]]]:
+    """Add problem, not-applicable and already-journaled rows; return the jobs left, per model."""
+    for problem in problems:
+        rows.add(problem_key(problem.path), problem_record(problem))
+    pending: dict[str, list[Job]] = {spec.name: [] for spec in specs}
+    queued: set[Key] = set()
+    for item in series:
+        applicable = models_for(item, specs)
+        if not applicable:
+            rows.add(not_applicable_key(item.series_uid), not_applicable_record(item, not_applicable_reason(item)))
+            continue
+        for spec in applicable:
+            key = result_key(item.series_uid, spec.name, spec.version)
+            if key in queued or rows.reuse(key):
+                continue
+            queued.add(key)
+            pending[spec.name].append(Job(item, spec))
+    return [(spec, pending[spec.name]) for spec in specs if pending[spec.name]]
+
+
+def score_jobs(
+    model: LoadedModel, jobs: list[Job], batch_size: int, num_workers: int
+) -> Iterator[tuple[Job, float | None, tuple[int, ...], str]]:
+    """(job, score, slices, error) for each job, decoding in workers while the model scores."""
+    kind = kind_of(model.spec)
+    for batch in make_loader(jobs, kind, batch_size, num_workers, model.device):
+        for index, message in batch.errors:
+            yield jobs[index], None, (), message
+        if batch.inputs is None:
+            continue
+        scores = score_inputs(model, batch.inputs, batch_size)
+        offset = 0
+        for index, count, slices in batch.owners:
+            score, report = kind.aggregate(scores[offset : offset + count], slices)
+            offset += count
+            score = round(float(score), 6)
+            if math.isfinite(score) and 0.0 <= score <= 1.0:
+                yield jobs[index], score, report, ""
+            else:
+                yield jobs[index], None, (), f"{jobs[index].series.source_path}: model {model.spec.name} gave no valid score"
+
+
+def score_inputs(model: LoadedModel, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Scores of (N, 1, S, S) inputs, ``batch_size`` at a time."""
+    return torch.cat([model.scores(chunk) for chunk in inputs.split(batch_size)])
+
+
+def make_loader(
+    jobs: list[Job], kind: InputKind, batch_size: int, num_workers: int, device: torch.device
+) -> DataLoader:
+    """A DataLoader decoding ``jobs`` in ``num_workers`` processes (0: in this process), in order."""
+    workers = min(num_workers, len(jobs))
+    extra: dict = {}
+    if workers > 0:
+        methods = multiprocessing.get_all_start_methods()
+        # fork: workers inherit the series' loaders (closures need not be picklable)
+        extra = {"prefetch_factor": 2, "multiprocessing_context": "fork" if "fork" in methods else None}
+    return DataLoader(
+        JobDataset(jobs, kind),
+        batch_size=kind.jobs_per_batch(batch_size),
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_prepared,
+        pin_memory=device.type == "cuda",
+        **extra,
+    )
+
+
+def summarise(
+    records: Iterable[Record], n_series: int, n_resumed: int, csv_path: Path, json_path: Path
+) -> TriageSummary:
+    """Count the worklist's rows by kind."""
+    kinds = [(row_kind(r), r) for r in records]
+    return TriageSummary(
+        n_series=n_series,
+        n_findings=sum(1 for k, _ in kinds if k == "scored"),
+        n_flagged=sum(1 for k, r in kinds if k == "scored" and r.get("flagged")),
+        n_not_applicable=sum(1 for k, _ in kinds if k == "not_applicable"),
+        n_errors=sum(1 for k, _ in kinds if k == "error"),
+        n_resumed=n_resumed,
+        worklist_csv=csv_path,
+        worklist_json=json_path,
+    )
+

@@ -1,0 +1,164 @@
+"""The worklist: which rows it holds, in which order, and how it is written (atomically).
+
+Conventions (the contract the review app and any downstream reader rely on):
+
+* Columns are exactly ``WORKLIST_COLUMNS``, in that order, in both ``worklist.csv`` and
+  ``worklist.json`` (a JSON array of objects).
+* A **scored** row: one model's finding for one series; ``score`` in 0..1, ``flagged`` is
+  ``score >= threshold``, ``error`` is empty.
+* A **not-applicable** row: a series no shipped model covers. ``finding`` is exactly
+  ``"not applicable"`` (``NOT_APPLICABLE``), ``model``/``score``/``threshold``/``flagged`` are empty
+  and ``error`` holds the reason, e.g. ``"no shipped model applies to US / unknown body part"``.
+* An **error** row: a file that could not be read (ingest problem; only ``source_path`` and
+  ``error`` are filled) or a series a model could not score (identifiers, ``model`` and
+  ``model_version`` filled, ``score`` empty, ``error`` naming the file and the reason).
+  ``row_kind`` tells the three apart.
+* Order (priority): scored rows first - flagged before unflagged, then highest score first (with one
+  model this is simply highest score first) - then not-applicable rows, then error rows; ties are
+  broken by source path, series UID and model so the order is deterministic.
+* In the CSV, ``flagged`` is ``true``/``false`` and a missing value is an empty cell; in the JSON a
+  missing value is ``null``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from medassist.datamodel import WORKLIST_COLUMNS, IngestProblem, Series, WorklistRow
+
+NOT_APPLICABLE = "not applicable"
+CSV_NAME = "worklist.csv"
+JSON_NAME = "worklist.json"
+
+Record = dict  # one row as WorklistRow.as_record() returns it
+
+
+def problem_record(problem: IngestProblem) -> Record:
+    """An error row for a file ingest could not read."""
+    row = WorklistRow(
+        study_uid="", series_uid="", patient_id="", accession="", modality="", body_part="",
+        source_path=problem.path, error=problem.reason,
+    )
+    return row.as_record()
+
+
+def not_applicable_record(series: Series, reason: str) -> Record:
+    """A row for a series no shipped model covers; ``reason`` goes into ``error``."""
+    return WorklistRow.for_series(series, finding=NOT_APPLICABLE, error=reason).as_record()
+
+
+def row_kind(record: Record) -> str:
+    """``"scored"``, ``"not_applicable"`` or ``"error"``."""
+    if record.get("finding") == NOT_APPLICABLE:
+        return "not_applicable"
+    if record.get("error") or record.get("score") is None:
+        return "error"
+    return "scored"
+
+
+_KIND_RANK = {"scored": 0, "not_applicable": 1, "error": 2}
+
+
+def priority_key(record: Record) -> tuple:
+    """Sort key: scored (flagged first, highest score first), then not applicable, then errors."""
+    kind = row_kind(record)
+    scored = kind == "scored"
+    return (
+        _KIND_RANK[kind],
+        not (scored and bool(record.get("flagged"))),
+        -float(record["score"]) if scored else 0.0,
+        record.get("source_path") or "",
+        record.get("series_uid") or "",
+        record.get("model") or "",
+    )
+
+
+def sort_records(records: Iterable[Record]) -> list[Record]:
+    """Records in worklist (priority) order."""
+    return sorted(records, key=priority_key)
+
+
+def csv_cell(value: object) -> str:
+    """One CSV cell: booleans as true/false, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def render_csv(records: Sequence[Record]) -> str:
+    """The worklist as CSV text with a header of WORKLIST_COLUMNS."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(WORKLIST_COLUMNS)
+    for record in records:
+        writer.writerow([csv_cell(record.get(col)) for col in WORKLIST_COLUMNS])
+    return buffer.getvalue()
+
+
+def render_json(records: Sequence[Record]) -> str:
+    """The worklist as a JSON array of objects keyed by WORKLIST_COLUMNS (in column order)."""
+    rows = [{col: record.get(col) for col in WORKLIST_COLUMNS} for record in records]
+    return json.dumps(rows, indent=1) + "\n"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, then ``os.replace`` it in.
+
+    A reader (or a crash) sees either the old file or the new one, never a half-written file.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete temporary files a killed run left behind (call while holding the run lock)."""
+    for name in (CSV_NAME, JSON_NAME):
+        for tmp in Path(out_dir).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def write_worklist(out_dir: Path, records: Iterable[Record]) -> tuple[Path, Path]:
+    """Sort the records and atomically (re)write ``worklist.csv`` and ``worklist.json``."""
+    ordered = sort_records(records)
+    csv_path, json_path = Path(out_dir) / CSV_NAME, Path(out_dir) / JSON_NAME
+    atomic_write_text(csv_path, render_csv(ordered))
+    atomic_write_text(json_path, render_json(ordered))
+    return csv_path, json_path
+
+
+def read_worklist_csv(path: Path) -> list[dict[str, str]]:
+    """The CSV worklist as a list of string dicts (for tests and tools)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

@@ -1,0 +1,78 @@
+"""End to end: generated DICOM files in a folder -> run_triage -> worklist rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import pytest
+
+from medassist.errors import MedassistError
+from medassist.triage import run_triage, triage_series
+from medassist.triage.testing import synthetic_radiograph, write_dicom_image
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    """4 DX hand/leg radiographs, a chest DX, a US and a DX whose pixel data is cut short."""
+    root = tmp_path_factory.mktemp("export")
+    for i in range(4):
+        write_dicom_image(root / f"P{i}" / "IM1.dcm", synthetic_radiograph(120, 90 + 10 * i, i),
+                          body_part="HAND" if i % 2 else "LEG", patient_id=f"SECRET-{i}", index=i)
+    write_dicom_image(root / "chest" / "IM1.dcm", synthetic_radiograph(100, 100, 7), body_part="CHEST", index=7)
+    write_dicom_image(root / "us" / "IM1.dcm", synthetic_radiograph(64, 80, 8), modality="US", body_part="", index=8)
+    broken = write_dicom_image(root / "broken" / "IM1.dcm", synthetic_radiograph(100, 100, 9), index=9)
+    broken.write_bytes(broken.read_bytes()[:-3000])
+    return root
+
+
+def test_every_series_gets_a_row(export, tmp_path, model_dir, caplog):
+    out = tmp_path / "out"
+    with caplog.at_level(logging.DEBUG):
+        summary = run_triage([export], out, device="cpu", batch_size=3, num_workers=1,
+                             weights_dir=model_dir, progress=False)
+    with open(out / "worklist.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert json.loads((out / "worklist.json").read_text()) != []
+    assert (summary.n_series, summary.n_findings, summary.n_not_applicable, summary.n_errors) == (6, 4, 2, 1)
+    assert len(rows) == 7
+
+    scored, not_applicable, errors = rows[:4], rows[4:6], rows[6:]
+    scores = [float(r["score"]) for r in scored]
+    assert all(0.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)
+    for r in scored:
+        assert r["model"] == "fracture_xray" and r["modality"] == "DX" and r["error"] == ""
+        assert r["flagged"] == ("true" if float(r["score"]) >= float(r["threshold"]) else "false")
+    assert {r["body_part"] for r in not_applicable} == {"CHEST", ""}
+    assert all(r["finding"] == "not applicable" and r["score"] == "" for r in not_applicable)
+    assert any(r["error"] == "no shipped model applies to US / unknown body part" for r in not_applicable)
+    assert errors[0]["source_path"].endswith("broken/IM1.dcm") and "truncated" in errors[0]["error"]
+    assert "SECRET" not in caplog.text and "TEST^" not in caplog.text, "no patient identifiers in logs"
+
+
+def test_a_series_that_fails_to_decode_in_a_worker_becomes_an_error_row(tmp_path, model_dir, series_factory):
+    series = [series_factory(1), series_factory(2, broken=True), series_factory(3)]
+    summary = triage_series(series, [], tmp_path, device="cpu", batch_size=2, num_workers=1,
+                            weights_dir=model_dir, progress=False)
+    rows = json.loads((tmp_path / "worklist.json").read_text())
+    assert (summary.n_findings, summary.n_errors) == (2, 1)
+    assert rows[-1]["source_path"] == "/data/series002.dcm"
+    assert rows[-1]["error"] == "/data/series002.dcm: pixel data could not be decoded"
+    assert rows[-1]["score"] is None and rows[-1]["model"] == "fracture_xray"
+
+
+def test_workers_do_not_change_scores(tmp_path, model_dir, series_factory):
+    series = [series_factory(i) for i in range(5)]
+    runs = []
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        triage_series(series, [], out, device="cpu", batch_size=2, num_workers=workers,
+                      weights_dir=model_dir, progress=False)
+        runs.append({r["series_uid"]: r["score"] for r in json.loads((out / "worklist.json").read_text())})
+    assert runs[0] == runs[1] and len(runs[0]) == 5
+
+
+def test_missing_input_is_a_user_error(tmp_path, model_dir):
+    with pytest.raises(MedassistError, match="no such file or directory"):
+        run_triage([tmp_path / "nope"], tmp_path / "out", weights_dir=model_dir, progress=False)

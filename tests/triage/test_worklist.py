@@ -1,0 +1,172 @@
+"""The worklist files (columns, ordering, atomic writes) and the resume journal."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from medassist.datamodel import WORKLIST_COLUMNS, IngestProblem
+from medassist.errors import MedassistError
+from medassist.triage import triage_series
+from medassist.triage.journal import JOURNAL_NAME, Journal, result_key, run_lock
+from medassist.triage.testing import write_throwaway_model
+from medassist.triage.worklist import (
+    NOT_APPLICABLE,
+    atomic_write_text,
+    render_csv,
+    row_kind,
+    sort_records,
+    write_worklist,
+)
+
+
+def record(**values) -> dict:
+    base = {col: "" for col in WORKLIST_COLUMNS}
+    base.update(score=None, threshold=None, flagged=None)
+    base.update(values)
+    return base
+
+
+def scored(name: str, score: float, threshold: float) -> dict:
+    return record(source_path=name, model="m", finding="fracture", score=score, threshold=threshold,
+                  flagged=score >= threshold)
+
+
+def test_order_scored_flagged_first_then_not_applicable_then_errors():
+    rows = [
+        record(source_path="err", error="truncated"),
+        scored("low", 0.2, 0.5),
+        record(source_path="na", finding=NOT_APPLICABLE, error="no shipped model applies to US / unknown body part"),
+        scored("high-unflagged", 0.9, 0.95),  # another model's threshold: not flagged
+        scored("mid-flagged", 0.6, 0.5),
+        scored("top-flagged", 0.8, 0.5),
+        record(source_path="decode", model="m", finding="fracture", error="bad pixels"),
+    ]
+    ordered = [r["source_path"] for r in sort_records(rows)]
+    assert ordered == ["top-flagged", "mid-flagged", "high-unflagged", "low", "na", "decode", "err"]
+    assert [row_kind(r) for r in sort_records(rows)][-3:] == ["not_applicable", "error", "error"]
+
+
+def test_csv_has_exact_columns_and_true_false(tmp_path):
+    rows = [scored("a", 0.7, 0.5), scored("b", 0.1, 0.5), record(source_path="c", error="broken")]
+    csv_path, json_path = write_worklist(tmp_path, rows)
+    with open(csv_path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        body = list(reader)
+    assert tuple(header) == WORKLIST_COLUMNS
+    flagged = [line[header.index("flagged")] for line in body]
+    assert flagged == ["true", "false", ""]
+    loaded = json.loads(json_path.read_text())
+    assert [tuple(r) for r in loaded] == [WORKLIST_COLUMNS] * 3
+    assert [r["flagged"] for r in loaded] == [True, False, None]
+    assert loaded[2]["score"] is None
+
+
+def test_atomic_write_keeps_the_old_file_when_replace_fails(tmp_path, monkeypatch):
+    target = tmp_path / "worklist.csv"
+    target.write_text("old\n")
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        atomic_write_text(target, render_csv([scored("a", 0.7, 0.5)]))
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["worklist.csv"], "no temporary left behind"
+
+
+def test_journal_ignores_a_torn_last_line_and_appends_on_a_fresh_line(tmp_path):
+    path = tmp_path / JOURNAL_NAME
+    with Journal(path) as journal:
+        journal.record(result_key("1.1", "m", "1"), {"score": 0.1})
+        journal.record(result_key("1.2", "m", "1"), {"score": 0.2})
+    with open(path, "a") as fh:
+        fh.write('{"key": ["result", "1.3", "m", "1"], "status": "do')  # killed mid-write
+    with Journal(path) as journal:
+        assert journal.finished(result_key("1.1", "m", "1")) == {"score": 0.1}
+        assert journal.finished(result_key("1.3", "m", "1")) is None
+        journal.record(result_key("1.3", "m", "1"), {"score": 0.3})
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line) for line in lines)
+    with Journal(path) as journal:
+        assert journal.finished(result_key("1.3", "m", "1")) == {"score": 0.3}
+
+
+def test_journal_errors_are_retried_and_identical_lines_not_repeated(tmp_path):
+    path = tmp_path / JOURNAL_NAME
+    key = result_key("1.1", "m", "1")
+    with Journal(path) as journal:
+        journal.record(key, {"error": "x"}, status="error")
+        assert journal.finished(key) is None
+        journal.record(key, {"score": 0.5})
+        journal.record(key, {"score": 0.5})
+        assert journal.finished(key) == {"score": 0.5}
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_one_runs(tmp_path):
+    with run_lock(tmp_path):
+        with pytest.raises(MedassistError, match="another triage run"):
+            with run_lock(tmp_path):
+                pass
+
+
+def run(series, out, model_dir, **kwargs):
+    return triage_series(series, kwargs.pop("problems", []), out, device="cpu", batch_size=4,
+                         num_workers=0, weights_dir=model_dir, progress=False, **kwargs)
+
+
+def rows_of(out: Path) -> list[dict]:
+    with open(out / "worklist.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_rerun_resumes_without_duplicates_or_loss(tmp_path, model_dir, series_factory):
+    series = [series_factory(i) for i in range(6)] + [series_factory(90, modality="US")]
+    problems = [IngestProblem("/data/bad.dcm", "pixel data truncated")]
+    out = tmp_path / "out"
+    first = run(series, out, model_dir, problems=problems, checkpoint_every=2)
+    rows = rows_of(out)
+    journal_lines = (out / JOURNAL_NAME).read_text().splitlines()
+    assert len(rows) == 8 and first.n_findings == 6 and first.n_errors == 1 and first.n_not_applicable == 1
+
+    again = run(series, out, model_dir, problems=problems)
+    assert again.n_resumed == 6
+    assert rows_of(out) == rows
+    assert (out / JOURNAL_NAME).read_text().splitlines() == journal_lines, "nothing re-journaled"
+
+
+def test_killed_run_resumes_from_the_journal(tmp_path, model_dir, series_factory):
+    series = [series_factory(i) for i in range(6)]
+    full = tmp_path / "full"
+    run(series, full, model_dir)
+    expected = rows_of(full)
+
+    # A run killed after 3 series, in the middle of writing the 4th journal line.
+    out = tmp_path / "killed"
+    out.mkdir()
+    lines = (full / JOURNAL_NAME).read_text().splitlines(keepends=True)
+    (out / JOURNAL_NAME).write_text("".join(lines[:3]) + lines[3][:25])
+    summary = run(series, out, model_dir)
+    assert summary.n_resumed == 3
+    assert rows_of(out) == expected
+    keys = [tuple(json.loads(line)["key"]) for line in (out / JOURNAL_NAME).read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 6
+
+
+def test_new_model_version_rescores(tmp_path, model_dir, series_factory):
+    series = [series_factory(i) for i in range(3)]
+    out = tmp_path / "out"
+    run(series, out, model_dir)
+    models_v2 = tmp_path / "models_v2"
+    write_throwaway_model(models_v2, version="0.0.2-test", seed=1)
+    summary = run(series, out, models_v2)
+    rows = rows_of(out)
+    assert summary.n_resumed == 0
+    assert len(rows) == 3 and {r["model_version"] for r in rows} == {"0.0.2-test"}
