@@ -256,10 +256,10 @@ def write_shipped_model(config: dict, net: nn.Module, pre: PreprocessSpec, *, th
     return spec
 
 
-TRAINERS = {"fracture": train_fracture}
-
-
 def train_from_config(path: str | Path) -> ModelSpec:
     """Dispatch a config to the trainer for its task."""
+    from medassist.models.tumor import train_tumor
+
+    trainers = {"fracture": train_fracture, "tumor": train_tumor}
     config = load_config(path)
-    return TRAINERS[config["task"]](config)
+    return trainers[config["task"]](config)
