@@ -9,8 +9,8 @@ PIP_ARGS ?=
 STAMPS := build/stamps
 DEMO_OUT := out/demo
 
-# System packages (Debian/Ubuntu) the project needs. Empty for now; later: chromium (app tests), orthanc (PACS tests).
-SYSTEM_PACKAGES :=
+# System packages (Debian) the project needs: Chromium + driver for the real-browser test.
+SYSTEM_PACKAGES := chromium chromium-driver
 # python3-venv too, where this Python cannot create a virtualenv (Debian splits ensurepip out).
 APT_PACKAGES := $(strip $(SYSTEM_PACKAGES) $(shell $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv))
 
@@ -53,13 +53,16 @@ demo: install
 	@echo
 	@echo "== $(DEMO_OUT)/worklist.csv (highest priority first) =="
 	@$(BIN)/python -c '$(SHOW_WORKLIST)' $(DEMO_OUT)/worklist.csv
-	# REVIEW APP (added with review/): $(BIN)/streamlit run apps/streamlit_viewer.py -- $(DEMO_OUT)
+	@echo
+	@echo "== review app on http://127.0.0.1:8501 (Ctrl-C to stop) =="
+	$(BIN)/medassist review $(DEMO_OUT)
 
 test: install
 	$(BIN)/pytest -q
 
 bench: install
 	$(BIN)/python benchmarks/bench_triage.py
+	$(BIN)/python benchmarks/bench_review.py
 
 clean:
 	rm -rf $(DEMO_OUT) $(STAMPS)

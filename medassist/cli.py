@@ -93,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_models_dir(models)
     models.set_defaults(func=cmd_models)
+
+    review = commands.add_parser(
+        "review", help="open the radiologist's review app on a triage output folder",
+        description="Serve the review app for OUT_DIR (its worklist; decisions go to "
+        "OUT_DIR/decisions.sqlite). Binds 127.0.0.1 unless --host is given; other hosts need "
+        "MEDASSIST_REVIEW_PASSWORD set, and the app then asks for it.",
+    )
+    review.add_argument("out", type=Path, metavar="OUT_DIR", help="a folder written by medassist triage")
+    review.add_argument("--port", type=positive_int, default=8501, metavar="N", help="port (default: 8501)")
+    review.add_argument("--host", default="127.0.0.1", metavar="H", help="address to bind (default: 127.0.0.1)")
+    review.set_defaults(func=cmd_review)
     return parser
 
 
@@ -126,6 +137,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"medassist train: {spec.name} {spec.version}, threshold {spec.threshold}, "
           f"weights {spec.weights} (sha256 {spec.sha256[:12]})")
     return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """``medassist review OUT_DIR``: the Streamlit review app, until Ctrl-C."""
+    from medassist.review.server import launch
+
+    return launch(args.out, port=args.port, host=args.host)
 
 
 def scope_text(spec: ModelSpec) -> str:

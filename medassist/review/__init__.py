@@ -1,0 +1,25 @@
+"""review stage: a person decides every finding the models proposed.
+
+Map of the package:
+
+* ``store``  - append-only, hash-chained decisions in SQLite (``OUT/decisions.sqlite``);
+* ``logic``  - what the app does, as plain functions: worklist, priority, filters, windowing,
+  saliency overlay as a separate layer, zoom, the decoded-image cache;
+* ``server`` - ``launch(out_dir, port=, host=)`` runs ``apps/streamlit_viewer.py`` on loopback.
+"""
+
+from medassist.review.store import (
+    DecisionStore,
+    default_db_path,
+    open_store,
+    verify_chain,
+)
+
+__all__ = ["DecisionStore", "default_db_path", "open_store", "verify_chain", "launch"]
+
+
+def launch(out_dir, *, port: int = 8501, host: str = "127.0.0.1") -> int:
+    """Run the review app (see ``medassist.review.server.launch``)."""
+    from medassist.review.server import launch as _launch
+
+    return _launch(out_dir, port=port, host=host)
