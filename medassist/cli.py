@@ -104,6 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--port", type=positive_int, default=8501, metavar="N", help="port (default: 8501)")
     review.add_argument("--host", default="127.0.0.1", metavar="H", help="address to bind (default: 127.0.0.1)")
     review.set_defaults(func=cmd_review)
+
+    audit = commands.add_parser(
+        "audit", help="regenerate the model cards of the shipped models",
+        description="Write model cards (Markdown, HTML, JSON, plots) for the shipped models: metrics with "
+        "95%% bootstrap intervals, subgroups, calibration, operating points, and radiologists' agreement "
+        "from a review database. Without an evaluation set the fracture model is evaluated on the "
+        "FracAtlas validation split. --verify only checks the review log's hash chain.",
+    )
+    audit.add_argument("--model", action="append", dest="models", metavar="NAME", help="model name (repeatable)")
+    source = audit.add_mutually_exclusive_group()
+    source.add_argument("--images", type=Path, metavar="DIR", help="folder of labelled images")
+    source.add_argument("--dicom", type=Path, metavar="DIR", help="folder of labelled DICOM series")
+    source.add_argument("--scores", type=Path, metavar="CSV", help="already-scored set: label, score, factors")
+    audit.add_argument("--labels", type=Path, metavar="CSV", help="labels for --images or --dicom")
+    audit.add_argument("--review-db", type=Path, metavar="PATH", help="decisions.sqlite from the review app")
+    audit.add_argument("--out", type=Path, default=Path("model_cards"), metavar="DIR", help="default: model_cards")
+    audit.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    audit.add_argument("--verify", action="store_true", help="only check the review log's hash chain")
+    add_models_dir(audit)
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 
@@ -144,6 +164,28 @@ def cmd_review(args: argparse.Namespace) -> int:
     from medassist.review.server import launch
 
     return launch(args.out, port=args.port, host=args.host)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """``medassist audit``: model cards, or --verify the review log (exit 1 when it was tampered with)."""
+    from medassist.audit import run_audit, verify_review_log
+
+    if args.verify:
+        if args.review_db is None:
+            raise MedassistError("--verify needs --review-db PATH")
+        problems = verify_review_log(args.review_db)
+        for problem in problems:
+            print(problem)
+        print(f"medassist audit: review log {'intact' if not problems else f'{len(problems)} problem(s)'}")
+        return 1 if problems else 0
+    written = run_audit(
+        models=args.models, eval_images=args.images, eval_dicom=args.dicom, eval_scores=args.scores,
+        eval_labels=args.labels, review_db=args.review_db, out_dir=args.out,
+        weights_dir=weights_dir_of(args), device=args.device,
+    )
+    for path in written:
+        print(path)
+    return 0
 
 
 def scope_text(spec: ModelSpec) -> str:

@@ -1,0 +1,750 @@
+"""Model cards (Mitchell et al. 2019, "Model Cards for Model Reporting") as JSON, Markdown and HTML.
+
+``build_card`` assembles one JSON-able dict with the paper's sections: model details, intended
+use, factors, metrics, evaluation data, training data, quantitative analyses, ethical
+considerations, caveats and recommendations. ``render_markdown`` and ``render_html`` lay the same
+dict out through one list of blocks, so the two documents always say the same thing; the JSON is
+the machine-readable copy.
+
+The narrative parts (intended use, out-of-scope uses, ethical considerations, known shortcuts)
+come from ``model_cards/templates/<model>.yaml`` when present, else ``default.yaml``, else the
+generic text below; everything numeric comes from the evaluation.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medassist.audit import metrics as M
+from medassist.audit.evaluation import EvalSet
+from medassist.models.spec import ModelSpec
+
+CARD_SCHEMA = "medassist-model-card/1"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_DIRS = (REPO_ROOT / "model_cards" / "templates",)
+SECTIONS = (
+    ("model_details", "Model details"),
+    ("intended_use", "Intended use"),
+    ("factors", "Factors"),
+    ("metrics", "Metrics"),
+    ("evaluation_data", "Evaluation data"),
+    ("training_data", "Training data"),
+    ("quantitative_analyses", "Quantitative analyses"),
+    ("ethical_considerations", "Ethical considerations"),
+    ("caveats_and_recommendations", "Caveats and recommendations"),
+)
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """How the numbers are computed; tests use fewer resamples."""
+
+    n_resamples: int = 1000
+    confidence_level: float = 0.95
+    ci_method: str = "percentile"
+    seed: int = 0
+    calibration_bins: int = 10
+    min_positives: int = 5
+    target_sensitivities: tuple[float, ...] = (0.90, 0.95, 0.99)
+
+    def bootstrap_kwargs(self) -> dict:
+        return {"n_resamples": self.n_resamples, "confidence_level": self.confidence_level,
+                "method": self.ci_method, "seed": self.seed}
+
+
+# --- analysis ------------------------------------------------------------------------------------
+
+
+def analyse(evaluation: EvalSet, threshold: float, options: AuditOptions = AuditOptions(),
+            training_operating_points: dict | None = None) -> dict:
+    """Every number the quantitative-analyses section shows, for one evaluation set."""
+    labels, scores = evaluation.labels, evaluation.scores
+    boot = options.bootstrap_kwargs()
+    overall = M.metrics_with_ci(labels, scores, threshold, **boot)
+    subgroups, warnings = M.subgroup_analysis(labels, scores, threshold, evaluation.factors, overall,
+                                              min_positives=options.min_positives, **boot)
+    shipped_points = []
+    for key, value in sorted((training_operating_points or {}).items()):
+        m = M.binary_metrics(labels, scores, float(value))
+        shipped_points.append({"name": key, "threshold": float(value),
+                               **{k: M._json_float(m[k]) for k in ("sensitivity", "specificity", "ppv", "npv")}})
+    return {
+        "threshold": float(threshold),
+        "overall": overall,
+        "roc": M.roc_points(labels, scores),
+        "calibration": M.calibration(labels, scores, n_bins=options.calibration_bins),
+        "operating_points": M.operating_points(labels, scores, options.target_sensitivities),
+        "training_operating_points_on_this_set": shipped_points,
+        "subgroups": subgroups,
+        "subgroup_warnings": warnings,
+        "label_shortcut_risks": label_shortcut_risks(evaluation),
+    }
+
+
+def label_shortcut_risks(evaluation: EvalSet, *, min_expected: float = 5.0) -> list[dict]:
+    """Factor levels that (almost) determine the label: a model can learn the factor instead.
+
+    A level whose share of positives is >= 0.9 (<= 0.02) while the overall share lies between, and
+    where at the overall share at least ``min_expected`` negatives (positives) would be expected, so
+    the imbalance is not just a small level.
+    """
+    n = len(evaluation.labels)
+    overall = float(evaluation.labels.mean()) if n else 0.0
+    risks = []
+    for factor, values in evaluation.factors.items():
+        values = np.asarray(values)
+        for level in sorted(set(values.tolist())):
+            mask = values == level
+            k = int(mask.sum())
+            if k == n:
+                continue
+            share = float(evaluation.labels[mask].mean())
+            high = share >= 0.9 > overall and k * (1 - overall) >= min_expected
+            low = share <= 0.02 < overall and k * overall >= min_expected
+            if high or low:
+                risks.append({
+                    "factor": factor, "level": level, "n": k, "n_positive": int(evaluation.labels[mask].sum()),
+                    "share_positive": share, "overall_share_positive": overall,
+                    "message": (f"{factor} = {level}: {share:.0%} of {k} cases are positive (overall {overall:.0%}); "
+                                f"a model can score '{factor}' instead of the finding, and these cases cannot "
+                                f"show whether it does"),
+                })
+    return risks
+
+
+# --- the card dict -------------------------------------------------------------------------------
+
+
+def load_narrative(name: str, template_dirs: tuple[Path, ...] = TEMPLATE_DIRS) -> dict:
+    """The model's narrative template (YAML), falling back to default.yaml, then to {}."""
+    import yaml
+
+    for directory in template_dirs:
+        for candidate in (Path(directory) / f"{name}.yaml", Path(directory) / "default.yaml"):
+            if candidate.is_file():
+                return yaml.safe_load(candidate.read_text()) or {}
+    return {}
+
+
+def _scope_lines(spec: ModelSpec) -> tuple[list[str], list[str]]:
+    scope = [f"Modalities: {', '.join(spec.modalities) or 'any'}.",
+             f"Body parts: {', '.join(spec.body_parts) if spec.body_parts else 'any'}"
+             + (f", except {', '.join(spec.excluded_body_parts)}." if spec.excluded_body_parts else ".")]
+    out = []
+    if spec.modalities:
+        out.append(f"Images of modalities other than {', '.join(spec.modalities)}: the triage stage does not "
+                   "route them to this model.")
+    if spec.excluded_body_parts:
+        out.append(f"Body parts {', '.join(spec.excluded_body_parts)}: excluded from the model's scope.")
+    return scope, out
+
+
+def _count_parameters(spec: ModelSpec) -> int | None:
+    try:
+        from medassist.models.networks import build_network
+
+        return int(sum(p.numel() for p in build_network(spec.network, spec.network_args).parameters()))
+    except Exception:  # noqa: BLE001 - an informative extra only
+        return None
+
+
+def build_card(
+    spec: ModelSpec,
+    *,
+    evaluation: EvalSet | None = None,
+    analysis: dict | None = None,
+    review: dict | None = None,
+    review_chain_problems: list[str] | None = None,
+    localisation: dict | None = None,
+    narrative: dict | None = None,
+    options: AuditOptions = AuditOptions(),
+    weights_check: str = "",
+    evaluation_problem: str = "",
+) -> dict:
+    """The model card as one JSON-able dict (NaN already replaced by None)."""
+    narrative = narrative or {}
+    intended = narrative.get("intended_use", {})
+    scope, scope_out = _scope_lines(spec)
+    validation = spec.validation or {}
+    stored_val = validation.get("validation", {})
+    history = validation.get("history", [])
+
+    evaluated_factors = sorted(evaluation.factors) if evaluation else []
+    card = {
+        "schema": CARD_SCHEMA,
+        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
+        "generator": "medassist audit",
+        "model_details": {
+            "name": spec.name,
+            "version": spec.version,
+            "finding": spec.finding,
+            "labels": list(spec.labels),
+            "description": narrative.get("description", f"Scores the probability of '{spec.finding}' in an image."),
+            "architecture": {
+                "network": spec.network,
+                "network_args": spec.network_args,
+                "parameters": _count_parameters(spec),
+                "score_head": spec.score_head,
+                "output": "sigmoid probability of the finding per image",
+            },
+            "preprocessing": asdict(spec.preprocess),
+            "threshold": spec.threshold,
+            "weights": spec.weights,
+            "weights_sha256": spec.sha256,
+            "weights_check": weights_check,
+            "training_command": spec.training_command,
+            "licence": spec.licence,
+            "developers": narrative.get("developers", "the medassist project"),
+            "citation": narrative.get("citation", ""),
+            "contact": narrative.get("contact", ""),
+        },
+        "intended_use": {
+            "primary_uses": intended.get("primary_uses") or [
+                f"Decision support: prioritise studies with a likely {spec.finding} on a reading worklist and "
+                "show where the evidence lies; a qualified reader reviews every study."],
+            "primary_users": intended.get("primary_users") or ["Radiologists and reporting clinicians."],
+            "scope": scope,
+            "out_of_scope": (intended.get("out_of_scope") or [
+                "Stand-alone diagnosis, or ruling a finding out without a qualified reader's review."]) + scope_out,
+        },
+        "factors": {
+            "relevant": narrative.get("factors", {}).get("relevant", []),
+            "evaluated": evaluated_factors,
+            "notes": narrative.get("factors", {}).get("notes", []),
+        },
+        "metrics": {
+            "threshold": spec.threshold,
+            "definitions": {
+                "auroc": "area under the ROC curve (threshold-free discrimination)",
+                "sensitivity": "TP / (TP + FN) at the shipped threshold: share of positive cases flagged",
+                "specificity": "TN / (TN + FP): share of negative cases not flagged",
+                "ppv": "TP / (TP + FP): share of flags that are right (depends on prevalence)",
+                "npv": "TN / (TN + FN): share of unflagged cases that are negative (depends on prevalence)",
+                "ece": (f"expected calibration error: mean |observed rate - mean score| over {options.calibration_bins} "
+                        "equal-width score bins, weighted by the bin's share of cases"),
+                "brier": "mean squared difference between score and label",
+                "operating_points": ("for each target sensitivity, the highest threshold reaching it on the evaluation "
+                                     "set, with the specificity there"),
+            },
+            "flag_rule": "a case is flagged when score >= threshold",
+            "confidence_intervals": M.bootstrap_settings(
+                n_resamples=options.n_resamples, confidence_level=options.confidence_level,
+                method=options.ci_method, seed=options.seed) | {
+                "note": ("cases are resampled with their labels; resamples in which a metric is undefined (no "
+                         "positives, say) are left out of that metric's interval")},
+            "subgroup_warning_rule": (
+                f"a subgroup is flagged when the upper bound of its sensitivity (or specificity) interval is below "
+                f"the overall point estimate; a subgroup with fewer than {options.min_positives} positive (negative) "
+                "cases is reported as too small to estimate sensitivity (specificity)"),
+        },
+        "evaluation_data": (
+            {**evaluation.summary(), "prevalence_by_factor": _prevalence_by_factor(evaluation),
+             "note": narrative.get("evaluation_data", {}).get("notes", [])}
+            if evaluation else {"available": False, "reason": evaluation_problem or "no labelled evaluation set given"}
+        ),
+        "training_data": {
+            "description": spec.training_data,
+            "licence": spec.licence,
+            "notes": narrative.get("training_data", {}).get("notes", []),
+            "training_command": spec.training_command,
+            "validation_at_training_time": {k: M._json_float(v) if isinstance(v, float) else v
+                                            for k, v in stored_val.items()},
+            "training_subset_at_training_time": validation.get("training_subset", {}),
+            "operating_points_at_training_time": validation.get("operating_points", {}),
+            "epochs": len(history),
+            "last_epoch": history[-1] if history else None,
+        },
+        "quantitative_analyses": {
+            "evaluation": analysis,
+            "human_ai_review": review,
+            "review_log_integrity": review_chain_problems,
+            "saliency_localisation": localisation,
+        },
+        "ethical_considerations": narrative.get("ethical_considerations") or [
+            "Automation bias: a flag, or its absence, can change how carefully a study is read. The model misses "
+            "positives at any threshold (see sensitivity); an unflagged study is not a normal study.",
+            "The evaluation data may not represent the population, devices and protocols where the model is used: "
+            "re-audit on local labelled data before relying on these numbers.",
+        ],
+        "caveats_and_recommendations": _caveats(spec, evaluation, analysis, review, localisation, narrative),
+    }
+    if evaluation and analysis and stored_val and evaluation.used_for_tuning:
+        card["evaluation_data"]["consistency_with_training_run"] = _consistency(stored_val, analysis["overall"])
+    return sanitise(card)
+
+
+def _prevalence_by_factor(evaluation: EvalSet) -> dict[str, list[dict]]:
+    out = {}
+    for factor, values in evaluation.factors.items():
+        values = np.asarray(values)
+        rows = []
+        for level, n in evaluation.summary()["factors"][factor].items():
+            pos = int(evaluation.labels[values == level].sum())
+            rows.append({"level": level, "n": n, "n_positive": pos, "share_positive": pos / n if n else None})
+        out[factor] = rows
+    return out
+
+
+def _consistency(stored: dict, overall: dict) -> dict:
+    """Training-time validation metrics against the recomputation (same images, same threshold)."""
+    rows = {}
+    for key in M.METRIC_NAMES:
+        a, b = stored.get(key), overall.get(key)
+        if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
+            continue
+        rows[key] = {"training_run": float(a), "this_audit": float(b), "difference": float(b) - float(a)}
+    largest = max((abs(r["difference"]) for r in rows.values()), default=0.0)
+    return {
+        "metrics": rows,
+        "largest_difference": largest,
+        "note": ("matches the training run" if largest < 0.01 else
+                 "differs from the training run by more than 0.01: the audit scores the JPEGs through the "
+                 "inference preprocessing, training scored its cached 8-bit network inputs"),
+    }
+
+
+def _caveats(spec, evaluation, analysis, review, localisation, narrative) -> list[str]:
+    items: list[str] = []
+    if evaluation is None:
+        items.append("No labelled evaluation set was available when this card was generated: it carries no "
+                     "measured performance beyond the training run's own validation numbers.")
+    else:
+        if evaluation.used_for_tuning:
+            items.append(f"The evaluation set ({evaluation.name}) was used during development (threshold tuning), "
+                         "so the metrics at the shipped threshold are optimistic. No independent hold-out set was "
+                         "available here.")
+    if analysis:
+        flagged = [w for w in analysis["subgroup_warnings"] if w["kind"].startswith("low_")]
+        small = [w for w in analysis["subgroup_warnings"] if w["kind"].startswith("too_few")]
+        if flagged:
+            items.append("Subgroups performing below the overall estimate: "
+                         + "; ".join(f"{w['factor']} = {w['level']} ({w['kind'].removeprefix('low_')})" for w in flagged)
+                         + ".")
+        if small:
+            levels = sorted({f"{w['factor']} = {w['level']}" for w in small})
+            items.append(f"{len(levels)} subgroup(s) too small to estimate sensitivity or specificity: "
+                         + ", ".join(levels) + ".")
+        for risk in analysis["label_shortcut_risks"]:
+            items.append("Possible shortcut: " + risk["message"] + ".")
+    items += narrative.get("known_shortcuts", [])
+    items += narrative.get("caveats", [])
+    if localisation is None:
+        items.append("No saliency localisation scores were available: saliency maps are unvalidated for this model.")
+    if review is None:
+        items.append("No review log was given: agreement with radiologists in deployment is not reported.")
+    return items
+
+
+def sanitise(value):
+    """Plain JSON types; NaN/inf -> None; tuples -> lists; numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): sanitise(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sanitise(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.ndarray):
+        return sanitise(value.tolist())
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value
+
+
+def card_json(card: dict) -> str:
+    """Strict JSON (no NaN)."""
+    return json.dumps(card, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+# --- layout: one list of blocks, two renderers ----------------------------------------------------
+
+# Blocks: ("h", level, text) ("p", text) ("ul", [text]) ("table", headers, rows) ("fig", key, caption)
+# ("warn", text). Text may use **bold** and `code`; everything else is literal.
+
+
+def _f(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ci(value, ci) -> str:
+    if value is None:
+        return "n/a"
+    if not ci or ci[0] is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def blocks(card: dict, figures: dict[str, Path]) -> list[tuple]:
+    """The card laid out as blocks (shared by the Markdown and HTML renderers)."""
+    d = card["model_details"]
+    out: list[tuple] = [("h", 1, f"Model card: {d['name']} {d['version']}")]
+    out.append(("p", f"Generated {card['generated']} by `medassist audit` (schema `{card['schema']}`); "
+                     "structure after Mitchell et al. 2019, *Model Cards for Model Reporting*. "
+                     "The JSON file beside this card holds every number shown here."))
+    out += _at_a_glance(card)
+
+    out.append(("h", 2, "Model details"))
+    arch = d["architecture"]
+    out.append(("table", ["Field", "Value"], [
+        ["Name", d["name"]], ["Version", d["version"]], ["Finding", d["finding"]],
+        ["Labels", ", ".join(d["labels"])], ["Description", d["description"]],
+        ["Architecture", f"`{arch['network']}` {json.dumps(arch['network_args'])}"
+                         + (f", {arch['parameters']:,} parameters" if arch.get("parameters") else "")],
+        ["Score head", arch["score_head"]],
+        ["Preprocessing", ", ".join(f"{k}={v}" for k, v in d["preprocessing"].items())],
+        ["Decision threshold", _f(d["threshold"], 6)],
+        ["Weights file", f"`{d['weights']}`"],
+        ["Weights sha256", f"`{d['weights_sha256']}`"],
+        ["Weights check", d["weights_check"] or "not checked"],
+        ["Training command", f"`{d['training_command']}`" if d["training_command"] else "n/a"],
+        ["Licence", d["licence"] or "n/a"],
+        ["Developed by", d["developers"]],
+        *([["Citation", d["citation"]]] if d["citation"] else []),
+        *([["Contact", d["contact"]]] if d["contact"] else []),
+    ]))
+
+    u = card["intended_use"]
+    out.append(("h", 2, "Intended use"))
+    out += [("h", 3, "Primary uses"), ("ul", u["primary_uses"]), ("h", 3, "Primary users"), ("ul", u["primary_users"]),
+            ("h", 3, "Scope"), ("ul", u["scope"]), ("h", 3, "Out-of-scope uses"), ("ul", u["out_of_scope"])]
+
+    fa = card["factors"]
+    out.append(("h", 2, "Factors"))
+    if fa["relevant"]:
+        out += [("p", "Factors that can change this model's performance:"), ("ul", fa["relevant"])]
+    out.append(("p", "Evaluated here (subgroup analyses below): "
+                + (", ".join(f"`{f}`" for f in fa["evaluated"]) if fa["evaluated"] else "none (no evaluation set).")))
+    if fa["notes"]:
+        out.append(("ul", fa["notes"]))
+
+    me = card["metrics"]
+    ci = me["confidence_intervals"]
+    out.append(("h", 2, "Metrics"))
+    out.append(("p", f"All threshold metrics use the shipped threshold {_f(me['threshold'], 6)} "
+                     f"({me['flag_rule']})."))
+    out.append(("ul", [f"**{k}**: {v}" for k, v in me["definitions"].items()]))
+    out.append(("p", f"Intervals: {int(ci['confidence_level'] * 100)}% {ci['method']} bootstrap "
+                     f"(`{ci['library']}`, paired resampling of cases, {ci['n_resamples']} resamples, seed {ci['seed']}); "
+                     f"{ci['note']}."))
+    out.append(("p", f"Subgroup warnings: {me['subgroup_warning_rule']}."))
+
+    out += _evaluation_data_blocks(card["evaluation_data"])
+    out += _training_blocks(card["training_data"])
+    out += _quantitative_blocks(card["quantitative_analyses"], figures)
+
+    out.append(("h", 2, "Ethical considerations"))
+    out.append(("ul", card["ethical_considerations"]))
+    out.append(("h", 2, "Caveats and recommendations"))
+    out.append(("ul", card["caveats_and_recommendations"]))
+    return out
+
+
+def _at_a_glance(card: dict) -> list[tuple]:
+    ev = (card["quantitative_analyses"].get("evaluation") or {})
+    data = card["evaluation_data"]
+    if not ev:
+        return [("warn", "No labelled evaluation set: this card reports no measured performance.")]
+    o = ev["overall"]
+    lines = [f"Evaluated on **{data['name']}**: {data['n']} cases, {data['n_positive']} positive "
+             f"({_pct(data['prevalence'])})."
+             + (" These images were used to tune the threshold: the numbers are optimistic." if data["used_for_tuning"] else ""),
+             f"AUROC {_ci(o['auroc'], o['ci']['auroc'])}; at threshold {_f(o['threshold'])}: sensitivity "
+             f"{_ci(o['sensitivity'], o['ci']['sensitivity'])}, specificity {_ci(o['specificity'], o['ci']['specificity'])}.",
+             f"Calibration: ECE {_f(ev['calibration']['ece'])} ({ev['calibration']['n_bins']} bins)."]
+    n_low = sum(w["kind"].startswith("low_") for w in ev["subgroup_warnings"])
+    n_small = len({(w["factor"], w["level"]) for w in ev["subgroup_warnings"] if w["kind"].startswith("too_few")})
+    lines.append(f"Subgroup warnings: {n_low} below the overall estimate, {n_small} subgroup(s) too small.")
+    out: list[tuple] = [("h", 2, "At a glance"), ("ul", lines)]
+    if data["used_for_tuning"]:
+        out.append(("warn", "Evaluation set = the validation split used for tuning the threshold; "
+                            "an independent hold-out set was not available."))
+    return out
+
+
+def _evaluation_data_blocks(data: dict) -> list[tuple]:
+    out: list[tuple] = [("h", 2, "Evaluation data")]
+    if not data.get("name"):
+        return out + [("p", f"Not available: {data.get('reason', '')}.")]
+    out.append(("p", data["description"]))
+    out.append(("table", ["Cases", "Positive", "Negative", "Prevalence", "Used for tuning"],
+                [[data["n"], data["n_positive"], data["n_negative"], _pct(data["prevalence"]),
+                  "yes" if data["used_for_tuning"] else "no"]]))
+    for factor, rows in data.get("prevalence_by_factor", {}).items():
+        out.append(("h", 4, f"By {factor}"))
+        out.append(("table", [factor, "Cases", "Positive", "Share positive"],
+                    [[r["level"], r["n"], r["n_positive"], _pct(r["share_positive"])] for r in rows]))
+    notes = list(data.get("notes", [])) + list(data.get("note", []))
+    if notes:
+        out.append(("ul", notes))
+    cons = data.get("consistency_with_training_run")
+    if cons:
+        out.append(("p", "Recomputed against the training run's own validation numbers (same images, same threshold): "
+                         + ", ".join(f"{k} {v['training_run']:.3f} -> {v['this_audit']:.3f}"
+                                     for k, v in cons["metrics"].items()) + f"; {cons['note']}."))
+    return out
+
+
+def _training_blocks(t: dict) -> list[tuple]:
+    out: list[tuple] = [("h", 2, "Training data")]
+    out.append(("table", ["Field", "Value"], [["Data", t["description"] or "n/a"], ["Licence", t["licence"] or "n/a"],
+                                               ["Reproduce with", f"`{t['training_command']}`" if t["training_command"] else "n/a"],
+                                               ["Epochs", t["epochs"]]]))
+    if t["notes"]:
+        out.append(("ul", t["notes"]))
+    rows = []
+    for label, m in (("validation split", t["validation_at_training_time"]),
+                     ("training subset", t["training_subset_at_training_time"])):
+        if m:
+            rows.append([label, m.get("n"), m.get("n_positive"), *(_f(m.get(k)) for k in M.METRIC_NAMES)])
+    if rows:
+        out.append(("p", "Recorded by the training run at the shipped threshold (point estimates, no intervals):"))
+        out.append(("table", ["Set", "Cases", "Positive", "AUROC", "Sensitivity", "Specificity", "PPV", "NPV"], rows))
+    if t["operating_points_at_training_time"]:
+        out.append(("p", "Thresholds chosen at training time: " + ", ".join(
+            f"{k} = {_f(v, 4)}" for k, v in t["operating_points_at_training_time"].items()) + "."))
+    return out
+
+
+def _metric_row(label: str, m: dict) -> list:
+    return [label, m["n"], m["n_positive"], *(_ci(m[k], m["ci"][k]) for k in M.METRIC_NAMES)]
+
+
+METRIC_HEADERS = ["Cases", "Positive", "AUROC", "Sensitivity", "Specificity", "PPV", "NPV"]
+
+
+def _quantitative_blocks(q: dict, figures: dict[str, Path]) -> list[tuple]:
+    out: list[tuple] = [("h", 2, "Quantitative analyses")]
+    ev = q.get("evaluation")
+    if ev:
+        o = ev["overall"]
+        out.append(("h", 3, "Overall, at the shipped threshold"))
+        out.append(("table", ["Set", *METRIC_HEADERS], [_metric_row("all", o)]))
+        out.append(("p", f"Confusion counts at threshold {_f(o['threshold'], 6)}: TP {o['tp']}, FP {o['fp']}, "
+                         f"TN {o['tn']}, FN {o['fn']}."))
+        if "roc" in figures:
+            out.append(("fig", "roc", "ROC curve; the red point is the shipped threshold with its intervals."))
+        c = ev["calibration"]
+        out.append(("h", 3, "Calibration"))
+        out.append(("p", f"Expected calibration error {_f(c['ece'])} ({c['n_bins']} equal-width bins); "
+                         f"Brier score {_f(c['brier'])}."))
+        out.append(("table", ["Score bin", "Cases", "Mean score", "Observed positive rate"],
+                    [[f"{b['lower']:.1f}-{b['upper']:.1f}", b["n"], _f(b["mean_score"]), _f(b["observed_rate"])]
+                     for b in c["bins"]]))
+        if "reliability" in figures:
+            out.append(("fig", "reliability", "Reliability diagram: observed rate against mean score per bin."))
+        out.append(("h", 3, "Operating points"))
+        out.append(("table", ["Target sensitivity", "Threshold", "Sensitivity", "Specificity", "PPV", "NPV"],
+                    [[_pct(p["target_sensitivity"]), _f(p["threshold"], 4), *(_f(p[k]) for k in
+                      ("sensitivity", "specificity", "ppv", "npv"))] for p in ev["operating_points"]]))
+        if ev["training_operating_points_on_this_set"]:
+            out.append(("p", "The training run's thresholds applied to this set:"))
+            out.append(("table", ["Operating point", "Threshold", "Sensitivity", "Specificity", "PPV", "NPV"],
+                        [[p["name"], _f(p["threshold"], 4), *(_f(p[k]) for k in ("sensitivity", "specificity", "ppv", "npv"))]
+                         for p in ev["training_operating_points_on_this_set"]]))
+        out.append(("h", 3, "Subgroups"))
+        if not ev["subgroups"]:
+            out.append(("p", "The evaluation set carries no factors to split by."))
+        for factor, rows in ev["subgroups"].items():
+            out.append(("h", 4, f"By {factor}"))
+            out.append(("table", [factor, *METRIC_HEADERS, "Warnings"],
+                        [[*_metric_row(r["level"], r), "; ".join(w["message"] for w in r["warnings"]) or "-"]
+                         for r in rows]))
+        if "subgroups" in figures:
+            out.append(("fig", "subgroups", "Sensitivity and specificity by subgroup with their intervals."))
+        low = [w for w in ev["subgroup_warnings"] if w["kind"].startswith("low_")]
+        for w in low:
+            out.append(("warn", f"{w['factor']} = {w['level']}: {w['message']}."))
+        if not low and ev["subgroups"]:
+            out.append(("p", "No subgroup's interval lies entirely below the overall sensitivity or specificity."))
+    else:
+        out.append(("p", "No evaluation set: no performance analyses."))
+    out += _review_blocks(q.get("human_ai_review"), q.get("review_log_integrity"))
+    out += _localisation_blocks(q.get("saliency_localisation"))
+    return out
+
+
+def _review_blocks(review: dict | None, chain: list[str] | None) -> list[tuple]:
+    out: list[tuple] = [("h", 3, "Human-AI review in deployment")]
+    if review is None:
+        return out + [("p", "No review log given (`--review-db`).")]
+    out.append(("p", f"From `{review['source']}`: {review['rows_in_log']} decision row(s) for this model, "
+                     f"{review['current_decisions']} current decision(s) (the latest per series and finding). "
+                     "Final call: accept keeps the model's call, reject reverses it, correct means the finding is "
+                     "present (unless corrected to a negative)."))
+    if chain is not None:
+        out.append(("p", "Review log hash chain: verified intact." if not chain else
+                    f"Review log hash chain: {len(chain)} problem(s): " + "; ".join(chain[:5])))
+        if chain:
+            out.append(("warn", "The review log's hash chain does not verify: the figures below may rest on edited rows."))
+    rows = [[v, s["n_decided"], s["n_flagged"], _pct(s["accept_rate"]), _pct(s["reject_rate"]), _pct(s["correct_rate"]),
+             _f(s["agreement"]), _f(s["cohen_kappa"]), s["n_overrides"], s["n_reviewers"],
+             f"{(s['first_decision'] or '')[:10]} to {(s['last_decision'] or '')[:10]}"]
+            for v, s in review["by_version"].items()]
+    if rows:
+        out.append(("table", ["Model version", "Decided", "Flagged", "Accepted", "Rejected", "Corrected",
+                              "Agreement", "Cohen's kappa", "Overrides", "Reviewers", "Period"], rows))
+        month_rows = [[v, m, s["n_decided"], _pct(s["accept_rate"]), _pct(s["reject_rate"]), _pct(s["correct_rate"]),
+                       _f(s["agreement"]), _f(s["cohen_kappa"]), s["n_overrides"]]
+                      for v, months in review["by_month"].items() for m, s in months.items()]
+        out.append(("h", 4, "Over time"))
+        out.append(("table", ["Model version", "Month", "Decided", "Accepted", "Rejected", "Corrected", "Agreement",
+                              "Cohen's kappa", "Overrides"], month_rows))
+    else:
+        out.append(("p", "No decisions recorded for this model."))
+    if review["overrides"]:
+        out.append(("h", 4, f"Overrides ({len(review['overrides'])})"))
+        out.append(("p", "Findings whose radiologist call differs from the model's. These rows carry local study "
+                         "identifiers: keep this card inside the institution."))
+        out.append(("table", ["Decided at", "Version", "Series UID", "Score", "Kind", "Corrected finding", "Reviewer",
+                              "Comment"],
+                    [[(o["decided_at"] or "")[:19], o["model_version"], o["series_uid"], _f(o["score"]), o["kind"],
+                      o["corrected_finding"] or "", o["reviewer"] or "", o["comment"] or ""] for o in review["overrides"]]))
+    return out
+
+
+def _localisation_blocks(loc: dict | None) -> list[tuple]:
+    out: list[tuple] = [("h", 3, "Saliency localisation")]
+    if loc is None:
+        return out + [("p", "No localisation report (`model_cards/<model>_localisation.json`) was found.")]
+    methods = loc.get("methods", {})
+    data = loc.get("data", {})
+    if data:
+        out.append(("p", f"{data.get('dataset', 'Localisation data')}: "
+                         + ", ".join(f"{k} {v}" for k, v in data.items() if isinstance(v, (int, float)) and k != "limit")
+                         + "."))
+    rows = []
+    for name, m in methods.items():
+        pg, ei = m.get("pointing_game", {}), m.get("energy_inside", {})
+        rows.append([name, m.get("n_images"), _ci(pg.get("hit_rate"), pg.get("ci95")), _f(pg.get("baseline_random_peak")),
+                     _f(pg.get("baseline_centre_peak")), _ci(ei.get("mean"), ei.get("ci95")),
+                     _f(ei.get("baseline_uniform_map"))])
+    if rows:
+        out.append(("table", ["Method", "Images", "Pointing-game hit rate", "Random-peak baseline", "Centre-peak baseline",
+                              "Energy inside", "Uniform-map baseline"], rows))
+    for key, text in (loc.get("metrics") or {}).items():
+        out.append(("p", f"**{key}**: {text}."))
+    if loc.get("weights_mismatch"):
+        out.append(("warn", loc["weights_mismatch"]))
+    return out
+
+
+# --- renderers -----------------------------------------------------------------------------------
+
+_INLINE = re.compile(r"(\*\*[^*]+\*\*|`[^`]+`|\*[^*]+\*)")
+
+
+def _md_cell(value) -> str:
+    return str(value if value is not None else "").replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(card: dict, figures: dict[str, Path] | None = None, *, base: Path | None = None) -> str:
+    """Markdown; figures are linked by their path relative to ``base`` (the card's folder)."""
+    figures = figures or {}
+    lines: list[str] = []
+    for block in blocks(card, figures):
+        kind = block[0]
+        if kind == "h":
+            lines += ["#" * block[1] + " " + block[2], ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "warn":
+            lines += [f"> **Warning:** {block[1]}", ""]
+        elif kind == "ul":
+            lines += [f"- {item}" for item in block[1]] + [""]
+        elif kind == "table":
+            headers, rows = block[1], block[2]
+            lines.append("| " + " | ".join(_md_cell(h) for h in headers) + " |")
+            lines.append("|" + "|".join("---" for _ in headers) + "|")
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+            lines.append("")
+        elif kind == "fig":
+            path = figures[block[1]]
+            rel = path.name if base is None else Path(_relative(path, base))
+            lines += [f"![{block[2]}]({rel})", "", f"*{block[2]}*", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(base).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _inline_html(text: str) -> str:
+    parts = []
+    for piece in _INLINE.split(str(text)):
+        if piece.startswith("**") and piece.endswith("**") and len(piece) > 4:
+            parts.append(f"<strong>{html.escape(piece[2:-2])}</strong>")
+        elif piece.startswith("`") and piece.endswith("`") and len(piece) > 2:
+            parts.append(f"<code>{html.escape(piece[1:-1])}</code>")
+        elif piece.startswith("*") and piece.endswith("*") and len(piece) > 2:
+            parts.append(f"<em>{html.escape(piece[1:-1])}</em>")
+        else:
+            parts.append(html.escape(piece))
+    return "".join(parts)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#1d1d1f;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em}
+th,td{border:1px solid #ccd;padding:.25em .55em;text-align:left;vertical-align:top}
+th{background:#eef1f6}
+code{background:#f3f3f6;padding:0 .2em;border-radius:3px;font-size:.92em;word-break:break-all}
+.warn{background:#fff4e5;border-left:4px solid #e07b00;padding:.5em .8em;margin:.8em 0}
+figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
+img{max-width:100%}
+h2{border-bottom:1px solid #dde;padding-bottom:.2em;margin-top:1.6em}
+"""
+
+
+def render_html(card: dict, figures: dict[str, Path] | None = None) -> str:
+    """A self-contained HTML page; figures embedded as base64 PNG."""
+    figures = figures or {}
+    title = f"Model card: {card['model_details']['name']} {card['model_details']['version']}"
+    body: list[str] = []
+    for block in blocks(card, figures):
+        kind = block[0]
+        if kind == "h":
+            body.append(f"<h{block[1]}>{_inline_html(block[2])}</h{block[1]}>")
+        elif kind == "p":
+            body.append(f"<p>{_inline_html(block[1])}</p>")
+        elif kind == "warn":
+            body.append(f'<div class="warn"><strong>Warning:</strong> {_inline_html(block[1])}</div>')
+        elif kind == "ul":
+            body.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in block[1]) + "</ul>")
+        elif kind == "table":
+            head = "".join(f"<th>{_inline_html(h)}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c if c is not None else '')}</td>" for c in row) + "</tr>"
+                           for row in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "fig":
+            data = base64.b64encode(Path(figures[block[1]]).read_bytes()).decode("ascii")
+            body.append(f'<figure><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{_inline_html(block[2])}</figcaption></figure>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
