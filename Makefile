@@ -9,8 +9,9 @@ PIP_ARGS ?=
 STAMPS := build/stamps
 DEMO_OUT := out/demo
 
-# System packages (Debian) the project needs: Chromium + driver for the real-browser test.
-SYSTEM_PACKAGES := chromium chromium-driver
+# System packages (Debian) the project needs: Chromium + driver for the real-browser test,
+# Orthanc with its DICOMweb and GDCM plugins for the real-PACS tests.
+SYSTEM_PACKAGES := chromium chromium-driver orthanc orthanc-dicomweb orthanc-gdcm
 # python3-venv too, where this Python cannot create a virtualenv (Debian splits ensurepip out).
 APT_PACKAGES := $(strip $(SYSTEM_PACKAGES) $(shell $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv))
 

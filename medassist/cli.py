@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "each shipped model that applies, and write OUT/worklist.csv and OUT/worklist.json, highest "
         "priority first. Re-running into the same OUT resumes: finished series are not redone.",
     )
-    triage.add_argument("inputs", nargs="+", metavar="INPUT", help="a file or folder to read")
+    triage.add_argument("inputs", nargs="*", metavar="INPUT", help="a file or folder to read (or use --pacs)")
     triage.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     triage.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where models run (default: auto, CUDA when available)")
@@ -76,8 +76,47 @@ def build_parser() -> argparse.ArgumentParser:
     triage.add_argument("--modality", default=None, metavar="MODALITY",
                         help="modality for inputs that carry none, e.g. MR for NIfTI files")
     triage.add_argument("--quiet", action="store_true", help="no progress bar")
+    pacs = triage.add_argument_group("PACS (DICOMweb)")
+    pacs.add_argument("--pacs", metavar="URL", help="pull studies from this DICOMweb root instead of INPUT")
+    pacs.add_argument("--date-from", metavar="YYYYMMDD", help="studies on or after this date")
+    pacs.add_argument("--date-to", metavar="YYYYMMDD", help="studies on or before this date")
+    pacs.add_argument("--modality-filter", metavar="MOD", help="only studies with this modality, e.g. DX")
+    add_pacs_credentials(triage)
+    triage.add_argument("--send", metavar="TARGET", help="send SR + saliency captures back: a DICOMweb URL "
+                        "(STOW-RS) or dicom://AET@host:port (C-STORE)")
+    triage.add_argument("--send-seg", action="store_true", help="also send saliency maps as DICOM SEG")
     add_models_dir(triage)
     triage.set_defaults(func=cmd_triage)
+
+    listen = commands.add_parser(
+        "listen", help="receive studies over DICOM (C-STORE SCP) and triage each once complete",
+        description="Listen for studies pushed by a PACS or modality; a study with no new instance for "
+        "--idle-seconds is triaged into OUT/studies/<study> and OUT/worklist.csv is updated.",
+    )
+    listen.add_argument("--ae-title", "--aet", dest="aet", default="MEDASSIST", metavar="AE")
+    listen.add_argument("--port", type=positive_int, default=11112, metavar="N")
+    listen.add_argument("--host", default="127.0.0.1", metavar="H", help="address to bind (default: 127.0.0.1)")
+    listen.add_argument("--out", required=True, type=Path, metavar="DIR")
+    listen.add_argument("--idle-seconds", type=float, default=30.0, metavar="S")
+    listen.add_argument("--send", metavar="TARGET", help="send results back (DICOMweb URL or dicom://AET@host:port)")
+    listen.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_pacs_credentials(listen)
+    add_models_dir(listen)
+    listen.set_defaults(func=cmd_listen)
+
+    export = commands.add_parser(
+        "export", help="write studies (and results) de-identified, for data leaving the hospital",
+        description="Copy the studies under INPUT into DIR de-identified per DICOM PS3.15 Annex E (basic "
+        "profile), UIDs remapped consistently (secret: MEDASSIST_DEID_SECRET or a per-user key file).",
+    )
+    export.add_argument("inputs", nargs="+", metavar="INPUT")
+    export.add_argument("--out", required=True, type=Path, metavar="DIR")
+    export.add_argument("--deidentify", action="store_true", required=True,
+                        help="required: exports are always de-identified")
+    export.add_argument("--results", type=Path, metavar="OUT_DIR", help="a triage output to export with them")
+    export.add_argument("--allow-burned-in", action="store_true",
+                        help="export images that may carry burned-in text (off by default)")
+    export.set_defaults(func=cmd_export)
 
     train = commands.add_parser(
         "train", help="train a model from a YAML config",
@@ -127,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_pacs_credentials(parser: argparse.ArgumentParser) -> None:
+    """--pacs-user and --pacs-password-env (the password never goes on the command line)."""
+    parser.add_argument("--pacs-user", metavar="U", help="PACS user (HTTP basic auth)")
+    parser.add_argument("--pacs-password-env", metavar="VAR", help="environment variable holding the password")
+
+
+def pacs_password(args: argparse.Namespace) -> str | None:
+    """The PACS password from the named environment variable, if any."""
+    if not args.pacs_password_env:
+        return None
+    from medassist.pacs.dicomweb import password_from_env
+
+    return password_from_env(args.pacs_password_env)
+
+
 def weights_dir_of(args: argparse.Namespace) -> Path:
     """The models folder: --models-dir, or the shipped one."""
     from medassist.models.registry import WEIGHTS_DIR
@@ -138,12 +192,56 @@ def cmd_triage(args: argparse.Namespace) -> int:
     """``medassist triage``: run_triage, then one summary line without identifiers."""
     from medassist.triage import run_triage
 
-    summary = run_triage(
-        args.inputs, args.out, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+    if bool(args.inputs) == bool(args.pacs):
+        raise MedassistError("give either INPUT paths or --pacs URL (exactly one of them)")
+    options = dict(
+        device=args.device, batch_size=args.batch_size, num_workers=args.workers,
         weights_dir=weights_dir_of(args), modality_override=args.modality.upper() if args.modality else None,
         progress=not args.quiet,
     )
+    password = pacs_password(args)
+    if args.pacs:
+        from medassist.pacs.dicomweb import triage_from_pacs
+
+        _, summary = triage_from_pacs(
+            args.pacs, args.out, username=args.pacs_user, password=password, date_from=args.date_from,
+            date_to=args.date_to, modality=args.modality_filter, **options,
+        )
+    else:
+        summary = run_triage(args.inputs, args.out, **options)
     print(f"medassist triage: {summary.line()}; worklist: {summary.worklist_csv}")
+    if args.send:
+        from medassist.pacs.send import send_results
+
+        made, report = send_results(args.out, args.send, username=args.pacs_user, password=password,
+                                    saliency_as=("sc", "seg") if args.send_seg else ("sc",))
+        print(f"medassist triage: sent {len(report.stored)} result object(s) to {args.send}, "
+              f"{len(report.failed)} failed")
+        for uid, reason in report.failed.items():
+            print(f"  not stored: {uid}: {reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    """``medassist listen``: a C-STORE SCP that triages each complete study, until Ctrl-C."""
+    from medassist.pacs.listener import listen
+
+    listen(args.aet, args.port, args.out, host=args.host, idle_seconds=args.idle_seconds, send_to=args.send,
+           send_username=args.pacs_user, send_password=pacs_password(args), device=args.device,
+           weights_dir=weights_dir_of(args), progress=False)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``medassist export --deidentify``: studies and results with identifiers removed."""
+    from medassist.dicom_out.deid import export_deidentified
+
+    result = export_deidentified(args.inputs, args.out, results_dir=args.results,
+                                 allow_burned_in=args.allow_burned_in)
+    print(f"medassist export: {len(result.written)} file(s) written to {args.out}, "
+          f"{len(result.problems)} skipped")
+    for problem in result.problems:
+        print(f"  skipped: {problem}", file=sys.stderr)
     return 0
 
 

@@ -199,7 +199,8 @@ def test_verify_chain_on_missing_file(tmp_path):
 def test_concurrent_processes_lose_nothing(tmp_path):
     path = str(open_store(tmp_path / "decisions.sqlite").path)
     n = 40
-    ctx = multiprocessing.get_context("spawn")
+    # fork: spawn would re-run whatever __main__ an earlier AppTest left behind (the app script)
+    ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=write_many, args=(path, f"writer{w}", n)) for w in range(2)]
     for p in procs:
         p.start()

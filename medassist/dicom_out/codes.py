@@ -1,0 +1,55 @@
+"""Coded concepts the DICOM results use: findings, procedures, and medassist's own concepts.
+
+Findings the models name are mapped to SNOMED CT where a concept fits; any other finding label
+gets a code in the private coding scheme ``99MEDASSIST`` (DICOM reserves "99" prefixes for local
+schemes), as do the model score and decision threshold, which no standard concept describes
+exactly (the score is a model output, not a calibrated probability).
+"""
+
+from __future__ import annotations
+
+import re
+
+from highdicom.sr import CodedConcept
+
+LOCAL_SCHEME = "99MEDASSIST"
+
+FINDING_CODES: dict[str, CodedConcept] = {
+    "fracture": CodedConcept("125605004", "SCT", "Fracture of bone"),
+    "pneumothorax": CodedConcept("36118008", "SCT", "Pneumothorax"),
+    "pneumonia": CodedConcept("233604007", "SCT", "Pneumonia"),
+    "pleural_effusion": CodedConcept("60046008", "SCT", "Pleural effusion"),
+    "nodule": CodedConcept("27925004", "SCT", "Nodule"),
+    "mass": CodedConcept("4147007", "SCT", "Mass"),
+}
+
+MODEL_SCORE = CodedConcept("MA-SCORE", LOCAL_SCHEME, "Model output score")
+DECISION_THRESHOLD = CodedConcept("MA-THRESHOLD", LOCAL_SCHEME, "Decision threshold")
+NO_UNITS = CodedConcept("1", "UCUM", "no units")
+PRESENT = CodedConcept("52101004", "SCT", "Present")
+ABSENT = CodedConcept("272519000", "SCT", "Absent")
+FINDING_CATEGORY = CodedConcept("49755003", "SCT", "Morphologically Abnormal Structure")
+
+_PROCEDURES = {
+    "DX": CodedConcept("168537006", "SCT", "Plain radiography"),
+    "CR": CodedConcept("168537006", "SCT", "Plain radiography"),
+    "RG": CodedConcept("168537006", "SCT", "Plain radiography"),
+    "CT": CodedConcept("77477000", "SCT", "Computerized axial tomography"),
+    "MR": CodedConcept("113091000", "SCT", "Magnetic resonance imaging"),
+    "US": CodedConcept("16310003", "SCT", "Ultrasonography"),
+}
+IMAGING_PROCEDURE = CodedConcept("363679005", "SCT", "Imaging procedure")
+
+
+def finding_code(label: str) -> CodedConcept:
+    """The concept for a model's finding label (SNOMED CT when known, else 99MEDASSIST)."""
+    key = re.sub(r"[^a-z0-9]+", "_", label.strip().lower()).strip("_")
+    if key in FINDING_CODES:
+        return FINDING_CODES[key]
+    value = (key or "unknown")[:16]  # SH: a code value of at most 16 characters
+    return CodedConcept(value, LOCAL_SCHEME, label.strip() or "unknown finding")
+
+
+def procedure_code(modality: str) -> CodedConcept:
+    """The imaging procedure the report is about, from the modality."""
+    return _PROCEDURES.get(modality.upper(), IMAGING_PROCEDURE)

@@ -1,0 +1,139 @@
+"""One study's findings as a DICOM Comprehensive 3D SR holding a TID 1500 Measurement Report.
+
+Per worklist row (one model on one series) the report has one measurement group (TID 1501):
+
+* finding type: the finding's concept (``codes.finding_code``, e.g. SCT 125605004 Fracture of bone);
+* algorithm identification (TID 4019): model name and version;
+* measurements: the model score and the decision threshold (99MEDASSIST codes, no units);
+* qualitative evaluation: the finding concept = Present (flagged) or Absent (not flagged);
+* source images: every instance of the series the model saw (SOP Class and Instance UIDs).
+
+The SR goes into the source study (same StudyInstanceUID; patient and study modules copied by
+highdicom from the evidence) as a new series, lists the source instances as evidence, and names
+medassist as the observing device. It is never marked verified: a person has not checked it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from medassist.dicom_out import codes as mcodes
+
+MANUFACTURER = "medassist"
+SR_SERIES_NUMBER = 9901
+SR_SERIES_DESCRIPTION = "medassist AI triage report (research use, not for diagnosis)"
+DEVICE_UID = generate_uid(prefix="2.25.", entropy_srcs=["medassist", "device"])
+
+
+def software_version() -> str:
+    """medassist's version for Software Versions / the device observer."""
+    try:
+        from importlib.metadata import version
+
+        return version("medassist")
+    except Exception:  # not installed as a distribution
+        return "0"
+
+
+def derived_uid(*parts: object) -> str:
+    """A UID fixed by its inputs: writing the same results twice gives the same instances."""
+    return generate_uid(prefix="2.25.", entropy_srcs=[json.dumps(p, sort_keys=True, default=str) for p in parts])
+
+
+def _row_key(row) -> dict:
+    return {k: getattr(row, k) for k in ("series_uid", "model", "model_version", "finding", "score", "threshold", "flagged")}
+
+
+def build_study_sr(rows: Sequence, sources: Mapping[str, Sequence[Dataset]]) -> hd.sr.Comprehensive3DSR:
+    """The SR for one study.
+
+    ``rows``: ``results.ResultRow`` objects (or anything with the same attributes) of one study,
+    each with a score. ``sources``: per SeriesInstanceUID, the series' instance headers.
+    """
+    if not rows:
+        raise ValueError("no findings to report")
+    study_uids = {r.study_uid for r in rows}
+    if len(study_uids) != 1:
+        raise ValueError(f"rows from {len(study_uids)} studies; one SR per study")
+    study_uid = rows[0].study_uid
+    groups = [_measurement_group(row, sources[row.series_uid]) for row in rows]
+
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=DEVICE_UID,
+        name="medassist",
+        manufacturer_name="medassist contributors",
+        model_name=", ".join(sorted({f"{r.model} {r.model_version}" for r in rows}))[:64],
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+    modality = next((r.modality for r in rows if r.modality), "")
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=mcodes.procedure_code(modality),
+        imaging_measurements=groups,
+        title=codes.DCM.ImagingMeasurementReport,
+    )
+    evidence = [ds for row in rows for ds in sources[row.series_uid]]
+    evidence = list({ds.SOPInstanceUID: ds for ds in evidence}.values())
+    key = [study_uid, sorted((_row_key(r) for r in rows), key=json.dumps)]
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=derived_uid("sr-series", study_uid),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=derived_uid("sr", key),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=SR_SERIES_DESCRIPTION,
+    )
+    sr.SoftwareVersions = software_version()
+    sr.ManufacturerModelName = "medassist"
+    return sr
+
+
+def _measurement_group(row, headers: Sequence[Dataset]) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    algorithm = hd.sr.AlgorithmIdentification(name=row.model, version=row.model_version or "unknown")
+    finding = mcodes.finding_code(row.finding or row.model)
+    measurements = [
+        hd.sr.Measurement(name=mcodes.MODEL_SCORE, value=float(row.score), unit=mcodes.NO_UNITS, algorithm_id=algorithm)
+    ]
+    if row.threshold is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=mcodes.DECISION_THRESHOLD, value=float(row.threshold), unit=mcodes.NO_UNITS, algorithm_id=algorithm
+            )
+        )
+    evaluations = []
+    if row.flagged is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=finding, value=mcodes.PRESENT if row.flagged else mcodes.ABSENT))
+    source_images = [
+        hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=ds.SOPClassUID, referenced_sop_instance_uid=ds.SOPInstanceUID
+        )
+        for ds in headers
+    ]
+    tracking = hd.sr.TrackingIdentifier(
+        uid=derived_uid("tracking", row.series_uid, row.model, row.model_version),
+        identifier=f"{row.model} {row.finding} series {row.series_uid}"[:64],
+    )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        finding_type=finding,
+        finding_category=mcodes.FINDING_CATEGORY,
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=evaluations or None,
+        source_images=source_images,
+    )

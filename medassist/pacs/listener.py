@@ -1,0 +1,317 @@
+"""A DICOM C-STORE receiver that triages each study once it has stopped arriving.
+
+``listen(ae_title, port, out_dir)`` (what ``medassist listen`` calls) runs until interrupted:
+
+* a pynetdicom storage SCP on ``host:port`` (loopback by default) accepts every storage SOP class
+  in any transfer syntax, plus C-ECHO;
+* each received instance is written, as received (no decoding), to
+  ``<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` (spool defaults to ``out_dir/spool``);
+* a study is complete when no instance of it has arrived for ``idle_seconds``; it is then
+  triaged (``medassist.triage.run_triage``) into ``out_dir/studies/<StudyInstanceUID>/``, and
+  ``out_dir/worklist.csv`` is rewritten with the rows of every study triaged so far;
+* instances that arrive for a study after it was triaged make it due again: it is re-triaged
+  once idle, on all its instances.
+
+Studies are triaged one at a time in a background thread, so receiving never waits on a model.
+UIDs from the network are checked (digits and dots) before they become file names.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from medassist.errors import MedassistError
+
+logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+STATUS_SUCCESS = 0x0000
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_OUT_OF_RESOURCES = 0xA700
+
+
+@dataclass
+class StudyState:
+    """Bookkeeping for one study in the spool."""
+
+    study_uid: str
+    received: int = 0
+    last_seen: float = 0.0
+    triaged_count: int = 0  # instances present at the last triage
+    runs: int = 0
+    error: str = ""
+
+
+@dataclass
+class TriagedStudy:
+    """A study the listener triaged: where its results are, or why it failed."""
+
+    study_uid: str
+    out_dir: Path
+    instances: int
+    error: str = ""
+    result: object = None
+
+
+class StudyListener:
+    """The C-STORE SCP and the idle watcher; ``start()``/``stop()`` or use as a context manager."""
+
+    def __init__(
+        self,
+        ae_title: str,
+        port: int,
+        out_dir: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        idle_seconds: float = 30.0,
+        spool_dir: str | Path | None = None,
+        triage: Callable | None = None,
+        triage_kwargs: dict | None = None,
+        on_study: Callable[[TriagedStudy], None] | None = None,
+    ):
+        if not 1 <= len(ae_title.strip()) <= 16:
+            raise MedassistError(f"AE title {ae_title!r}: 1 to 16 characters")
+        self.ae_title = ae_title.strip()
+        self.host, self.port = host, int(port)
+        self.out_dir = Path(out_dir)
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else self.out_dir / "spool"
+        self.idle_seconds = float(idle_seconds)
+        self.triage = triage
+        self.triage_kwargs = dict(triage_kwargs or {})
+        self.on_study = on_study
+        self.studies: dict[str, StudyState] = {}
+        self.triaged: list[TriagedStudy] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server = None
+        self._watcher: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ receiving
+
+    def _handle_store(self, event) -> int:
+        try:
+            study_uid = str(event.dataset.StudyInstanceUID)
+            sop_uid = str(event.request.AffectedSOPInstanceUID)
+        except Exception as exc:
+            logger.warning("listener: unreadable instance from %s: %s", _peer(event), exc)
+            return STATUS_CANNOT_UNDERSTAND
+        if not (_UID.match(study_uid) and _UID.match(sop_uid)) or len(study_uid) > 64 or len(sop_uid) > 64:
+            logger.warning("listener: refused instance with invalid UIDs from %s", _peer(event))
+            return STATUS_CANNOT_UNDERSTAND
+        folder = self.spool_dir / study_uid
+        path = folder / f"{sop_uid}.dcm"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{sop_uid}.part"
+            with open(tmp, "wb") as fh:
+                fh.write(event.encoded_dataset(include_meta=True))
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.error("listener: cannot store %s: %s", path, exc)
+            return STATUS_OUT_OF_RESOURCES
+        with self._lock:
+            state = self.studies.setdefault(study_uid, StudyState(study_uid))
+            state.received += 1
+            state.last_seen = time.monotonic()
+        logger.debug("listener: stored %s", path)
+        return STATUS_SUCCESS
+
+    def start(self) -> "StudyListener":
+        """Start accepting associations and watching for idle studies; returns at once."""
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
+
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._recover_spool()
+        ae = AE(ae_title=self.ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        ae.maximum_pdu_size = 0  # no limit
+        try:
+            self._server = ae.start_server(
+                (self.host, self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle_store)]
+            )
+        except OSError as exc:
+            raise MedassistError(f"cannot listen on {self.host}:{self.port} ({exc})") from exc
+        self._stop.clear()
+        self._watcher = threading.Thread(target=self._watch, name="medassist-listener-watch", daemon=True)
+        self._watcher.start()
+        logger.info("listener: %s listening on %s:%d, spool %s, studies triaged after %.0f s idle",
+                    self.ae_title, self.host, self.port, self.spool_dir, self.idle_seconds)
+        return self
+
+    def _recover_spool(self) -> None:
+        """Studies left in the spool by an earlier run are due again (triaged once idle)."""
+        for folder in sorted(p for p in self.spool_dir.iterdir() if p.is_dir() and _UID.match(p.name)):
+            count = sum(1 for f in folder.glob("*.dcm"))
+            if count and folder.name not in self.studies:
+                self.studies[folder.name] = StudyState(folder.name, received=count, last_seen=time.monotonic())
+
+    # ------------------------------------------------------------------ triage
+
+    def _due(self, now: float) -> list[str]:
+        with self._lock:
+            return [s.study_uid for s in self.studies.values()
+                    if s.received > s.triaged_count and now - s.last_seen >= self.idle_seconds]
+
+    def _watch(self) -> None:
+        poll = max(0.05, min(1.0, self.idle_seconds / 4))
+        while not self._stop.wait(poll):
+            for study_uid in self._due(time.monotonic()):
+                if self._stop.is_set():
+                    return
+                self.triage_study(study_uid)
+
+    def triage_study(self, study_uid: str) -> TriagedStudy:
+        """Triage one spooled study now (the watcher calls this when the study is idle)."""
+        with self._lock:
+            state = self.studies.setdefault(study_uid, StudyState(study_uid))
+            count = state.received
+        folder = self.spool_dir / study_uid
+        target = self.out_dir / "studies" / study_uid
+        target.mkdir(parents=True, exist_ok=True)
+        triage = self.triage
+        if triage is None:
+            from medassist.triage import run_triage as triage
+        done = TriagedStudy(study_uid=study_uid, out_dir=target, instances=count)
+        logger.info("listener: triaging a study (%d instance(s))", count)
+        logger.debug("listener: triaging study %s", study_uid)
+        try:
+            done.result = triage([str(folder)], target, **self.triage_kwargs)
+        except Exception as exc:  # one bad study must not stop the listener
+            done.error = str(exc) if isinstance(exc, MedassistError) else f"{type(exc).__name__}: {exc}"
+            logger.error("listener: triage failed for the study in %s: %s", folder, done.error)
+        with self._lock:
+            state.triaged_count = count
+            state.runs += 1
+            state.error = done.error
+            self.triaged = [t for t in self.triaged if t.study_uid != study_uid] + [done]
+        self._merge_worklists()
+        if self.on_study is not None:
+            try:
+                self.on_study(done)
+            except Exception:
+                logger.exception("listener: on_study callback failed for %s", study_uid)
+        return done
+
+    def _merge_worklists(self) -> None:
+        """``out_dir/worklist.csv``: every triaged study's rows, in triage order (atomic)."""
+        from medassist.datamodel import WORKLIST_COLUMNS
+
+        rows: list[dict] = []
+        for done in list(self.triaged):
+            path = done.out_dir / "worklist.csv"
+            if path.is_file():
+                with path.open(newline="") as fh:
+                    rows.extend(csv.DictReader(fh))
+        tmp = self.out_dir / ".worklist.csv.part"
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(WORKLIST_COLUMNS), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.out_dir / "worklist.csv")
+
+    # ------------------------------------------------------------------ stopping
+
+    def stop(self, *, flush: bool = False) -> None:
+        """Stop receiving; with ``flush``, triage studies still waiting, without the idle wait."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
+        if flush:
+            with self._lock:
+                pending = [s.study_uid for s in self.studies.values() if s.received > s.triaged_count]
+            for study_uid in pending:
+                self.triage_study(study_uid)
+
+    def wait_for(self, n_studies: int, timeout: float) -> bool:
+        """Block until ``n_studies`` studies have been triaged (True) or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.triaged) >= n_studies:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def __enter__(self) -> "StudyListener":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def listen(
+    ae_title: str,
+    port: int,
+    out_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    idle_seconds: float = 30.0,
+    spool_dir: str | Path | None = None,
+    triage: Callable | None = None,
+    on_study: Callable[[TriagedStudy], None] | None = None,
+    stop_event: threading.Event | None = None,
+    send_to: str | None = None,
+    send_username: str | None = None,
+    send_password: str | None = None,
+    **triage_kwargs,
+) -> list[TriagedStudy]:
+    """Receive and triage until Ctrl-C (or ``stop_event`` is set); see the module docstring.
+
+    ``triage_kwargs`` go to ``run_triage`` (device, batch_size, num_workers, weights_dir, ...).
+    ``send_to``: after each study, send its SR and saliency captures there (``pacs.send`` targets).
+    On stop, studies still waiting are triaged before returning. Returns what was triaged.
+    """
+    if send_to:
+        on_study = _sending(on_study, send_to, send_username, send_password)
+    listener = StudyListener(ae_title, port, out_dir, host=host, idle_seconds=idle_seconds, spool_dir=spool_dir,
+                             triage=triage, triage_kwargs=triage_kwargs, on_study=on_study)
+    listener.start()
+    stop_event = stop_event or threading.Event()
+    try:
+        while not stop_event.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        logger.info("listener: interrupted; triaging studies still waiting")
+    finally:
+        listener.stop(flush=True)
+    return listener.triaged
+
+
+def _sending(then: Callable | None, target: str, username: str | None, password: str | None) -> Callable:
+    """An ``on_study`` callback that sends the study's DICOM results, then calls ``then``."""
+    from medassist.pacs.send import send_results
+
+    def callback(done: TriagedStudy) -> None:
+        if not done.error:
+            try:
+                made, report = send_results(done.out_dir, target, username=username, password=password)
+                logger.info("listener: %d result instance(s) sent to %s", len(report.stored), target)
+            except MedassistError as exc:
+                logger.error("listener: results of the study in %s not sent: %s", done.out_dir, exc)
+        if then is not None:
+            then(done)
+
+    return callback
+
+
+def _peer(event) -> str:
+    try:
+        info = event.assoc.requestor
+        return f"{info.ae_title}@{info.address}:{info.port}"
+    except Exception:
+        return "?"

@@ -1,0 +1,137 @@
+"""The C-STORE listener: Orthanc pushes a study, the listener spools and triages it once idle."""
+
+from __future__ import annotations
+
+import csv
+from types import SimpleNamespace
+
+import pydicom
+import requests
+from conftest_orthanc import LISTENER_AET, free_port, wait_until
+from pydicom.uid import generate_uid
+
+from medassist.pacs.listener import STATUS_CANNOT_UNDERSTAND, StudyListener
+from medassist.pacs.send import store_cstore
+
+DX_STUDY = "2.25.8650711976142466582047757792851209316"  # samples/export/PAT01
+
+
+def orthanc_study_id(orthanc, study_uid: str) -> str:
+    r = requests.post(f"{orthanc.url}/tools/lookup", data=study_uid, auth=orthanc.auth, timeout=10)
+    r.raise_for_status()
+    return [x["ID"] for x in r.json() if x["Type"] == "Study"][0]
+
+
+def worklist_studies(path) -> list[str]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [row["study_uid"] for row in csv.DictReader(fh)]
+
+
+def test_orthanc_pushes_a_study_and_its_worklist_appears(orthanc_loaded, tmp_path, fake_triage):
+    orthanc = orthanc_loaded
+    listener = StudyListener(LISTENER_AET, orthanc.listener_port, tmp_path, idle_seconds=1.0, triage=fake_triage,
+                             triage_kwargs={"device": "cpu"})
+    with listener:
+        echo = requests.post(f"{orthanc.url}/modalities/medassist/echo", data="{}", auth=orthanc.auth, timeout=30)
+        assert echo.status_code == 200
+        body = {"Resources": [orthanc_study_id(orthanc, DX_STUDY)], "Synchronous": True}
+        r = requests.post(f"{orthanc.url}/modalities/medassist/store", json=body, auth=orthanc.auth, timeout=120)
+        assert r.status_code == 200, r.text
+        assert wait_until(lambda: DX_STUDY in worklist_studies(tmp_path / "worklist.csv"), timeout=120)
+
+        # Spooled once, triaged once, into the study's own folder, with the caller's options.
+        spooled = list((tmp_path / "spool" / DX_STUDY).glob("*.dcm"))
+        assert len(spooled) == 1
+        assert pydicom.dcmread(spooled[0]).StudyInstanceUID == DX_STUDY
+        [(inputs, out_dir, kwargs)] = fake_triage.calls
+        assert inputs == [str(tmp_path / "spool" / DX_STUDY)]
+        assert out_dir == tmp_path / "studies" / DX_STUDY and kwargs == {"device": "cpu"}
+        assert (out_dir / "worklist.json").is_file()
+
+        # An instance that arrives later makes the study due again: re-triaged on both instances.
+        extra = pydicom.dcmread(spooled[0])
+        extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        extra.SeriesInstanceUID = generate_uid()
+        report = store_cstore("127.0.0.1", orthanc.listener_port, LISTENER_AET, [extra], calling_aet="TESTSCU")
+        assert report.ok
+        assert wait_until(lambda: len(fake_triage.calls) == 2, timeout=120)
+        assert listener.studies[DX_STUDY].runs == 2 and listener.studies[DX_STUDY].received == 2
+        assert wait_until(lambda: worklist_studies(tmp_path / "worklist.csv").count(DX_STUDY) == 2, timeout=30)
+
+
+def test_a_failing_triage_does_not_stop_the_listener(tmp_path):
+    def broken(inputs, out_dir, **kwargs):
+        raise RuntimeError("model exploded")
+
+    port = free_port()
+    listener = StudyListener("MA", port, tmp_path, idle_seconds=0.3, triage=broken)
+    with listener:
+        ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+        assert store_cstore("127.0.0.1", port, "MA", [ds]).ok
+        assert listener.wait_for(1, timeout=60)
+        assert "model exploded" in listener.triaged[0].error
+        ds.SOPInstanceUID = generate_uid()
+        assert store_cstore("127.0.0.1", port, "MA", [ds]).ok  # still receiving
+
+
+def test_instances_with_unsafe_uids_are_refused(tmp_path):
+    listener = StudyListener("MA", free_port(), tmp_path)
+    event = SimpleNamespace(dataset=SimpleNamespace(StudyInstanceUID="../../etc"),
+                            request=SimpleNamespace(AffectedSOPInstanceUID="1.2.3"), assoc=None)
+    assert listener._handle_store(event) == STATUS_CANNOT_UNDERSTAND
+    assert not (tmp_path / "spool").exists() or not any((tmp_path / "spool").iterdir())
+
+
+def test_studies_left_in_the_spool_are_triaged_after_a_restart(tmp_path, fake_triage):
+    import shutil
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[2] / "samples/export/PAT02/STUDY1/SER1/IM0001.dcm"
+    study = str(pydicom.dcmread(sample, stop_before_pixels=True).StudyInstanceUID)
+    (tmp_path / "spool" / study).mkdir(parents=True)
+    shutil.copy(sample, tmp_path / "spool" / study / "x.dcm")
+    listener = StudyListener("MA", free_port(), tmp_path, idle_seconds=0.2, triage=fake_triage)
+    with listener:
+        assert listener.wait_for(1, timeout=60)
+    assert worklist_studies(tmp_path / "worklist.csv") == [study]
+
+
+def test_listen_sends_each_studys_results_back_to_the_pacs(orthanc_loaded, tmp_path, fake_triage):
+    """The whole loop: receive a study, triage it, STOW its SR and saliency capture into the PACS."""
+    import threading
+    from pathlib import Path
+
+    from medassist.errors import MedassistError
+    from medassist.pacs.listener import listen
+
+    orthanc = orthanc_loaded
+    user, password = orthanc.auth
+    sample = Path(__file__).resolve().parents[2] / "samples/export/PAT02/STUDY1/SER1/IM0001.dcm"
+    study = str(pydicom.dcmread(sample, stop_before_pixels=True).StudyInstanceUID)
+    port, stop = free_port(), threading.Event()
+    thread = threading.Thread(target=listen, args=("MA2", port, tmp_path), daemon=True, kwargs=dict(
+        idle_seconds=0.5, triage=fake_triage, stop_event=stop, send_to=orthanc.dicomweb,
+        send_username=user, send_password=password))
+    thread.start()
+
+    def stored() -> bool:
+        try:
+            return store_cstore("127.0.0.1", port, "MA2", [sample]).ok
+        except MedassistError:  # the listener is not up yet
+            return False
+
+    def modalities() -> set[str]:
+        series = requests.get(f"{orthanc.url}/studies/{orthanc_study_id(orthanc, study)}/series",
+                              auth=orthanc.auth, timeout=10).json()
+        return {s["MainDicomTags"].get("Modality") for s in series}
+
+    try:
+        assert wait_until(stored, timeout=60)
+        assert wait_until(lambda: {"SR", "OT"} <= modalities(), timeout=120), modalities()
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert worklist_studies(tmp_path / "worklist.csv") == [study]
