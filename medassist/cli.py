@@ -192,8 +192,6 @@ def cmd_triage(args: argparse.Namespace) -> int:
     """``medassist triage``: run_triage, then one summary line without identifiers."""
     from medassist.triage import run_triage
 
-    if bool(args.inputs) == bool(args.pacs):
-        raise MedassistError("give either INPUT paths or --pacs URL (exactly one of them)")
     options = dict(
         device=args.device, batch_size=args.batch_size, num_workers=args.workers,
         weights_dir=weights_dir_of(args), modality_override=args.modality.upper() if args.modality else None,
@@ -339,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "triage" and bool(args.inputs) == bool(args.pacs):
+            parser.error("triage: give either INPUT paths or --pacs URL (exactly one of them)")
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return int(exc.code or 0)
     verbose = args.verbose + (1 if args.command == "train" else 0)  # training reports its progress
