@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     triage.add_argument("--modality", default=None, metavar="MODALITY",
                         help="modality for inputs that carry none, e.g. MR for NIfTI files")
     triage.add_argument("--quiet", action="store_true", help="no progress bar")
+    triage.add_argument("--explain", choices=("flagged", "all", "none"), default="flagged",
+                        help="which findings get a saliency map (default: flagged)")
+    triage.add_argument("--explain-method", choices=("gradcam", "integrated_gradients", "occlusion"),
+                        default="gradcam", help="saliency method (default: gradcam, the cheapest)")
     pacs = triage.add_argument_group("PACS (DICOMweb)")
     pacs.add_argument("--pacs", metavar="URL", help="pull studies from this DICOMweb root instead of INPUT")
     pacs.add_argument("--date-from", metavar="YYYYMMDD", help="studies on or after this date")
@@ -195,7 +199,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
     options = dict(
         device=args.device, batch_size=args.batch_size, num_workers=args.workers,
         weights_dir=weights_dir_of(args), modality_override=args.modality.upper() if args.modality else None,
-        progress=not args.quiet,
+        progress=not args.quiet, explain=args.explain, explain_method=args.explain_method,
     )
     password = pacs_password(args)
     if args.pacs:

@@ -92,10 +92,14 @@ def run_triage(
     modality_override: str | None = None,
     progress: bool = True,
     checkpoint_every: int = 50,
+    explain: str = "flagged",
+    explain_method: str = "gradcam",
 ) -> TriageSummary:
     """Discover the series under ``inputs``, score them, write ``out_dir``/worklist.{csv,json}.
 
     ``progress``: show a progress bar on stderr (only when stderr is a terminal).
+    ``explain``: which findings get a saliency map ("flagged", "all" or "none"), written under
+    ``out_dir``/saliency/ with its path (relative to ``out_dir``) in the ``saliency_path`` column.
     A missing input path, a bad output folder or refused model weights raise MedassistError;
     unreadable files and undecodable series become error rows instead.
     """
@@ -107,6 +111,7 @@ def run_triage(
     return triage_series(
         series, problems, out_dir, device=device, batch_size=batch_size, num_workers=num_workers,
         weights_dir=weights_dir, progress=progress, checkpoint_every=checkpoint_every,
+        explain=explain, explain_method=explain_method,
     )
 
 
@@ -144,10 +149,14 @@ def triage_series(
     weights_dir: str | Path = WEIGHTS_DIR,
     progress: bool = True,
     checkpoint_every: int = 50,
+    explain: str = "flagged",
+    explain_method: str = "gradcam",
 ) -> TriageSummary:
     """Score already-discovered series (see ``run_triage``) and write the worklist."""
     if batch_size < 1 or num_workers < 0 or checkpoint_every < 1:
         raise ValueError("batch_size and checkpoint_every must be >= 1, num_workers >= 0")
+    if explain not in EXPLAIN_CHOICES:
+        raise MedassistError(f"--explain {explain!r}: choose one of {', '.join(EXPLAIN_CHOICES)}")
     out = prepare_out_dir(out_dir)
     torch_device = choose_device(device) if isinstance(device, str) else device
     specs = shipped_specs(Path(weights_dir))
@@ -165,8 +174,11 @@ def triage_series(
         try:
             for spec, jobs in pending:
                 model = load_model(spec, torch_device, Path(weights_dir))
-                for job, score, slices, error in score_jobs(model, jobs, batch_size, num_workers):
-                    rows.finish(job, score, slices, error)
+                for job, score, slices, error, inputs in score_jobs(model, jobs, batch_size, num_workers):
+                    saliency = ""
+                    if wants_saliency(explain, model.spec, score):
+                        saliency = explain_job(model, job, inputs, slices, out, explain_method)
+                    rows.finish(job, score, slices, error, saliency)
                     bar.update(1)
                     if rows.finished_now % checkpoint_every == 0:
                         rows.checkpoint()
@@ -201,7 +213,8 @@ class Rows:
         self.records[key] = row
         return True
 
-    def finish(self, job: Job, score: float | None, slices: tuple[int, ...], error: str) -> None:
+    def finish(self, job: Job, score: float | None, slices: tuple[int, ...], error: str,
+               saliency_path: str = "") -> None:
         """Record one scored (or failed) job."""
         spec, series = job.spec, job.series
         key = result_key(series.series_uid, spec.name, spec.version)
@@ -215,6 +228,7 @@ class Rows:
             row = WorklistRow.for_series(
                 series, model=spec.name, model_version=spec.version, finding=spec.finding,
                 score=score, threshold=spec.threshold, flagged=score >= spec.threshold, slices=slices,
+                saliency_path=saliency_path,
             )
             self.add(key, row.as_record())
         self.finished_now += 1
@@ -248,24 +262,66 @@ def plan(
 
 def score_jobs(
     model: LoadedModel, jobs: list[Job], batch_size: int, num_workers: int
-) -> Iterator[tuple[Job, float | None, tuple[int, ...], str]]:
-    """(job, score, slices, error) for each job, decoding in workers while the model scores."""
+) -> Iterator[tuple[Job, float | None, tuple[int, ...], str, torch.Tensor | None]]:
+    """(job, score, slices, error, job's inputs) per job, decoding in workers while the model scores."""
     kind = kind_of(model.spec)
     for batch in make_loader(jobs, kind, batch_size, num_workers, model.device):
         for index, message in batch.errors:
-            yield jobs[index], None, (), message
+            yield jobs[index], None, (), message, None
         if batch.inputs is None:
             continue
         scores = score_inputs(model, batch.inputs, batch_size)
         offset = 0
         for index, count, slices in batch.owners:
             score, report = kind.aggregate(scores[offset : offset + count], slices)
+            job_inputs = batch.inputs[offset : offset + count]
             offset += count
             score = round(float(score), 6)
             if math.isfinite(score) and 0.0 <= score <= 1.0:
-                yield jobs[index], score, report, ""
+                yield jobs[index], score, report, "", job_inputs
             else:
-                yield jobs[index], None, (), f"{jobs[index].series.source_path}: model {model.spec.name} gave no valid score"
+                message = f"{jobs[index].series.source_path}: model {model.spec.name} gave no valid score"
+                yield jobs[index], None, (), message, None
+
+
+EXPLAIN_CHOICES = ("flagged", "all", "none")
+SALIENCY_DIR = "saliency"
+
+
+def wants_saliency(explain: str, spec: ModelSpec, score: float | None) -> bool:
+    """Whether this finding gets a saliency map under the --explain policy."""
+    if score is None or explain == "none":
+        return False
+    return explain == "all" or score >= spec.threshold
+
+
+def explain_job(
+    model: LoadedModel, job: Job, inputs: torch.Tensor | None, slices: tuple[int, ...], out_dir: Path, method: str
+) -> str:
+    """Write the saliency map of a job's (first reported) slice; its path relative to ``out_dir``.
+
+    The source image is decoded again here (flagged findings only) to draw the overlay in the
+    source geometry. A failure is logged and leaves the finding without a map: the score stands.
+    """
+    from medassist.explain import explain_and_write, saliency_stem
+    from medassist.preprocess.transforms import letterbox_for
+
+    if inputs is None or len(inputs) == 0:
+        return ""
+    position = 0
+    slice_index = slices[0] if slices else 0
+    try:
+        image = job.series.load()
+        source = getattr(image, model.spec.preprocess.source)[slice_index]
+        display = image.display[slice_index]
+        box = letterbox_for(source.shape, model.spec.preprocess.input_size)
+        stem = saliency_stem(job.series.series_uid, model.spec.name, slice_index)
+        npy, _png = explain_and_write(model, inputs[position : position + 1], [box], [display],
+                                      out_dir / SALIENCY_DIR, [stem], method=method)[0]
+    except Exception as exc:  # a map is an aid; its failure must not lose the finding
+        log.warning("%s: no saliency map (%s: %s)", job.series.source_path, type(exc).__name__, exc)
+        return ""
+    return str(npy.relative_to(out_dir))
 
 
 def score_inputs(model: LoadedModel, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:

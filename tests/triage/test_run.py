@@ -76,3 +76,24 @@ def test_workers_do_not_change_scores(tmp_path, model_dir, series_factory):
 def test_missing_input_is_a_user_error(tmp_path, model_dir):
     with pytest.raises(MedassistError, match="no such file or directory"):
         run_triage([tmp_path / "nope"], tmp_path / "out", weights_dir=model_dir, progress=False)
+
+
+@pytest.mark.parametrize("explain", ["flagged", "all", "none"])
+def test_saliency_maps_follow_the_explain_policy(export, tmp_path, model_dir, explain):
+    import numpy as np
+    import pydicom
+
+    out = tmp_path / "out"
+    run_triage([export], out, device="cpu", batch_size=3, num_workers=0, weights_dir=model_dir,
+               progress=False, explain=explain)
+    rows = [r for r in json.loads((out / "worklist.json").read_text()) if r["score"] is not None]
+    assert len(rows) == 4
+    for row in rows:
+        wanted = explain == "all" or (explain == "flagged" and row["flagged"])
+        assert bool(row["saliency_path"]) == wanted, row
+        if wanted:
+            saliency = np.load(out / row["saliency_path"])
+            source = pydicom.dcmread(row["source_path"]).pixel_array
+            assert saliency.shape == source.shape, "map is in the source image's geometry"
+            assert np.isfinite(saliency).all() and saliency.min() >= 0
+            assert (out / row["saliency_path"]).with_suffix(".png").is_file()

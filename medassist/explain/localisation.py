@@ -1,0 +1,482 @@
+"""Does the saliency point at the finding? Pointing game and energy inside the annotation.
+
+* ``pointing_game_hit`` (Zhang et al., ECCV 2016): the map's peak lies inside the annotation
+  (optionally within ``tolerance_px`` of it).
+* ``energy_inside`` (Wang et al., Score-CAM 2020): the share of the map's positive mass inside the
+  annotation.
+
+Both are reported next to what a map that knows nothing would score, so the numbers mean
+something: a uniform map's energy inside is the annotation's area fraction, and so is a randomly
+placed peak's chance of a hit; a peak fixed at the image centre is a second, stronger baseline.
+
+``evaluate_localisation`` works on any (image, mask) pairs in source geometry;
+``evaluate_fracture_localisation`` feeds it the FracAtlas validation split's fractured images and
+``write_localisation_report`` writes the JSON the model card includes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medassist.explain.saliency import DEFAULT_METHOD, METHODS, saliency_map, to_source_geometry
+from medassist.models.registry import LoadedModel
+from medassist.preprocess.transforms import prepare_2d
+
+# The FracAtlas split the fracture model was trained with (configs/fracture_xray.yaml).
+FRACATLAS_SPLIT = {"block_size": 100, "n_folds": 5, "val_fold": 4}
+REPORT_PATH = Path("model_cards/fracture_xray_localisation.json")
+# Expensive methods are run on the first N images only, unless told otherwise.
+DEFAULT_METHOD_LIMITS = {"integrated_gradients": 40, "occlusion": 40}
+# The pointing game's usual tolerance (Zhang et al. 2016), reported beside the strict game.
+TOLERANT_PX = 15.0
+
+
+def _check_pair(saliency: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sal = np.asarray(saliency, dtype=np.float64)
+    m = np.asarray(mask).astype(bool)
+    if sal.shape != m.shape:
+        raise ValueError(f"saliency map {sal.shape} and mask {m.shape} differ in shape")
+    return sal, m
+
+
+def pointing_game_hit(saliency: np.ndarray, mask: np.ndarray, *, tolerance_px: float = 0.0) -> bool:
+    """Whether the map's maximum lies inside the mask (or within ``tolerance_px`` pixels of it).
+
+    A map with no positive value points nowhere: a miss. Ties go to the first maximum in row order.
+    """
+    sal, m = _check_pair(saliency, mask)
+    sal = np.nan_to_num(sal, nan=-np.inf)
+    if not m.any() or not np.isfinite(sal).any() or sal.max() <= 0:
+        return False
+    r, c = np.unravel_index(int(np.argmax(sal)), sal.shape)
+    if m[r, c]:
+        return True
+    if tolerance_px <= 0:
+        return False
+    rows, cols = np.nonzero(m)
+    return bool(np.min((rows - r) ** 2 + (cols - c) ** 2) <= tolerance_px**2)
+
+
+def energy_inside(saliency: np.ndarray, mask: np.ndarray) -> float:
+    """The share (0..1) of the map's positive mass that lies inside the mask; 0.0 for an all-zero map."""
+    sal, m = _check_pair(saliency, mask)
+    pos = np.maximum(np.nan_to_num(sal), 0.0)
+    total = float(pos.sum())
+    return float(pos[m].sum() / total) if total > 0 else 0.0
+
+
+def area_fraction(mask: np.ndarray) -> float:
+    """The mask's share of the image: a uniform map's energy inside and a random peak's hit chance."""
+    m = np.asarray(mask).astype(bool)
+    return float(m.mean()) if m.size else 0.0
+
+
+def centre_hit(mask: np.ndarray) -> bool:
+    """Whether the image centre lies inside the mask (the 'always point at the middle' baseline)."""
+    m = np.asarray(mask).astype(bool)
+    return bool(m[(m.shape[0] - 1) // 2, (m.shape[1] - 1) // 2])
+
+
+@dataclass(frozen=True)
+class LocalisationCase:
+    """One image in source geometry (rows, cols) with its annotation mask (same shape)."""
+
+    case_id: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score 95% interval of a proportion."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = hits / n
+    denom = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _mean_ci(values: Sequence[float]) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")]}
+    mean = float(v.mean())
+    half = 1.96 * float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else float("nan")
+    return {"mean": mean, "ci95": [mean - half, mean + half]}
+
+
+def _batches(cases: Iterable[LocalisationCase], size: int) -> Iterator[list[LocalisationCase]]:
+    batch: list[LocalisationCase] = []
+    for case in cases:
+        batch.append(case)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def dilate(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """The pixels within ``radius_px`` (Euclidean) of the mask."""
+    from scipy.ndimage import distance_transform_edt
+
+    m = np.asarray(mask).astype(bool)
+    if radius_px <= 0 or not m.any():
+        return m
+    return distance_transform_edt(~m) <= radius_px
+
+
+def _pointing_block(per_image: list[dict], suffix: str, tolerance_px: float) -> dict:
+    n = len(per_image)
+    hits = sum(int(r["hit" + suffix]) for r in per_image)
+    centre = sum(int(r["centre_hit" + suffix]) for r in per_image)
+    areas = [r["area_fraction" + suffix] for r in per_image]
+    return {
+        "hit_rate": hits / n if n else float("nan"),
+        "hits": hits,
+        "ci95": list(wilson_interval(hits, n)),
+        "tolerance_px": tolerance_px,
+        "baseline_random_peak": float(np.mean(areas)) if n else float("nan"),
+        "baseline_centre_peak": centre / n if n else float("nan"),
+    }
+
+
+def summarise(per_image: list[dict], *, tolerance_px: float = 0.0, tolerant_px: float | None = None) -> dict:
+    """Hit rate and mean energy inside, with the uniform/random and centre baselines on the same images.
+
+    With ``tolerant_px``, a second pointing game (``pointing_game_tolerant``) counts a peak within
+    that many pixels of the annotation as a hit; its baselines use the same dilated annotation.
+    """
+    n = len(per_image)
+    areas = [r["area_fraction"] for r in per_image]
+    out = {
+        "n_images": n,
+        "pointing_game": _pointing_block(per_image, "", tolerance_px),
+        "energy_inside": {
+            **_mean_ci([r["energy_inside"] for r in per_image]),
+            "baseline_uniform_map": float(np.mean(areas)) if n else float("nan"),
+        },
+        "mask_area_fraction": {"mean": float(np.mean(areas)) if n else float("nan"),
+                               "median": float(np.median(areas)) if n else float("nan")},
+    }
+    if tolerant_px is not None:
+        out["pointing_game_tolerant"] = _pointing_block(per_image, "_tolerant", tolerant_px)
+    return out
+
+
+def evaluate_localisation(
+    model: LoadedModel,
+    cases: Iterable[LocalisationCase],
+    methods: Sequence[str] = (DEFAULT_METHOD,),
+    *,
+    limit: int | None = None,
+    method_limits: dict[str, int] | None = None,
+    batch_size: int = 8,
+    tolerance_px: float = 0.0,
+    tolerant_px: float | None = TOLERANT_PX,
+    method_options: dict[str, dict] | None = None,
+    keep_per_image: bool = False,
+) -> dict:
+    """Pointing game and energy inside per method over (image, mask) cases in source geometry.
+
+    Each image is preprocessed with the model's spec, explained in the input frame and mapped back
+    to its source geometry, where it is scored against its mask. ``limit`` caps the number of
+    cases; ``method_limits`` caps individual (expensive) methods further, always taking the first
+    cases, so a limited method is scored on a prefix of the images the others saw. ``tolerant_px``
+    adds the pointing game with that tolerance (Zhang et al. used 15 px); None leaves it out.
+    """
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"unknown saliency method {method!r}; known: {', '.join(METHODS)}")
+    method_limits = dict(method_limits or {})
+    method_options = dict(method_options or {})
+    results: dict[str, list[dict]] = {m: [] for m in methods}
+    seconds: dict[str, float] = {m: 0.0 for m in methods}
+    spec = model.spec.preprocess
+    seen = 0
+    for batch in _batches(cases, batch_size):
+        if limit is not None:
+            batch = batch[: max(0, limit - seen)]
+            if not batch:
+                break
+        prepared = [prepare_2d(np.asarray(c.image, dtype=np.float32), spec) for c in batch]
+        masks = [np.asarray(c.mask).astype(bool) for c in batch]
+        near = [dilate(m, tolerant_px) for m in masks] if tolerant_px is not None else masks
+        inputs = torch.stack([t for t, _ in prepared])
+        for method in methods:
+            cap = method_limits.get(method)
+            take = len(batch) if cap is None else max(0, min(len(batch), cap - seen))
+            if take == 0:
+                continue
+            t0 = time.perf_counter()
+            maps = saliency_map(model, inputs[:take], method=method, **method_options.get(method, {}))
+            seconds[method] += time.perf_counter() - t0
+            for i, (case, (_, box), m) in enumerate(zip(batch[:take], prepared[:take], maps)):
+                src = to_source_geometry(m, box)
+                mask = masks[i]
+                row = {
+                    "case_id": case.case_id,
+                    "hit": pointing_game_hit(src, mask, tolerance_px=tolerance_px),
+                    "energy_inside": energy_inside(src, mask),
+                    "area_fraction": area_fraction(mask),
+                    "centre_hit": centre_hit(mask),
+                }
+                if tolerant_px is not None:
+                    row.update(hit_tolerant=pointing_game_hit(src, near[i]),
+                               area_fraction_tolerant=area_fraction(near[i]),
+                               centre_hit_tolerant=centre_hit(near[i]))
+                results[method].append(row)
+        seen += len(batch)
+        if limit is not None and seen >= limit:
+            break
+    out: dict = {}
+    for method in methods:
+        summary = summarise(results[method], tolerance_px=tolerance_px, tolerant_px=tolerant_px)
+        summary["seconds_per_image"] = seconds[method] / max(1, len(results[method]))
+        if method in method_limits:
+            summary["limited_to_first"] = method_limits[method]
+        if method_options.get(method):
+            summary["options"] = method_options[method]
+        if keep_per_image:
+            summary["per_image"] = results[method]
+        out[method] = summary
+    return out
+
+
+# --- FracAtlas --------------------------------------------------------------------------------
+
+
+def polygon_mask(polygons: Sequence[Sequence[float]], shape: tuple[int, int]) -> np.ndarray:
+    """COCO polygons (flat x, y lists; pixel i spans [i, i + 1)) -> a (rows, cols) bool mask of the
+    pixels whose centres lie inside any polygon."""
+    from matplotlib.path import Path as PolyPath
+
+    rows, cols = shape
+    mask = np.zeros((rows, cols), dtype=bool)
+    for poly in polygons:
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        if len(xy) < 3:
+            continue
+        c0, r0 = np.floor(xy.min(axis=0)).astype(int)
+        c1, r1 = np.ceil(xy.max(axis=0)).astype(int)
+        c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, cols), min(r1, rows)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        yy, xx = np.mgrid[r0:r1, c0:c1]
+        centres = np.column_stack([xx.ravel() + 0.5, yy.ravel() + 0.5])
+        inside = PolyPath(xy).contains_points(centres).reshape(yy.shape)
+        mask[r0:r1, c0:c1] |= inside
+    return mask
+
+
+def fracture_validation_cases(data_root: str | Path, *, limit: int | None = None) -> Iterator[LocalisationCase]:
+    """The FracAtlas validation split's fractured images that have fracture polygons, by image id."""
+    from medassist.ingest.images import load_jpeg_grayscale
+    from medassist.models import fracatlas
+
+    records = fracatlas.read_records(data_root)
+    polygons = fracatlas.read_polygons(data_root)
+    count = 0
+    for rec in records:
+        if not rec.fractured or fracatlas.split_of(rec.image_id, **FRACATLAS_SPLIT) != "val":
+            continue
+        polys = polygons.get(rec.image_id)
+        if not polys:
+            continue
+        if limit is not None and count >= limit:
+            return
+        gray = load_jpeg_grayscale(rec.path)
+        mask = polygon_mask(polys, gray.shape)
+        if not mask.any():
+            continue
+        count += 1
+        yield LocalisationCase(rec.image_id, gray, mask)
+
+
+def fracture_validation_counts(data_root: str | Path) -> dict:
+    """How many validation images are fractured, and how many of those have polygons."""
+    from medassist.models import fracatlas
+
+    records = [r for r in fracatlas.read_records(data_root)
+               if fracatlas.split_of(r.image_id, **FRACATLAS_SPLIT) == "val"]
+    polygons = fracatlas.read_polygons(data_root)
+    fractured = [r for r in records if r.fractured]
+    return {"validation_images": len(records), "fractured": len(fractured),
+            "fractured_with_polygons": sum(1 for r in fractured if polygons.get(r.image_id))}
+
+
+def evaluate_fracture_localisation(
+    model: LoadedModel,
+    data_root: str | Path,
+    methods: Sequence[str] = METHODS,
+    limit: int | None = None,
+    *,
+    method_limits: dict[str, int] | None = None,
+    batch_size: int = 8,
+    tolerance_px: float = 0.0,
+    tolerant_px: float | None = TOLERANT_PX,
+    method_options: dict[str, dict] | None = None,
+) -> dict:
+    """Pointing game and energy inside per method on FracAtlas validation fractures (source geometry)."""
+    cases = fracture_validation_cases(data_root, limit=limit)
+    return evaluate_localisation(
+        model, cases, methods, limit=limit, method_limits=method_limits, batch_size=batch_size,
+        tolerance_px=tolerance_px, tolerant_px=tolerant_px, method_options=method_options,
+    )
+
+
+def _json_safe(value):
+    """NaN/inf -> None, numpy scalars -> Python numbers, tuples -> lists (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _merge_previous(report: dict, path: Path) -> None:
+    """Carry over another run's methods (and sanity check) for the same weights into ``report``."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if (old.get("model") or {}).get("sha256") != report["model"]["sha256"]:
+        return
+    for method, result in (old.get("methods") or {}).items():
+        report["methods"].setdefault(method, result)
+    report["methods"] = {m: report["methods"][m] for m in METHODS if m in report["methods"]}
+    limits = dict((old.get("data") or {}).get("method_limits") or {})
+    limits.update(report["data"]["method_limits"])
+    report["data"]["method_limits"] = {m: v for m, v in limits.items() if m in report["methods"]}
+    if report.get("sanity_randomisation") is None and old.get("sanity_randomisation"):
+        report["sanity_randomisation"] = old["sanity_randomisation"]
+    report["wall_seconds"] = round(float(old.get("wall_seconds") or 0) + report["wall_seconds"], 1)
+
+
+def _sanity_on_cases(model: LoadedModel, data_root: str | Path, n: int) -> dict:
+    from medassist.explain.sanity import randomisation_check
+
+    cases = list(fracture_validation_cases(data_root, limit=n))
+    prepared = [prepare_2d(np.asarray(c.image, dtype=np.float32), model.spec.preprocess) for c in cases]
+    result = randomisation_check(model, torch.stack([t for t, _ in prepared]), [b for _, b in prepared])
+    result["images"] = len(cases)
+    result["test"] = ("Adebayo et al. 2018 model-parameter randomisation: Spearman rank correlation of "
+                      "GradCAM maps (source geometry, 64 px) between the trained and fully re-initialised "
+                      "weights; low means the maps depend on what the model learned")
+    return result
+
+
+def write_localisation_report(
+    model: LoadedModel,
+    data_root: str | Path,
+    out_path: str | Path = REPORT_PATH,
+    *,
+    methods: Sequence[str] = METHODS,
+    limit: int | None = None,
+    method_limits: dict[str, int] | None = None,
+    tolerance_px: float = 0.0,
+    batch_size: int = 8,
+    sanity_images: int = 16,
+    merge: bool = False,
+) -> dict:
+    """Run ``evaluate_fracture_localisation`` and write the model card's JSON atomically.
+
+    ``method_limits`` defaults to ``DEFAULT_METHOD_LIMITS`` (IG and occlusion on the first 40
+    images); pass ``{}`` to run every method on every image. ``sanity_images`` > 0 adds the
+    model-randomisation check (GradCAM, trained vs. re-initialised weights) on that many of the
+    same images. ``merge=True`` keeps the results of methods (and the sanity check) not run this
+    time from an existing report for the same weights (sha256), so expensive methods can be added
+    in a later run.
+    """
+    limits = DEFAULT_METHOD_LIMITS if method_limits is None else method_limits
+    limits = {k: v for k, v in limits.items() if k in methods}
+    t0 = time.time()
+    results = evaluate_fracture_localisation(
+        model, data_root, methods, limit, method_limits=limits, batch_size=batch_size,
+        tolerance_px=tolerance_px,
+    )
+    report = {
+        "model": {"name": model.spec.name, "version": model.spec.version, "sha256": model.spec.sha256,
+                  "score_head": model.spec.score_head, "input_size": model.spec.preprocess.input_size},
+        "data": {
+            "dataset": "FracAtlas validation split, fractured images with fracture polygons",
+            "split": FRACATLAS_SPLIT,
+            **fracture_validation_counts(data_root),
+            "limit": limit,
+            "method_limits": limits,
+            "geometry": "source pixels: maps mapped back through the letterbox, masks drawn from the COCO polygons",
+        },
+        "metrics": {
+            "pointing_game": "share of images whose saliency maximum lies inside the fracture annotation",
+            "pointing_game_tolerant": f"the same, counting a maximum within {TOLERANT_PX:g} source pixels of the annotation as a hit",
+            "energy_inside": "share of positive saliency inside the annotation, averaged over images",
+            "baselines": "random peak / uniform map = annotation area fraction; centre peak = image centre inside the annotation",
+        },
+        "methods": results,
+        "sanity_randomisation": _sanity_on_cases(model, data_root, sanity_images) if sanity_images > 0 else None,
+        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(model.device),
+        "wall_seconds": round(time.time() - t0, 1),
+    }
+    path = Path(out_path)
+    if merge and path.is_file():
+        _merge_previous(report, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(_json_safe(report), handle, indent=2, allow_nan=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+    return _json_safe(report)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m medassist.explain.localisation --data-root ../shared/data/fracatlas``"""
+    import argparse
+
+    from medassist.models.registry import choose_device, load_model, spec_by_name
+
+    parser = argparse.ArgumentParser(description="Localisation of the fracture model's saliency (model card JSON)")
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--model", default="fracture_xray")
+    parser.add_argument("--out", default=str(REPORT_PATH))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--limit", type=int, default=None, help="images for every method")
+    parser.add_argument("--expensive-limit", type=int, default=40, help="images for IG and occlusion (0: all)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(spec_by_name(args.model), choose_device(args.device))
+    limits = {} if args.expensive_limit == 0 else {m: args.expensive_limit for m in DEFAULT_METHOD_LIMITS}
+    report = write_localisation_report(model, args.data_root, args.out, methods=args.methods,
+                                       limit=args.limit, method_limits=limits)
+    for method, r in report["methods"].items():
+        pg, ei = r["pointing_game"], r["energy_inside"]
+        print(f"{method}: n={r['n_images']} pointing game {pg['hit_rate']:.3f} (random {pg['baseline_random_peak']:.3f}, "
+              f"centre {pg['baseline_centre_peak']:.3f}); energy inside {ei['mean']:.3f} (uniform {ei['baseline_uniform_map']:.3f})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

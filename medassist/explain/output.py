@@ -1,0 +1,117 @@
+"""Writing a saliency map: the float32 map (.npy) and an overlay PNG, both atomically.
+
+The overlay is a separate rendered picture (a matplotlib colormap blended over the grayscale
+display image, more opaque where the map is stronger); the source pixels are never altered.
+File names come from ``saliency_stem``: series UID, model name and slice index, never a patient
+identifier.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+OVERLAY_CMAP = "jet"
+OVERLAY_ALPHA = 0.5  # opacity where the map is at its maximum; zero where the map is zero
+
+_UNSAFE = re.compile(r"[^0-9A-Za-z._-]+")
+
+
+def saliency_stem(series_uid: str, model_name: str, slice_index: int = 0, method: str | None = None) -> str:
+    """``<series_uid>_<model>_s<slice>[_<method>]``, characters outside [0-9A-Za-z._-] replaced by '_'.
+
+    Built from identifiers that name no patient: the series instance UID, the model and the slice.
+    """
+    uid = _UNSAFE.sub("_", str(series_uid)).strip("._")
+    model = _UNSAFE.sub("_", str(model_name)).strip("._")
+    if not uid or not model:
+        raise ValueError(f"cannot name a saliency file from series_uid={series_uid!r}, model={model_name!r}")
+    if int(slice_index) < 0:
+        raise ValueError(f"slice_index must be >= 0, got {slice_index}")
+    stem = f"{uid}_{model}_s{int(slice_index):04d}"
+    if method:
+        stem += "_" + _UNSAFE.sub("_", method)
+    return stem
+
+
+def render_overlay(
+    map_source: np.ndarray,
+    display_image: np.ndarray,
+    *,
+    cmap: str = OVERLAY_CMAP,
+    alpha: float = OVERLAY_ALPHA,
+) -> np.ndarray:
+    """An (rows, cols, 3) uint8 RGB picture: the map's colours blended over the grayscale display.
+
+    ``display_image`` is 0..1 (values outside are clipped). The map is scaled by its maximum; where
+    it is zero the picture is the display image's grey exactly.
+    """
+    from matplotlib import colormaps
+
+    sal = np.asarray(map_source, dtype=np.float32)
+    gray = np.asarray(display_image, dtype=np.float32)
+    if gray.ndim == 3 and gray.shape[0] == 1:
+        gray = gray[0]
+    if sal.shape != gray.shape:
+        raise ValueError(f"saliency map {sal.shape} and display image {gray.shape} differ in shape")
+    gray = np.clip(np.nan_to_num(gray), 0.0, 1.0)
+    sal = np.nan_to_num(np.maximum(sal, 0.0))
+    peak = float(sal.max())
+    weight = (sal / peak) if peak > 0 else np.zeros_like(sal)
+    colour = colormaps[cmap](weight)[..., :3].astype(np.float32)
+    a = (float(alpha) * weight)[..., None]
+    rgb = gray[..., None] * (1.0 - a) + colour * a
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_saliency(
+    map_source: np.ndarray,
+    display_image: np.ndarray,
+    out_dir: str | Path,
+    stem: str,
+    *,
+    cmap: str = OVERLAY_CMAP,
+    alpha: float = OVERLAY_ALPHA,
+) -> tuple[Path, Path]:
+    """Write ``<stem>.npy`` (the float32 map as given, source geometry) and ``<stem>.png`` (overlay).
+
+    Each file is written to a temporary name in ``out_dir`` and renamed into place, so a reader
+    never sees a partial file. Returns (npy_path, png_path).
+    """
+    from PIL import Image as PILImage
+
+    if not stem or "/" in stem or os.sep in stem or stem.startswith("."):
+        raise ValueError(f"invalid saliency file stem {stem!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sal = np.ascontiguousarray(map_source, dtype=np.float32)
+    rgb = render_overlay(sal, display_image, cmap=cmap, alpha=alpha)
+
+    npy_buf = io.BytesIO()
+    np.save(npy_buf, sal, allow_pickle=False)
+    png_buf = io.BytesIO()
+    PILImage.fromarray(rgb).save(png_buf, format="PNG", optimize=False)
+
+    npy_path, png_path = out / f"{stem}.npy", out / f"{stem}.png"
+    _atomic_write(npy_path, npy_buf.getvalue())
+    _atomic_write(png_path, png_buf.getvalue())
+    return npy_path, png_path

@@ -1,0 +1,212 @@
+"""Saliency maps for a finding (Captum), in the network-input frame and in the source geometry.
+
+Three methods, all attributing the finding's logit (the score the spec's ``score_head`` uses;
+output index 0 of ``network.forward`` for ``score_head == "image"``):
+
+* ``gradcam`` (default, cheap): ``LayerGradCam`` on ``network.target_layer``, ReLU, upsampled
+  bilinearly to the input size with ``LayerAttribution.interpolate``. The parameters are frozen
+  and the input does not require gradients, so autograd records nothing below the target layer:
+  the backward pass runs from the logit to the target layer's output only (pool + linear).
+* ``integrated_gradients``: zero (black) baseline, ``n_steps`` Gauss-Legendre steps, evaluated
+  ``internal_batch_size`` at a time so memory stays bounded.
+* ``occlusion``: a zero patch of ``window`` pixels slid by ``stride``; attribution is the drop in
+  the logit.
+
+Every map is rectified (ReLU: evidence *for* the finding; ``rectify=False`` keeps the sign), float32, shaped (N, S, S), in the
+letterboxed network-input frame. ``to_source_geometry`` undoes the centred pad and the resize
+(``Letterbox.to_source``) so a map lies on the source pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from medassist.models.registry import LoadedModel
+from medassist.preprocess.transforms import Letterbox
+
+METHODS = ("gradcam", "integrated_gradients", "occlusion")
+DEFAULT_METHOD = "gradcam"
+
+# Defaults sized for a 448 input on a CPU.
+IG_STEPS = 32
+IG_INTERNAL_BATCH = 8
+OCCLUSION_WINDOW = 32
+OCCLUSION_STRIDE = 16
+OCCLUSION_FORWARD_BATCH = 32  # images per forward pass while occluding (batch x perturbations)
+
+
+class FindingLogit(nn.Module):
+    """The finding's logit as a (N, 1) output, from the head the spec scores with.
+
+    ``image``: the image head (``network(x)``); ``cell_max``: the largest cell logit.
+    Hooks placed on the wrapped network's layers (GradCAM) see the same forward pass.
+    """
+
+    def __init__(self, network: nn.Module, score_head: str = "image") -> None:
+        super().__init__()
+        if score_head not in ("image", "cell_max"):
+            raise ValueError(f"unknown score_head {score_head!r}; expected 'image' or 'cell_max'")
+        self.network = network
+        self.score_head = score_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.score_head == "cell_max":
+            _, cells = self.network.forward_all(x)
+            return cells.amax(dim=(1, 2, 3))[:, None]
+        return self.network(x)[:, :1]
+
+
+@contextmanager
+def frozen(network: nn.Module) -> Iterator[nn.Module]:
+    """Parameters without gradients and the network in eval mode, restored afterwards.
+
+    With no parameter requiring a gradient, autograd builds no graph through the layers below the
+    one a method attributes to, and never computes parameter gradients.
+    """
+    flags = [(p, p.requires_grad) for p in network.parameters()]
+    was_training = network.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    network.eval()
+    try:
+        yield network
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        network.train(was_training)
+
+
+def _as_batch(inputs: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(S, S), (N, S, S) (one prepare_2d output is (1, S, S)) or (N, 1, S, S) -> (N, 1, S, S) float32."""
+    x = torch.as_tensor(inputs)
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3]:
+        raise ValueError(f"expected inputs shaped (N, 1, S, S), got {tuple(inputs.shape)}")
+    if size is not None and x.shape[-1] != size:
+        raise ValueError(f"inputs are {x.shape[-1]} px square; the model expects {size}")
+    return x.float()
+
+
+def saliency_map(
+    model: LoadedModel,
+    inputs: torch.Tensor,
+    *,
+    method: str = DEFAULT_METHOD,
+    n_steps: int = IG_STEPS,
+    internal_batch_size: int = IG_INTERNAL_BATCH,
+    window: int = OCCLUSION_WINDOW,
+    stride: int = OCCLUSION_STRIDE,
+    perturbations_per_eval: int | None = None,
+    rectify: bool = True,
+) -> np.ndarray:
+    """Saliency of the finding for a batch of network inputs.
+
+    ``inputs``: (N, 1, S, S) as ``prepare_2d`` makes them (stacked), on any device.
+    Returns (N, S, S) float32, non-negative, in the network-input (letterboxed) frame.
+    ``n_steps``/``internal_batch_size`` apply to integrated gradients, ``window``/``stride``/
+    ``perturbations_per_eval`` to occlusion. ``rectify=False`` keeps the sign (evidence against
+    the finding is negative); only the sanity checks want that.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown saliency method {method!r}; known: {', '.join(METHODS)}")
+    network = model.network
+    x = _as_batch(inputs, model.spec.preprocess.input_size).to(model.device)
+    if model.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    size = x.shape[-1]
+    forward = FindingLogit(network, model.spec.score_head)
+    with frozen(network):
+        if method == "gradcam":
+            attr = _gradcam(forward, network, x, rectify)
+        elif method == "integrated_gradients":
+            attr = _integrated_gradients(forward, x, n_steps, internal_batch_size)
+        else:
+            attr = _occlusion(forward, x, window, stride, perturbations_per_eval)
+    attr = attr.detach().float()
+    if attr.shape[-2:] != (size, size):
+        from captum.attr import LayerAttribution
+
+        attr = LayerAttribution.interpolate(attr, (size, size), interpolate_mode="bilinear")
+    maps = attr.sum(dim=1)  # channels -> one map
+    if rectify:
+        maps = torch.relu(maps)  # keep the evidence for the finding
+    return maps.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _target_layer(network: nn.Module) -> nn.Module:
+    layer = getattr(network, "target_layer", None)
+    if not isinstance(layer, nn.Module):
+        raise ValueError(f"{type(network).__name__} has no target_layer for GradCAM")
+    return layer
+
+
+def _gradcam(forward: nn.Module, network: nn.Module, x: torch.Tensor, rectify: bool = True) -> torch.Tensor:
+    from captum.attr import LayerGradCam
+
+    x = x.detach().requires_grad_(False)
+    cam = LayerGradCam(forward, _target_layer(network))
+    return cam.attribute(x, target=0, relu_attributions=rectify)
+
+
+def _integrated_gradients(forward: nn.Module, x: torch.Tensor, n_steps: int, internal_batch_size: int) -> torch.Tensor:
+    from captum.attr import IntegratedGradients
+
+    ig = IntegratedGradients(forward)
+    return ig.attribute(
+        x.detach(),
+        baselines=torch.zeros_like(x),
+        target=0,
+        n_steps=int(n_steps),
+        internal_batch_size=max(1, int(internal_batch_size)),
+    )
+
+
+def _occlusion(
+    forward: nn.Module, x: torch.Tensor, window: int, stride: int, perturbations_per_eval: int | None
+) -> torch.Tensor:
+    from captum.attr import Occlusion
+
+    channels = x.shape[1]
+    if perturbations_per_eval is None:
+        perturbations_per_eval = max(1, OCCLUSION_FORWARD_BATCH // x.shape[0])
+    with torch.no_grad():
+        return Occlusion(forward).attribute(
+            x.detach(),
+            sliding_window_shapes=(channels, window, window),
+            strides=(channels, stride, stride),
+            baselines=0.0,
+            target=0,
+            perturbations_per_eval=perturbations_per_eval,
+        )
+
+
+def to_source_geometry(map_input: np.ndarray, letterbox: Letterbox) -> np.ndarray:
+    """One (S, S) input-frame map -> the source image's (rows, cols): crop the pad, undo the resize."""
+    arr = np.asarray(map_input, dtype=np.float32)
+    if arr.shape != (letterbox.input_size, letterbox.input_size):
+        raise ValueError(f"map shape {arr.shape} is not the letterbox input {letterbox.input_size} square")
+    back = letterbox.to_source(arr)
+    return np.maximum(np.asarray(back, dtype=np.float32), 0.0)
+
+
+def saliency_maps_source(
+    model: LoadedModel,
+    inputs: torch.Tensor,
+    letterboxes: Sequence[Letterbox],
+    *,
+    method: str = DEFAULT_METHOD,
+    **options,
+) -> list[np.ndarray]:
+    """``saliency_map`` for a batch, each map returned in its own source geometry."""
+    maps = saliency_map(model, inputs, method=method, **options)
+    if len(letterboxes) != len(maps):
+        raise ValueError(f"{len(maps)} inputs but {len(letterboxes)} letterboxes")
+    return [to_source_geometry(m, box) for m, box in zip(maps, letterboxes)]

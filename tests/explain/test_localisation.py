@@ -1,0 +1,187 @@
+"""medassist.explain.localisation: pointing game, energy inside, and the evaluation loop."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medassist.explain.localisation import (
+    LocalisationCase,
+    area_fraction,
+    centre_hit,
+    dilate,
+    energy_inside,
+    evaluate_localisation,
+    fracture_validation_cases,
+    pointing_game_hit,
+    polygon_mask,
+    wilson_interval,
+)
+
+from .test_saliency import signal_model
+
+DATA = Path(os.environ.get("MEDASSIST_DATA", "/work/shared/data"))
+
+
+def box_mask(shape, r0, r1, c0, c1):
+    mask = np.zeros(shape, bool)
+    mask[r0:r1, c0:c1] = True
+    return mask
+
+
+def test_pointing_game_on_synthetic_masks():
+    mask = box_mask((50, 60), 10, 20, 30, 40)
+    sal = np.zeros((50, 60), np.float32)
+    sal[15, 35] = 1.0
+    assert pointing_game_hit(sal, mask)
+    sal[40, 5] = 2.0  # the peak moves outside
+    assert not pointing_game_hit(sal, mask)
+    near = box_mask((50, 60), 36, 40, 8, 12)  # nearest mask pixel (39, 8): sqrt(10) px from the peak
+    assert pointing_game_hit(sal, near, tolerance_px=3.2)
+    assert not pointing_game_hit(sal, near, tolerance_px=3.0)
+    assert pointing_game_hit(sal, dilate(near, 3.2)) and not pointing_game_hit(sal, dilate(near, 3.0))
+    assert not pointing_game_hit(np.zeros((50, 60)), mask)  # a blank map points nowhere
+    assert not pointing_game_hit(sal, np.zeros((50, 60), bool))
+    with pytest.raises(ValueError):
+        pointing_game_hit(sal, np.ones((5, 5), bool))
+
+
+def test_energy_inside_on_synthetic_masks():
+    mask = box_mask((40, 40), 0, 20, 0, 40)  # top half
+    sal = np.zeros((40, 40), np.float32)
+    sal[:20] = 3.0
+    sal[20:] = 1.0
+    assert energy_inside(sal, mask) == pytest.approx(0.75)
+    assert energy_inside(np.ones((40, 40)), mask) == pytest.approx(area_fraction(mask)) == pytest.approx(0.5)
+    sal[20:] = -5.0  # negative saliency is not energy
+    assert energy_inside(sal, mask) == pytest.approx(1.0)
+    assert energy_inside(np.zeros((40, 40)), mask) == 0.0
+
+
+def test_baselines_and_interval():
+    assert centre_hit(box_mask((11, 11), 4, 7, 4, 7))
+    assert not centre_hit(box_mask((11, 11), 0, 2, 0, 2))
+    low, high = wilson_interval(8, 10)
+    assert 0.4 < low < 0.8 < high < 1.0
+    assert wilson_interval(0, 0) != wilson_interval(0, 0)  # nan for no images
+
+
+def test_polygon_mask_covers_pixel_centres_inside_the_polygon():
+    square = [[2.0, 3.0, 6.0, 3.0, 6.0, 7.0, 2.0, 7.0]]  # x 2..6, y 3..7 in pixel-edge coordinates
+    mask = polygon_mask(square, (10, 10))
+    assert mask.sum() == 16
+    assert mask[3:7, 2:6].all()
+    triangle = polygon_mask([[0.0, 0.0, 10.3, 0.0, 0.0, 10.3]], (10, 10))  # centres with x + y < 10.3
+    rows, cols = np.indices((10, 10))
+    np.testing.assert_array_equal(triangle, (rows + 0.5) + (cols + 0.5) < 10.3)
+    assert not polygon_mask([[20.0, 20.0, 30.0, 20.0, 30.0, 30.0]], (10, 10)).any()  # off the image
+
+
+def test_evaluate_localisation_on_synthetic_cases():
+    """A model that responds to a bright disc; masks around the disc hit, masks elsewhere miss."""
+    model = signal_model(input_size=448)
+    shape = (300, 500)
+    rows, cols = np.indices(shape)
+    cases = []
+    for i, (r, c) in enumerate([(200, 400), (80, 100)]):
+        image = np.zeros(shape, np.float32)
+        image[(rows - r) ** 2 + (cols - c) ** 2 <= 20**2] = 1.0
+        near = (rows - r) ** 2 + (cols - c) ** 2 <= 60**2  # GradCAM cells are 32 input px
+        cases.append(LocalisationCase(f"hit{i}", image, near))
+        cases.append(LocalisationCase(f"miss{i}", image, box_mask(shape, 0, 30, 0, 30)))
+    out = evaluate_localisation(model, cases, ["gradcam"], batch_size=4, keep_per_image=True)
+    result = out["gradcam"]
+    per = {row["case_id"]: row for row in result["per_image"]}
+    assert all(per[f"hit{i}"]["hit"] for i in range(2))
+    assert not any(per[f"miss{i}"]["hit"] for i in range(2))
+    # random features see the disc from afar (big receptive field): the energy is spread, but more of
+    # it is near the disc than a uniform map would put there, and little is in the far corner
+    assert all(per[f"hit{i}"]["energy_inside"] > per[f"hit{i}"]["area_fraction"] for i in range(2))
+    assert all(per[f"miss{i}"]["energy_inside"] < per[f"hit{i}"]["energy_inside"] / 5 for i in range(2))
+    assert result["n_images"] == 4 and result["pointing_game"]["hit_rate"] == pytest.approx(0.5)
+    assert 0 < result["energy_inside"]["baseline_uniform_map"] < 0.1
+    tolerant = result["pointing_game_tolerant"]
+    assert tolerant["tolerance_px"] == 15 and tolerant["hit_rate"] >= result["pointing_game"]["hit_rate"]
+    assert tolerant["baseline_random_peak"] > result["pointing_game"]["baseline_random_peak"]
+    json.dumps(out)  # the report is JSON-serialisable
+
+    limited = evaluate_localisation(model, cases, ["gradcam", "occlusion"], limit=3,
+                                    method_limits={"occlusion": 1},
+                                    method_options={"occlusion": {"window": 224, "stride": 224}})
+    assert limited["gradcam"]["n_images"] == 3 and limited["occlusion"]["n_images"] == 1
+    assert limited["occlusion"]["limited_to_first"] == 1
+
+
+@pytest.mark.skipif(not (DATA / "fracatlas" / "dataset.csv").is_file(), reason="FracAtlas data not present")
+def test_fracture_validation_cases_are_val_fractures_with_masks():
+    from medassist.models.fracatlas import split_of
+
+    cases = list(fracture_validation_cases(DATA / "fracatlas", limit=2))
+    assert len(cases) == 2
+    for case in cases:
+        assert split_of(case.case_id, block_size=100, n_folds=5, val_fold=4) == "val"
+        assert case.image.shape == case.mask.shape and case.mask.any()
+        assert 0 < area_fraction(case.mask) < 0.5
+
+
+def fake_fracatlas(root: Path) -> Path:
+    """A three-image FracAtlas-shaped folder: ids 400 and 401 are validation (block 4), 100 is not."""
+    from PIL import Image as PILImage
+
+    rows = ["image_id,hand,leg,hip,shoulder,mixed,hardware,multiscan,fractured,fracture_count,frontal,lateral,oblique"]
+    coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "fractured"}]}
+    rng = np.random.default_rng(0)
+    for number, fractured in ((100, 1), (400, 1), (401, 0)):
+        name = f"IMG{number:07d}.jpg"
+        folder = root / "images" / ("Fractured" if fractured else "Non_fractured")
+        folder.mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray((rng.random((60, 80)) * 255).astype(np.uint8)).save(folder / name)
+        rows.append(f"{name},1,0,0,0,0,0,0,{fractured},{fractured},1,0,0")
+        coco["images"].append({"id": number, "file_name": name, "height": 60, "width": 80})
+        if fractured:
+            coco["annotations"].append({"id": number, "image_id": number, "category_id": 1,
+                                        "segmentation": [[10, 10, 30, 10, 30, 25, 10, 25]], "bbox": [10, 10, 20, 15]})
+    (root / "dataset.csv").write_text("\n".join(rows) + "\n")
+    (root / "fracture_masks_coco.json").write_text(json.dumps(coco))
+    return root
+
+
+def test_write_localisation_report_on_a_tiny_dataset(tmp_path):
+    from medassist.explain.localisation import write_localisation_report
+
+    from .conftest import dev_model
+
+    root = fake_fracatlas(tmp_path / "fracatlas")
+    out = tmp_path / "cards" / "loc.json"
+    report = write_localisation_report(dev_model(input_size=128), root, out, methods=["gradcam"], sanity_images=1)
+    saved = json.loads(out.read_text())  # strict JSON: NaN would have been written as null
+    assert saved == report
+    assert saved["data"]["fractured_with_polygons"] == 1 and saved["data"]["validation_images"] == 2
+    result = saved["methods"]["gradcam"]
+    assert result["n_images"] == 1
+    assert result["energy_inside"]["baseline_uniform_map"] == pytest.approx(20 * 15 / (60 * 80))
+    assert saved["sanity_randomisation"]["signed"]["n"] == 4
+    assert [p.name for p in out.parent.iterdir()] == ["loc.json"]
+
+
+def test_report_merge_adds_a_method_for_the_same_weights(tmp_path):
+    from medassist.explain.localisation import write_localisation_report
+
+    from .conftest import dev_model
+
+    root = fake_fracatlas(tmp_path / "fracatlas")
+    out = tmp_path / "loc.json"
+    model = dev_model(input_size=128)
+    first = write_localisation_report(model, root, out, methods=["gradcam"], sanity_images=0)
+    first["sanity_randomisation"] = {"signed": {"n": 4}}  # stands in for an earlier sanity run
+    out.write_text(json.dumps(first))
+    merged = write_localisation_report(model, root, out, methods=["occlusion"], sanity_images=0, merge=True,
+                                       method_limits={"occlusion": 1})
+    assert list(merged["methods"]) == ["gradcam", "occlusion"]
+    assert merged["data"]["method_limits"] == {"occlusion": 1}
+    assert merged["sanity_randomisation"]["signed"]["n"] == 4
+    assert json.loads(out.read_text()) == merged
