@@ -1,0 +1,951 @@
+"""Brain-MRI tumour model: presence (primary) and type (glioma, meningioma, pituitary; secondary).
+
+A 2D ``LocalisingResNet`` with four image outputs (presence logit + three type logits) and a cell
+head supervised by the tumour boxes, applied slice by slice; a volume is scored by
+``medassist.preprocess.volume.aggregate_study_score`` over its in-brain slices.
+
+Data (``/work/shared/data/brain_tumor``):
+- glioma / meningioma / pituitary: figshare brain tumour set (Cheng et al., CC BY 4.0), 512x512
+  T1 contrast-enhanced slices, a YOLO box each; consecutive file numbers are slices of one patient.
+- no_tumor: Br35H slices (licence not verified: used for training here, never redistributed),
+  numbered 3065-4564 after the figshare numbers, mixed sizes and colour modes.
+The split is by contiguous blocks of file numbers: block = number // block_size, validation when
+block % n_folds == val_fold (the same rule for both sources).
+
+The two sources differ in framing, size, colour mode, compression and background; ``prepare_slice``
+removes the cues it can (grey levels, per-image percentile scaling, background outside the head
+zeroed, crop to the head, aspect-preserving resize and pad), and ``shortcut_probe`` checks what
+is left with a logistic regression on simple image statistics.
+
+They also differ in content, which no preprocessing removes: every tumour slice is T1 contrast-
+enhanced and skull-base, sagittal and coronal slices are nearly all tumour slices, while the
+no-tumour slices are mostly axial T2/FLAIR at ventricle level. A first model trained without
+counter-measures separated the validation set perfectly (AUROC 0.9997) and flagged every normal
+T1 volume (skull base read as "pituitary", vertex as "meningioma"). Counter-measures:
+``mirror_negative`` makes tumour-free slices from the tumour slices themselves (the tumour
+replaced by the mirrored other side of the head: same source, sequence and level), used for
+training and validation; grey-level inversion augmentation; box supervision of the cell head.
+``evaluate_normal_volumes`` is the check that matters: normal brains from other sources.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+from torch.nn import functional as F
+
+from medassist.models.spec import ModelSpec, PreprocessSpec
+from medassist.preprocess import volume as vol
+from medassist.preprocess.transforms import Letterbox, letterbox_for, spatial_transform
+
+log = logging.getLogger(__name__)
+
+TYPE_LABELS = ("glioma", "meningioma", "pituitary")
+CLASS_FOLDERS = TYPE_LABELS + ("no_tumor",)
+# Inference settings that travel in ModelSpec.validation["inference"] (ModelSpec has no field for them).
+DEFAULT_INFERENCE = {
+    "type_labels": list(TYPE_LABELS),
+    "aggregation": {"rule": "max_window_mean_sidak", "extent_mm": 10.0},
+    "min_brain_fraction": 0.04,
+    "min_relative_brain_fraction": 0.3,
+    "plane": "acquisition",
+}
+
+
+# --- records and split ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TumorRecord:
+    """One training slice: file number, class folder, path and box (xc, yc, w, h normalised) if any."""
+
+    number: int
+    folder: str
+    path: Path
+    box: tuple[float, float, float, float] | None
+
+    @property
+    def tumour(self) -> int:
+        return int(self.folder != "no_tumor")
+
+    @property
+    def type_index(self) -> int:
+        """0..2 for glioma, meningioma, pituitary; -1 without tumour."""
+        return TYPE_LABELS.index(self.folder) if self.folder in TYPE_LABELS else -1
+
+
+def read_records(root: str | Path) -> list[TumorRecord]:
+    """Every slice under ``root``, sorted by file number (numbers are unique across folders)."""
+    root = Path(root)
+    records = []
+    for folder in CLASS_FOLDERS:
+        for path in (root / folder).glob("*.jpg"):
+            box = None
+            txt = path.with_suffix(".txt")
+            if txt.exists():
+                values = txt.read_text().split()
+                if len(values) >= 5:
+                    box = tuple(float(v) for v in values[1:5])
+            if folder != "no_tumor" and box is None:
+                log.warning("%s: tumour slice without a box", path)
+            records.append(TumorRecord(int(path.stem), folder, path, box))  # type: ignore[arg-type]
+    records.sort(key=lambda r: r.number)
+    numbers = [r.number for r in records]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"{root}: file numbers repeat across class folders")
+    return records
+
+
+def split_of(number: int, *, block_size: int, n_folds: int, val_fold: int) -> str:
+    """'train' or 'val' by contiguous blocks of file numbers."""
+    return "val" if (number // block_size) % n_folds == val_fold else "train"
+
+
+def split_indices(records: list[TumorRecord], data_cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    split = np.array([split_of(r.number, block_size=data_cfg["block_size"], n_folds=data_cfg["n_folds"],
+                               val_fold=data_cfg["val_fold"]) for r in records])
+    return np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+
+
+# --- one slice -> network input ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SliceFrame:
+    """Where the network input came from: the head crop in the source slice, then the letterbox."""
+
+    crop: tuple[int, int, int, int]  # row0, row1, col0, col1 in source pixels
+    letterbox: Letterbox
+
+    def to_source(self, heatmap: np.ndarray, source_shape: tuple[int, int]) -> np.ndarray:
+        """A network-input-sized map back onto the full source slice (zero outside the crop)."""
+        r0, r1, c0, c1 = self.crop
+        out = np.zeros(source_shape, dtype=np.float32)
+        out[r0:r1, c0:c1] = self.letterbox.to_source(heatmap)
+        return out
+
+
+def percentile_unit(image: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Scale to 0..1 between two percentiles (clipped), float32."""
+    img = np.asarray(image, dtype=np.float32)
+    low, high = (float(v) for v in np.percentile(img, percentiles))
+    if high <= low:
+        return np.zeros_like(img)
+    return np.clip((img - low) / (high - low), 0.0, 1.0)
+
+
+def head_mask(scaled: np.ndarray) -> np.ndarray:
+    """The head (or brain, when skull-stripped) in a 0..1 slice: threshold, open, big parts, fill.
+
+    Removes background noise, burnt-in text and rulers, which differ between the data sources.
+    Computed on a copy reduced to about 256 pixels (block means), then expanded back.
+    """
+    rows, cols = scaled.shape
+    k = max(1, int(round(max(rows, cols) / 256)))
+    small = scaled[: rows - rows % k, : cols - cols % k]
+    if k > 1:
+        small = small.reshape(small.shape[0] // k, k, small.shape[1] // k, k).mean(axis=(1, 3))
+    otsu = vol.otsu_threshold(small)
+    mask = small > max(0.04, 0.35 * otsu)
+    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool), iterations=1)
+    labels, n = ndimage.label(mask)
+    if n:
+        areas = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+        keep = np.flatnonzero(areas >= max(0.05 * areas.max(), 0.002 * mask.size)) + 1
+        mask = np.isin(labels, keep)
+        mask = ndimage.binary_closing(mask, structure=np.ones((5, 5), bool), iterations=2)
+        mask = ndimage.binary_fill_holes(mask)
+        mask = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
+    if k > 1:
+        mask = np.repeat(np.repeat(mask, k, axis=0), k, axis=1)
+    full = np.zeros((rows, cols), dtype=bool)
+    full[: mask.shape[0], : mask.shape[1]] = mask
+    return full
+
+
+def prepare_slice(image2d: np.ndarray, pre: PreprocessSpec) -> tuple[torch.Tensor, SliceFrame]:
+    """One slice (any grey range) -> the (1, S, S) network input and where it came from.
+
+    Percentile scaling -> head mask (background set to 0) -> crop to the head with a 4% margin ->
+    ``prepare_2d`` (percentile scaling again, longest-side resize, centred pad).
+    """
+    scaled = percentile_unit(image2d, pre.percentiles)
+    mask = head_mask(scaled)
+    rows, cols = scaled.shape
+    if mask.sum() < 0.002 * mask.size:
+        crop = (0, rows, 0, cols)
+    else:
+        rr, cc = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        margin = int(round(0.04 * max(rr[-1] - rr[0], cc[-1] - cc[0])))
+        crop = (max(0, rr[0] - margin), min(rows, rr[-1] + 1 + margin),
+                max(0, cc[0] - margin), min(cols, cc[-1] + 1 + margin))
+        scaled = scaled * mask
+    r0, r1, c0, c1 = crop
+    # = prepare_2d(crop, pre), with the percentile scaling in numpy: MONAI's
+    # ScaleIntensityRangePercentiles takes ~0.2 s on a 512 x 512 image on 2 busy cores.
+    cropped = percentile_unit(scaled[r0:r1, c0:c1], pre.percentiles)
+    out = spatial_transform(pre)(torch.from_numpy(np.ascontiguousarray(cropped))[None])
+    tensor = torch.as_tensor(np.asarray(out), dtype=torch.float32)
+    return tensor, SliceFrame(crop, letterbox_for(cropped.shape, pre.input_size))  # type: ignore[arg-type]
+
+
+def box_mask(box: tuple[float, float, float, float], source_shape: tuple[int, int], frame: SliceFrame) -> np.ndarray:
+    """A YOLO box (normalised xc, yc, w, h) as the inscribed ellipse in the network-input frame."""
+    rows, cols = source_shape
+    xc, yc, w, h = box
+    r0, _, c0, _ = frame.crop
+    lb = frame.letterbox
+    sy = lb.resized_shape[0] / lb.source_shape[0]
+    sx = lb.resized_shape[1] / lb.source_shape[1]
+    cy = (yc * rows - r0) * sy + lb.pad_before[0]
+    cx = (xc * cols - c0) * sx + lb.pad_before[1]
+    ry = max(1.0, h * rows * sy / 2)
+    rx = max(1.0, w * cols * sx / 2)
+    yy, xx = np.mgrid[0 : lb.input_size, 0 : lb.input_size]
+    return ((((yy + 0.5 - cy) / ry) ** 2 + ((xx + 0.5 - cx) / rx) ** 2) <= 1.0).astype(np.uint8)
+
+
+def build_cache(records: list[TumorRecord], pre: PreprocessSpec, cache_path: Path) -> dict:
+    """Preprocess every slice once (uint8 inputs, box masks, labels); reuse the .npz when current."""
+    from medassist.ingest.images import load_jpeg_grayscale
+
+    key = np.array([f"{r.folder}/{r.number}" for r in records])
+    if cache_path.exists():
+        data = dict(np.load(cache_path))
+        if data["keys"].shape == key.shape and np.all(data["keys"] == key) and int(data["input_size"]) == pre.input_size:
+            return data
+    size = pre.input_size
+    images = np.zeros((len(records), size, size), dtype=np.uint8)
+    masks = np.zeros((len(records), size, size), dtype=np.uint8)
+    shapes = np.zeros((len(records), 2), dtype=np.int32)
+    t0 = time.time()
+    for i, rec in enumerate(records):
+        gray = load_jpeg_grayscale(rec.path)
+        tensor, frame = prepare_slice(gray.astype(np.float32), pre)
+        images[i] = np.clip(tensor[0].numpy() * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        shapes[i] = gray.shape
+        if rec.box is not None:
+            masks[i] = box_mask(rec.box, gray.shape, frame)
+        if i % 500 == 0:
+            log.info("preprocessing brain MRI slices: %d/%d (%.0f s)", i, len(records), time.time() - t0)
+    data = {
+        "keys": key,
+        "input_size": np.array(size),
+        "numbers": np.array([r.number for r in records], dtype=np.int64),
+        "images": images,
+        "masks": masks,
+        "labels": np.array([r.tumour for r in records], dtype=np.int64),
+        "types": np.array([r.type_index for r in records], dtype=np.int64),
+        "source_shapes": shapes,
+    }
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_suffix(".tmp.npz")
+    np.savez(tmp, **data)
+    tmp.replace(cache_path)
+    return data
+
+
+# --- shortcut probe ----------------------------------------------------------------------------------
+
+
+def image_statistics(images_u8: np.ndarray) -> np.ndarray:
+    """Size-free statistics of preprocessed inputs that could betray the source, not the anatomy.
+
+    Per image: 16-bin intensity histogram of the whole input, fraction of exact zeros, fraction of
+    foreground, mean/std of the foreground, high-frequency energy (Laplacian), 8x8 JPEG blockiness
+    (gradient on 8-pixel block borders over gradient elsewhere), bounding-box fill of the
+    foreground, and its aspect ratio.
+    """
+    feats = []
+    for img in images_u8:
+        x = img.astype(np.float32) / 255.0
+        fg = x > 0
+        hist = np.histogram(x, bins=16, range=(0, 1))[0] / x.size
+        lap = ndimage.laplace(x)
+        hf = float(np.sqrt(np.mean(lap[fg] ** 2))) if fg.any() else 0.0
+        dx = np.abs(np.diff(x, axis=1))
+        border = dx[:, 7::8].mean()
+        inner = np.delete(dx, np.s_[7::8], axis=1).mean()
+        blockiness = float(border / (inner + 1e-6))
+        rr, cc = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+        if rr.size:
+            h, w = rr[-1] - rr[0] + 1, cc[-1] - cc[0] + 1
+            fill, aspect = fg.sum() / (h * w), h / w
+        else:
+            fill, aspect = 0.0, 1.0
+        feats.append(np.concatenate([
+            hist,
+            [np.mean(x == 0), fg.mean(), x[fg].mean() if fg.any() else 0, x[fg].std() if fg.any() else 0,
+             hf, blockiness, fill, aspect],
+        ]))
+    return np.asarray(feats, dtype=np.float64)
+
+
+STAT_NAMES = [f"hist{i:02d}" for i in range(16)] + [
+    "zero_fraction", "foreground_fraction", "foreground_mean", "foreground_std", "highfreq_rms",
+    "jpeg_blockiness", "bbox_fill", "bbox_aspect"]
+
+
+def shortcut_probe(images_u8: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray) -> dict:
+    """Train a logistic regression on ``image_statistics`` (train split), report validation AUROC.
+
+    Near 1.0 means the inputs still carry a source cue a network could use instead of the tumour.
+    Also reports the AUROC of each statistic alone (symmetric: max(a, 1 - a)).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    feats = image_statistics(images_u8)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    clf.fit(feats[train_idx], labels[train_idx])
+    probe_auc = float(roc_auc_score(labels[val_idx], clf.predict_proba(feats[val_idx])[:, 1]))
+    single = {}
+    for j, name in enumerate(STAT_NAMES):
+        a = float(roc_auc_score(labels[val_idx], feats[val_idx, j]))
+        single[name] = round(max(a, 1 - a), 4)
+    return {"probe_auroc": round(probe_auc, 4),
+            "single_statistic_auroc": dict(sorted(single.items(), key=lambda kv: -kv[1]))}
+
+
+# --- in-domain negatives: the tumour replaced by the mirrored opposite side -----------------------
+
+
+def mirror_negative(image: np.ndarray, mask: np.ndarray, *, margin: float = 0.2, min_symmetry: float = 0.35,
+                    feather: float = 3.0) -> np.ndarray | None:
+    """A tumour-free version of a tumour slice, or None when it cannot be made.
+
+    The tumour box, enlarged by ``margin`` of its size on each side, is replaced (feathered edges)
+    by the mirror image of the same region on the other side of the head's vertical midline. Only
+    for slices that are left-right symmetric outside that region (axial and coronal, not
+    sagittal: correlation of the smoothed slice with its mirror image >= ``min_symmetry``) and
+    whose enlarged box does
+    not reach the midline (so midline tumours, most pituitary ones, are never erased).
+
+    Why: every no-tumour slice comes from another source (Br35H: mostly T2/FLAIR, ventricle level)
+    while skull-base and vertex slices are nearly all tumour slices, so a network learns the slice
+    level and the sequence. These negatives have the tumour slices' own source, sequence and level.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    fg = img > 0
+    cols = np.flatnonzero(fg.any(0))
+    ys, xs = np.nonzero(mask)
+    if cols.size < 16 or ys.size == 0:
+        return None
+    size = img.shape[1]
+    twice_mid = int(cols[0] + cols[-1])  # 2 x the midline column
+    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    grow = int(round(margin * max(h, w))) + 2
+    r0, r1 = max(0, ys.min() - grow), min(img.shape[0], ys.max() + 1 + grow)
+    c0, c1 = max(0, xs.min() - grow), min(size, xs.max() + 1 + grow)
+    mirrored_c0, mirrored_c1 = twice_mid - (c1 - 1), twice_mid - c0
+    if not (c1 - 1 < mirrored_c0 or c0 > mirrored_c1):  # the region reaches the midline
+        return None
+    if mirrored_c0 < 0 or mirrored_c1 >= size:
+        return None
+    source = img[:, np.clip(twice_mid - np.arange(size), 0, size - 1)]
+    region = np.zeros(img.shape, dtype=bool)
+    region[r0:r1, c0:c1] = True
+    outside = fg & ~region & (source > 0)
+    if outside.sum() < 500:
+        return None
+    smooth = ndimage.gaussian_filter(img, 4.0)  # coarse anatomy: gyri are not symmetric pixel by pixel
+    a, b = smooth[outside], smooth[:, np.clip(twice_mid - np.arange(size), 0, size - 1)][outside]
+    if np.corrcoef(a, b)[0, 1] < min_symmetry:
+        return None
+    if np.mean(source[region] > 0) < 0.95 * np.mean(fg[region]):  # mirrored region leaves the head
+        return None
+    weight = ndimage.gaussian_filter(region.astype(np.float32), feather)
+    out = img * (1 - weight) + source * weight
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def mirror_negatives(images_u8: np.ndarray, masks_u8: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror negatives of the given tumour slices: (images, the source indices they came from)."""
+    made, sources = [], []
+    for i in indices:
+        neg = mirror_negative(images_u8[i], masks_u8[i])
+        if neg is not None:
+            made.append(neg)
+            sources.append(i)
+    size = images_u8.shape[-1]
+    return (np.stack(made) if made else np.zeros((0, size, size), np.uint8)), np.array(sources, dtype=np.int64)
+
+
+# --- augmentation -------------------------------------------------------------------------------------
+
+
+def simulate_skull_strip(x: torch.Tensor, m: torch.Tensor, p: float, gen: torch.Generator):
+    """On a random share ``p`` of the batch: keep an ellipse inside the head (as a skull-stripped
+    brain), zero the rest, rescale intensities, and zoom so the kept part fills the frame (as the
+    head crop does at inference). The ellipse always contains the tumour mask."""
+    n, _, s, _ = x.shape
+    chosen = torch.rand(n, generator=gen) < p
+    if not chosen.any():
+        return x, m
+    x, m = x.clone(), m.clone()
+    grid = (torch.arange(s, dtype=torch.float32) + 0.5) / s * 2 - 1  # normalised coordinates
+    for i in torch.nonzero(chosen).flatten().tolist():
+        fg = x[i, 0] > 0
+        rows, cols = torch.nonzero(fg.any(1)).flatten(), torch.nonzero(fg.any(0)).flatten()
+        if rows.numel() < 8 or cols.numel() < 8:
+            continue
+        top, bottom, left, right = grid[rows[0]], grid[rows[-1]], grid[cols[0]], grid[cols[-1]]
+        cy, cx = (top + bottom) / 2, (left + right) / 2
+        shrink = 0.72 + 0.16 * torch.rand(2, generator=gen)
+        ry, rx = (bottom - top) / 2 * shrink[0], (right - left) / 2 * shrink[1]
+        yy, xx = grid[:, None], grid[None, :]
+        r2 = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+        if m[i, 0].any():
+            need = float(r2[m[i, 0] > 0].max().sqrt()) * 1.05
+            if need > 1:
+                ry, rx, r2 = ry * need, rx * need, r2 / need**2
+        keep = (r2 <= 1).float()
+        brain = x[i, 0] * keep
+        values = brain[brain > 0]
+        if values.numel() > 100:
+            top_value = torch.quantile(values[:: max(1, values.numel() // 20000)], 0.995)
+            brain = (brain / top_value.clamp(min=0.05)).clamp(0, 1)
+        # zoom: the ellipse's bounding box becomes the frame (aspect kept)
+        half = float(max(ry, rx)) * 1.04
+        theta = torch.tensor([[[half, 0.0, float(cx)], [0.0, half, float(cy)]]])
+        g = F.affine_grid(theta, [1, 1, s, s], align_corners=False)
+        x[i] = F.grid_sample(brain[None, None], g, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        m[i] = F.grid_sample(m[i : i + 1], g, mode="nearest", padding_mode="zeros", align_corners=False)[0]
+    return x, m
+
+
+def degrade(x: torch.Tensor, aug: dict, gen: torch.Generator) -> torch.Tensor:
+    """Lower in-plane resolution (thick/low-resolution slices) and add noise inside the head."""
+    n, _, s, _ = x.shape
+    fg = (x > 0).float()
+    if aug.get("lowres_p", 0) > 0:
+        factor = 1.0 + float(torch.rand(1, generator=gen)) * (aug.get("lowres_max", 2.5) - 1.0)
+        small = max(8, int(round(s / factor)))
+        low = F.interpolate(F.interpolate(x, size=(small, small), mode="area"), size=(s, s),
+                            mode="bilinear", align_corners=False)
+        pick = (torch.rand(n, 1, 1, 1, generator=gen) < aug["lowres_p"]).float()
+        x = pick * low + (1 - pick) * x
+    if aug.get("noise_p", 0) > 0:
+        sigma = torch.rand(n, 1, 1, 1, generator=gen) * aug.get("noise_max", 0.04)
+        pick = (torch.rand(n, 1, 1, 1, generator=gen) < aug["noise_p"]).float()
+        x = x + pick * sigma * torch.randn(x.shape, generator=gen) * fg
+    return (x * fg).clamp(0, 1)
+
+
+def augment_tumor_batch(x: torch.Tensor, m: torch.Tensor, aug: dict, gen: torch.Generator):
+    """Skull-strip simulation -> geometric and intensity jitter (train.augment_batch) -> degrade
+    -> grey-level inversion."""
+    from medassist.models.train import augment_batch
+
+    x, m = simulate_skull_strip(x, m, aug.get("skull_strip_p", 0.0), gen)
+    x, m = augment_batch(x, m, aug, gen)
+    x = degrade(x, aug, gen)
+    if aug.get("invert_p", 0) > 0:
+        # Grey-level inversion inside the head: T1-like slices look T2-like and vice versa, so the
+        # sequence (all tumours are T1 CE, many normals T2/FLAIR) stops predicting the label.
+        pick = (torch.rand(x.shape[0], 1, 1, 1, generator=gen) < aug["invert_p"]) & (x > 0)
+        x = torch.where(pick, 1.0 - x, x)
+    return x, m
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+
+def _preprocess_spec(config: dict) -> PreprocessSpec:
+    p = config["preprocess"]
+    return PreprocessSpec(input_size=p["input_size"], source=p.get("source", "display"),
+                          percentiles=tuple(p.get("percentiles", (0.5, 99.5))))
+
+
+@torch.no_grad()
+def predict_all(net: nn.Module, images_u8: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Presence probabilities from both heads and type probabilities, for uint8 (N, S, S) inputs."""
+    net.eval()
+    image_p, cell_p, type_p = [], [], []
+    for start in range(0, len(images_u8), batch_size):
+        x = torch.from_numpy(images_u8[start : start + batch_size]).float().div_(255.0)[:, None]
+        logits, cells = net.forward_all(x.contiguous(memory_format=torch.channels_last))
+        image_p.append(torch.sigmoid(logits[:, 0]).numpy())
+        cell_p.append(torch.sigmoid(cells.amax(dim=(1, 2, 3))).numpy())
+        type_p.append(torch.softmax(logits[:, 1:4], dim=1).numpy())
+    return {"image": np.concatenate(image_p), "cell_max": np.concatenate(cell_p),
+            "types": np.concatenate(type_p)}
+
+
+@dataclass
+class TrainingData:
+    """The cached slices plus the mirror negatives, with split indices into the combined arrays.
+
+    ``kinds``: 0 = an original slice, 1 = a mirror negative (tumour erased); ``source`` = the
+    original slice a row came from; ``numbers``/``folders`` of mirror rows are their source's.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    types: np.ndarray
+    kinds: np.ndarray
+    source: np.ndarray
+    numbers: np.ndarray
+    folders: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+def training_data(cache: dict, records: list[TumorRecord], train_idx: np.ndarray, val_idx: np.ndarray,
+                  use_mirror: bool = True) -> TrainingData:
+    """Combine the cache with mirror negatives made from the train (resp. validation) tumour slices."""
+    images, masks, labels, types = cache["images"], cache["masks"], cache["labels"], cache["types"]
+    n0 = len(images)
+    folders = np.array([r.folder for r in records])
+    parts_img, parts_src = [images], [np.arange(n0)]
+    new_train, new_val = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if use_mirror:
+        neg_tr, src_tr = mirror_negatives(images, masks, train_idx[labels[train_idx] == 1])
+        neg_va, src_va = mirror_negatives(images, masks, val_idx[labels[val_idx] == 1])
+        parts_img += [neg_tr, neg_va]
+        parts_src += [src_tr, src_va]
+        new_train = n0 + np.arange(len(src_tr))
+        new_val = n0 + len(src_tr) + np.arange(len(src_va))
+    source = np.concatenate(parts_src)
+    n_new = len(source) - n0
+    kinds = np.concatenate([np.zeros(n0, np.int64), np.ones(n_new, np.int64)])
+    return TrainingData(
+        images=np.concatenate(parts_img) if n_new else images,
+        masks=np.concatenate([masks, np.zeros((n_new,) + masks.shape[1:], masks.dtype)]) if n_new else masks,
+        labels=np.where(kinds == 1, 0, labels[source]),
+        types=np.where(kinds == 1, -1, types[source]),
+        kinds=kinds, source=source, numbers=cache["numbers"][source], folders=folders[source],
+        train_idx=np.concatenate([train_idx, new_train]), val_idx=np.concatenate([val_idx, new_val]),
+    )
+
+
+def epoch_sampler(labels: np.ndarray, kinds: np.ndarray, positive_fraction: float, mirror_fraction: float,
+                  gen: torch.Generator) -> torch.Tensor:
+    """Draw an epoch (len(labels) indices): tumour slices, mirror negatives and other negatives in
+    the given shares (mirror share 0 or no mirrors: plain balanced sampling)."""
+    pos = labels == 1
+    mirror = (kinds == 1) & ~pos
+    other = ~pos & ~mirror
+    if not mirror.any() or mirror_fraction <= 0:
+        mirror_fraction = 0.0
+    weights = np.zeros(len(labels))
+    weights[pos] = positive_fraction / pos.sum()
+    if mirror.any():
+        weights[mirror] = mirror_fraction / mirror.sum()
+    weights[other] = (1 - positive_fraction - mirror_fraction) / max(other.sum(), 1)
+    return torch.multinomial(torch.as_tensor(weights), len(labels), replacement=True, generator=gen)
+
+
+def train_tumor(config: dict) -> ModelSpec:
+    """Train the tumour model end to end from its config; returns the written ModelSpec.
+
+    ``config["train"]["max_steps"]`` (optional) stops each epoch early: for smoke runs only.
+    """
+    from medassist.models.networks import build_network
+    from medassist.models.train import cell_targets, resolve
+
+    cfg = config["train"]
+    torch.manual_seed(cfg["seed"])
+    torch.set_num_threads(cfg.get("threads", 2))
+    pre = _preprocess_spec(config)
+    records = read_records(resolve(config["data"]["root"]))
+    cache = build_cache(records, pre, resolve(config["output"]["cache"]))
+    train_idx, val_idx = split_indices(records, config["data"])
+    data = training_data(cache, records, train_idx, val_idx, use_mirror=cfg.get("mirror_fraction", 0) > 0)
+    labels, types, kinds = data.labels, data.types, data.kinds
+    log.info("train %d slices (%d tumour, %d mirror negatives), validation %d (%d tumour, %d mirror negatives)",
+             len(data.train_idx), labels[data.train_idx].sum(), kinds[data.train_idx].sum(),
+             len(data.val_idx), labels[data.val_idx].sum(), kinds[data.val_idx].sum())
+
+    net = build_network(config["network"]["name"], config["network"]["args"]).to(memory_format=torch.channels_last)
+    epochs, batch_size = cfg["epochs"], cfg["batch_size"]
+    steps_per_epoch = len(data.train_idx) // batch_size
+    if cfg.get("max_steps"):
+        steps_per_epoch = min(steps_per_epoch, int(cfg["max_steps"]))
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["learning_rate"],
+                                                total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    ckpt_dir = resolve(config["output"]["checkpoints"])
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    start_epoch, history = 0, []
+    last = ckpt_dir / "last.pt"
+    # Resume only a run of the same config: a checkpoint of another config is set aside, not reused.
+    config_text = json.dumps(config, sort_keys=True, default=str)
+    config_file = ckpt_dir / "config.json"
+    if last.exists() and (not config_file.exists() or config_file.read_text() != config_text):
+        stale = ckpt_dir / f"stale-{int(time.time())}"
+        stale.mkdir()
+        for f in ("last.pt", "history.json", "config.json"):
+            if (ckpt_dir / f).exists():
+                (ckpt_dir / f).replace(stale / f)
+        log.warning("checkpoint in %s is from another config: moved to %s, starting afresh", ckpt_dir, stale)
+    config_file.write_text(config_text)
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start_epoch = int(state["epoch"]) + 1
+        history = json.loads((ckpt_dir / "history.json").read_text())
+        log.info("resuming after epoch %d", start_epoch)
+
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    image_bce = nn.BCEWithLogitsLoss()
+    cell_bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg["cell_pos_weight"]))
+    type_ce = nn.CrossEntropyLoss()
+    tr = data.train_idx
+    for epoch in range(start_epoch, epochs):
+        gen.manual_seed(cfg["seed"] * 1000 + epoch)
+        order = tr[epoch_sampler(labels[tr], kinds[tr], cfg["positive_fraction"], cfg.get("mirror_fraction", 0.0),
+                                 gen).numpy()]
+        net.train()
+        t0, running = time.time(), 0.0
+        for step in range(steps_per_epoch):
+            idx = np.sort(order[step * batch_size : (step + 1) * batch_size])
+            x = torch.from_numpy(data.images[idx]).float().div_(255.0)[:, None]
+            m = torch.from_numpy(data.masks[idx]).float()[:, None]
+            x, m = augment_tumor_batch(x, m, cfg["augment"], gen)
+            y = torch.from_numpy(labels[idx]).float()
+            t = torch.from_numpy(types[idx])
+            logits, cells = net.forward_all(x.contiguous(memory_format=torch.channels_last))
+            loss = image_bce(logits[:, 0], y) + cfg["cell_loss_weight"] * cell_bce(cells, cell_targets(m, cells.shape[-2:]))
+            if (t >= 0).any():
+                loss = loss + cfg["type_loss_weight"] * type_ce(logits[t >= 0, 1:4], t[t >= 0])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.item()
+            if step % 20 == 0:
+                log.info("epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch, step, steps_per_epoch,
+                         running / (step + 1), (step + 1) * batch_size / (time.time() - t0))
+        va = data.val_idx
+        val = predict_all(net, data.images[va])
+        aurocs = {k: _auroc(labels[va], val[k]) for k in ("image", "cell_max")}
+        in_domain = (kinds[va] == 1) | (labels[va] == 1)
+        aurocs_in = {k: _auroc(labels[va][in_domain], val[k][in_domain]) for k in ("image", "cell_max")}
+        history.append({"epoch": epoch, "loss": running / steps_per_epoch, "val_auroc": aurocs,
+                        "val_auroc_tumour_vs_mirror": aurocs_in,
+                        "type_accuracy": _type_accuracy(val["types"], types[va]), "seconds": time.time() - t0})
+        log.info("epoch %d done: loss %.4f val AUROC %s, tumour vs mirror negatives %s (%.0f s)", epoch,
+                 running / steps_per_epoch, {k: round(v, 4) for k, v in aurocs.items()},
+                 {k: round(v, 4) for k, v in aurocs_in.items()}, time.time() - t0)
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "epoch": epoch}, ckpt_dir / "last.tmp")
+        (ckpt_dir / "last.tmp").replace(last)
+        (ckpt_dir / "history.json").write_text(json.dumps(history, indent=1))
+
+    return finish_tumor(config, net, pre, data, history)
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from medassist.audit.metrics import binary_metrics
+
+    return binary_metrics(labels, scores, 0.5)["auroc"]
+
+
+def _type_accuracy(type_probs: np.ndarray, types: np.ndarray) -> float:
+    pos = types >= 0
+    return float(np.mean(type_probs[pos].argmax(1) == types[pos])) if pos.any() else float("nan")
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: dict) -> float:
+    """The slice threshold: ``{"sensitivity": s}`` (highest threshold keeping it) or ``{"youden": true}``."""
+    from medassist.audit.metrics import threshold_for_sensitivity, youden_threshold
+
+    if "sensitivity" in rule:
+        return threshold_for_sensitivity(labels, scores, float(rule["sensitivity"]))
+    return youden_threshold(labels, scores)
+
+
+def patient_runs(numbers: np.ndarray, folders: np.ndarray, max_len: int) -> list[np.ndarray]:
+    """Positions of runs of consecutive file numbers in one class (about one patient each), cut to ``max_len``."""
+    runs: list[list[int]] = []
+    for i in range(len(numbers)):
+        if runs and folders[i] == folders[runs[-1][-1]] and numbers[i] == numbers[runs[-1][-1]] + 1 \
+                and len(runs[-1]) < max_len:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return [np.array(r) for r in runs]
+
+
+def pseudo_volume_calibration(scores: np.ndarray, labels: np.ndarray, numbers: np.ndarray, folders: np.ndarray,
+                              threshold: float, extent_mm: float, null: vol.NullModel | None, seed: int = 0) -> dict:
+    """How the study rule behaves with the slice count, on validation slices.
+
+    Negatives: pseudo-volumes of N validation negative slices drawn at random (independent scores:
+    the case where max-over-slices inflates most), N in 1, 5, 15, 50, 150, at 1 mm and 5 mm
+    spacing; share flagged by the shipped rule (window + correction), the window alone, and plain max.
+    Positives: runs of up to 8 consecutive numbers of one tumour class (about one patient, 7 mm
+    apart as in the figshare acquisitions), padded with N - len(run) negative slices on both sides;
+    share flagged. ``numbers``/``folders`` are used for positives only.
+    """
+    rng = np.random.default_rng(seed)
+    neg = scores[labels == 0]
+    pos_idx = np.flatnonzero(labels == 1)
+    order = pos_idx[np.argsort(numbers[pos_idx], kind="stable")]
+    pos_runs = [order[r] for r in patient_runs(numbers[order], folders[order], 8) if len(r) >= 3]
+    out: dict = {"threshold": float(threshold), "extent_mm": extent_mm, "negatives": {}, "positives": {}}
+    for spacing in (1.0, 5.0):
+        for n in (1, 5, 15, 50, 150):
+            if n > len(neg):
+                continue
+            flags_rule, flags_win, flags_max = [], [], []
+            for _ in range(300):
+                s = rng.choice(neg, size=n, replace=False)
+                flags_rule.append(vol.aggregate_study_score(s, spacing_mm=spacing, extent_mm=extent_mm, null=null)[0]
+                                  >= threshold)
+                flags_win.append(vol.aggregate_study_score(s, spacing_mm=spacing, extent_mm=extent_mm)[0] >= threshold)
+                flags_max.append(s.max() >= threshold)
+            out["negatives"][f"n{n}_{spacing:g}mm"] = {"shipped_rule": float(np.mean(flags_rule)),
+                                                        "window_only": float(np.mean(flags_win)),
+                                                        "max_rule": float(np.mean(flags_max))}
+    for n_pad in (0, 10, 40):
+        flags = []
+        for r in pos_runs:
+            pad = rng.choice(neg, size=2 * n_pad, replace=True) if n_pad else np.zeros(0)
+            s = np.concatenate([pad[:n_pad], scores[r], pad[n_pad:]])
+            flags.append(vol.aggregate_study_score(s, spacing_mm=7.0, extent_mm=extent_mm, null=null)[0] >= threshold)
+        out["positives"][f"run_plus_{2 * n_pad}_normal_slices"] = {
+            "n_runs": len(pos_runs), "flagged": float(np.mean(flags)) if flags else float("nan")}
+    out["single_slice"] = {"specificity": float(np.mean(neg < threshold)),
+                           "sensitivity": float(np.mean(scores[labels == 1] >= threshold))}
+    return out
+
+
+def finish_tumor(config, net, pre, data: TrainingData, history) -> ModelSpec:
+    """Pick the score head and slice threshold on validation (other-source negatives and mirror
+    negatives together), measure the study rule, write the model."""
+    from medassist.audit.metrics import binary_metrics, threshold_for_sensitivity
+    from medassist.models.train import write_shipped_model
+
+    va = data.val_idx
+    labels, types, kinds = data.labels[va], data.types[va], data.kinds[va]
+    val = predict_all(net, data.images[va])
+    head = config.get("score_head", "auto")
+    if head == "auto":
+        head = max(("image", "cell_max"), key=lambda k: _auroc(labels, val[k]))
+    scores = val[head]
+    threshold = choose_threshold(labels, scores, config.get("threshold_rule", {"youden": True}))
+    inference = dict(DEFAULT_INFERENCE, **config.get("inference", {}))
+    extent = float(inference["aggregation"]["extent_mm"])
+    null = vol.NullModel.fit(scores[labels == 0])
+    calibration = pseudo_volume_calibration(scores, labels, data.numbers[va], data.folders[va],
+                                            threshold, extent, null, seed=config["train"]["seed"])
+    tr = data.train_idx
+    train_sub = tr[:: max(1, len(tr) // 800)]
+    train_scores = predict_all(net, data.images[train_sub])[head]
+    pos = types >= 0
+    confusion = np.zeros((3, 3), dtype=int)
+    for true, pred in zip(types[pos], val["types"][pos].argmax(1)):
+        confusion[true, pred] += 1
+    other_source = kinds == 0
+    in_domain = (kinds == 1) | (labels == 1)
+    by_type = {name: float(np.mean(scores[types == k] >= threshold)) for k, name in enumerate(TYPE_LABELS)}
+    orig_tr, orig_va = tr[data.kinds[tr] == 0], va[kinds == 0]
+    validation = {
+        "validation": binary_metrics(labels, scores, threshold),
+        "validation_other_source_negatives": binary_metrics(labels[other_source], scores[other_source], threshold),
+        "validation_tumour_vs_mirror_negatives": binary_metrics(labels[in_domain], scores[in_domain], threshold),
+        "auroc_by_head": {k: {"all": _auroc(labels, val[k]), "tumour_vs_mirror": _auroc(labels[in_domain], val[k][in_domain])}
+                          for k in ("image", "cell_max")},
+        "sensitivity_by_type": by_type,
+        "type": {"labels": list(TYPE_LABELS), "accuracy": _type_accuracy(val["types"], types),
+                 "confusion_rows_true": confusion.tolist()},
+        "training_subset": binary_metrics(data.labels[train_sub], train_scores, threshold),
+        "operating_points": {f"sensitivity_{int(s * 100)}": threshold_for_sensitivity(labels, scores, s)
+                             for s in (0.9, 0.95, 0.99)},
+        "study_rule_calibration": calibration,
+        "shortcut_probe": {
+            "tumour_vs_other_source": shortcut_probe(data.images[: len(data.kinds) - int(data.kinds.sum())],
+                                                     data.labels[: len(data.kinds) - int(data.kinds.sum())],
+                                                     orig_tr, orig_va),
+            "tumour_vs_all_negatives": shortcut_probe(data.images, data.labels, tr, va),
+        },
+        "inference": dict(inference, slice_threshold=round(float(threshold), 6),
+                          null_logit={"mean": null.logit_mean, "std": null.logit_std}),
+        "split": dict(config["data"], rule="block = number // block_size; val if block % n_folds == val_fold"),
+        "mirror_negatives": {"train": int(data.kinds[tr].sum()), "validation": int(kinds.sum())},
+        "history": history,
+    }
+    return write_shipped_model(config, net, pre, threshold=threshold, score_head=head, validation=validation)
+
+
+# --- inference on slices and volumes -------------------------------------------------------------------
+
+
+def inference_settings(spec: ModelSpec) -> dict:
+    """The volume settings of a shipped tumour model (ModelSpec.validation['inference'], or defaults)."""
+    return dict(DEFAULT_INFERENCE, **(spec.validation or {}).get("inference", {}))
+
+
+@torch.no_grad()
+def score_slices(network: nn.Module, spec: ModelSpec, slices: np.ndarray, device: torch.device | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Presence probabilities (n,) and type probabilities (n, 3) for float slices (n, rows, cols)."""
+    device = device or next(network.parameters()).device
+    batch = torch.stack([prepare_slice(s, spec.preprocess)[0] for s in slices]).to(device)
+    logits, cells = network.forward_all(batch)
+    presence = cells.amax(dim=(1, 2, 3)) if spec.score_head == "cell_max" else logits[:, 0]
+    return torch.sigmoid(presence.float()).cpu().numpy(), torch.softmax(logits[:, 1:4].float(), 1).cpu().numpy()
+
+
+def score_volume(network: nn.Module, spec: ModelSpec, image, *, batch: int = 16, axis: int | None = None) -> dict:
+    """Score an Image slice by slice across its acquisition plane and aggregate to one study score.
+
+    Returns score, flagged, the flagged slice indices (in the stored slice order when the plane is
+    the stored slice axis, else canonical indices, with ``indices_are`` saying which), per-slice
+    scores (0 for slices outside the brain), in-brain mask, type probabilities of the flagged run,
+    plane and window settings.
+    """
+    settings = inference_settings(spec)
+    volume, axes = vol.reorient_canonical(image, spec.preprocess.source)
+    axis = vol.acquisition_plane(axes) if axis is None else axis
+    n = volume.shape[axis]
+    ref = vol.intensity_reference(volume)
+    fractions = np.zeros(n)
+    slice_scores = np.zeros(n)
+    type_probs = np.zeros((n, len(TYPE_LABELS)))
+    for idx, chunk in vol.iter_slices(volume, axis, batch):
+        fractions[idx] = [vol.brain_fraction(s, ref) for s in chunk]
+        ok = fractions[idx] >= settings["min_brain_fraction"]
+        if ok.any():
+            p, t = score_slices(network, spec, chunk[ok])
+            slice_scores[idx[ok]] = p
+            type_probs[idx[ok]] = t
+    inside = vol.in_brain(fractions, min_fraction=settings["min_brain_fraction"],
+                          min_relative=settings["min_relative_brain_fraction"] if n > 1 else 0.0)
+    slice_scores = np.where(inside, slice_scores, 0.0)
+    threshold = float(spec.threshold)
+    null = settings.get("null_logit")
+    score, flagged_idx = vol.aggregate_study_score(
+        slice_scores, n, spacing_mm=axes.spacing[axis], extent_mm=settings["aggregation"]["extent_mm"],
+        null=vol.NullModel(null["mean"], null["std"]) if null else None, threshold=threshold)
+    flagged = score >= threshold
+    types = type_probs[list(flagged_idx)].mean(0) if flagged_idx else type_probs[int(np.argmax(slice_scores))]
+    source_idx = [axes.source_slice_index(axis, i) for i in flagged_idx]
+    use_source = all(i is not None for i in source_idx)
+    return {
+        "score": float(score), "threshold": threshold, "flagged": bool(flagged),
+        "slices": tuple(int(i) for i in (source_idx if use_source else flagged_idx)) if flagged else (),
+        "indices_are": "stored" if use_source else "canonical",
+        "slice_scores": slice_scores, "in_brain": inside,
+        "type": dict(zip(settings["type_labels"], (float(v) for v in types))),
+        "plane": vol.PLANES[axis], "spacing_mm": float(axes.spacing[axis]),
+        "window_slices": vol.window_length(n, axes.spacing[axis], settings["aggregation"]["extent_mm"]),
+    }
+
+
+# --- normal volumes from other sources ------------------------------------------------------------------
+
+
+def thick_slices(image, thickness_mm: float = 5.0):
+    """The image resampled to ``thickness_mm`` axial slices by averaging (partial-volume like a 2D
+    acquisition); in-plane sampling unchanged. Returns a new Image with a matching affine."""
+    from medassist.datamodel import Geometry, Image as MImage
+
+    volume, axes = vol.reorient_canonical(image, "pixels")
+    step = max(1, int(round(thickness_mm / axes.spacing[0])))
+    n = volume.shape[0] // step
+    thick = np.stack([np.asarray(volume[i * step : (i + 1) * step], dtype=np.float32).mean(0) for i in range(n)])
+    spacing = (axes.spacing[0] * step, axes.spacing[1], axes.spacing[2])
+    affine = np.diag([0.0, 0.0, 0.0, 1.0])
+    affine[2, 0], affine[1, 1], affine[0, 2] = spacing  # slice -> +S, row -> +P, col -> +L
+    geometry = Geometry(spacing=spacing, orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), affine=affine)
+    return MImage(pixels=thick, display=_unit(thick), geometry=geometry)
+
+
+def skull_strip(image):
+    """A crude brain extraction for tests: Otsu foreground, eroded 4 mm, largest part, dilated back,
+    holes filled; voxels outside set to 0. (Already stripped volumes change little.)"""
+    from medassist.datamodel import Image as MImage
+
+    pixels = np.asarray(image.pixels, dtype=np.float32)
+    ref = vol.intensity_reference(pixels)
+    mask = (pixels - ref.low) / (ref.high - ref.low) > ref.threshold
+    radius = np.maximum(1, np.round(4.0 / np.asarray(image.geometry.spacing)).astype(int))
+    ball = _ellipsoid(radius)
+    core = ndimage.binary_erosion(mask, structure=ball)
+    labels, n = ndimage.label(core)
+    if n:
+        sizes = ndimage.sum_labels(core, labels, index=np.arange(1, n + 1))
+        core = labels == (int(np.argmax(sizes)) + 1)
+    brain = ndimage.binary_dilation(core, structure=ball) & mask
+    brain = np.stack([ndimage.binary_fill_holes(s) for s in brain])
+    stripped = pixels * brain
+    return MImage(pixels=stripped, display=_unit(stripped), geometry=image.geometry)
+
+
+def _ellipsoid(radius: np.ndarray) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    return sum((g / max(r, 1)) ** 2 for g, r in zip(grids, radius)) <= 1.0
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(values, (0.5, 99.5))
+    return np.clip((values - low) / max(high - low, 1e-6), 0, 1).astype(np.float32)
+
+
+def _as_model(model):
+    """(network, spec) from a LoadedModel, a (network, spec) pair, or a spec JSON path."""
+    if isinstance(model, tuple):
+        return model
+    if hasattr(model, "network") and hasattr(model, "spec"):
+        return model.network, model.spec
+    from medassist.models.registry import load_model
+    from medassist.models.spec import read_spec
+
+    path = Path(model)
+    loaded = load_model(read_spec(path), torch.device("cpu"), weights_dir=path.parent)
+    return loaded.network, loaded.spec
+
+
+def evaluate_normal_volumes(model, paths, *, thick_mm: float = 5.0, variants=("original", "thick", "skull_stripped")
+                            ) -> dict:
+    """Score normal brain volumes (NIfTI paths, or a name -> path dict) as given, resampled to
+    ``thick_mm`` slices, and skull-stripped. Per volume and variant: slices, in-brain slices, share
+    of in-brain slices above the slice threshold, study score, flagged, flagged slices.
+    ``all_clear`` is True when no variant of any volume is flagged (the target)."""
+    from medassist.ingest.nifti import read_nifti_series
+
+    network, spec = _as_model(model)
+    network.eval()
+    named = dict(paths) if isinstance(paths, dict) else {Path(p).name.split(".")[0]: p for p in paths}
+    report: dict = {"model": spec.name, "version": spec.version, "threshold": float(spec.threshold), "volumes": {}}
+    for name, path in named.items():
+        series = read_nifti_series(str(path))
+        if not hasattr(series, "load"):
+            report["volumes"][name] = {"error": str(series)}
+            continue
+        image = series.load()
+        results = {}
+        for variant in variants:
+            img = {"original": lambda: image, "thick": lambda: thick_slices(image, thick_mm),
+                   "skull_stripped": lambda: skull_strip(image)}[variant]()
+            res = score_volume(network, spec, img)
+            inside = res["in_brain"]
+            results[variant] = {
+                "shape": list(img.pixels.shape), "plane": res["plane"], "spacing_mm": res["spacing_mm"],
+                "n_slices": int(len(inside)), "n_in_brain": int(inside.sum()),
+                "fraction_slices_flagged": float(np.mean(res["slice_scores"][inside] >= spec.threshold)) if inside.any() else 0.0,
+                "max_slice_score": float(res["slice_scores"].max()),
+                "study_score": round(res["score"], 6), "flagged": res["flagged"], "flagged_slices": list(res["slices"]),
+                "window_slices": res["window_slices"],
+            }
+        report["volumes"][name] = results
+    report["all_clear"] = not any(v.get("flagged") for r in report["volumes"].values() for v in r.values()
+                                  if isinstance(v, dict))
+    return report
