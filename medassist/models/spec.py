@@ -31,7 +31,12 @@ class PreprocessSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A shipped model: identity, network, preprocessing, decision rule, scope and provenance."""
+    """A shipped model: identity, network, preprocessing, decision rule, scope and provenance.
+
+    ``score_head``: which output is the score ("image", "cell_max" or "mean" of the two).
+    ``input_kind``: "image2d" (one input per radiograph) or "volume" (scored slice by slice and
+    aggregated to one study score, see ``medassist.models.tumor.score_volume``).
+    """
 
     name: str
     version: str
@@ -47,6 +52,7 @@ class ModelSpec:
     body_parts: tuple[str, ...] = ()
     excluded_body_parts: tuple[str, ...] = ()
     score_head: str = "image"
+    input_kind: str = "image2d"
     training_data: str = ""
     licence: str = ""
     training_command: str = ""

@@ -246,6 +246,7 @@ def write_shipped_model(config: dict, net: nn.Module, pre: PreprocessSpec, *, th
         body_parts=tuple(config["scope"].get("body_parts", [])),
         excluded_body_parts=tuple(config["scope"].get("excluded_body_parts", [])),
         score_head=score_head,
+        input_kind=config.get("input_kind", "image2d"),
         training_data=config["provenance"]["training_data"],
         licence=config["provenance"]["licence"],
         training_command=f"medassist train configs/{config['name']}.yaml",

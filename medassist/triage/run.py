@@ -174,7 +174,11 @@ def triage_series(
         try:
             for spec, jobs in pending:
                 model = load_model(spec, torch_device, Path(weights_dir))
-                for job, score, slices, error, inputs in score_jobs(model, jobs, batch_size, num_workers):
+                if spec.input_kind == "volume":
+                    results = score_volume_jobs(model, jobs)
+                else:
+                    results = score_jobs(model, jobs, batch_size, num_workers)
+                for job, score, slices, error, inputs in results:
                     saliency = ""
                     if wants_saliency(explain, model.spec, score):
                         saliency = explain_job(model, job, inputs, slices, out, explain_method)
@@ -282,6 +286,29 @@ def score_jobs(
             else:
                 message = f"{jobs[index].series.source_path}: model {model.spec.name} gave no valid score"
                 yield jobs[index], None, (), message, None
+
+
+def score_volume_jobs(
+    model: LoadedModel, jobs: list[Job]
+) -> Iterator[tuple[Job, float | None, tuple[int, ...], str, None]]:
+    """(job, study score, flagged slice indices, error, None) per volume job, one series at a time.
+
+    Slices are streamed through the network in batches inside ``score_volume``, so memory stays
+    bounded by one decoded series plus one batch.
+    """
+    from medassist.models.tumor import score_volume
+
+    for job in jobs:
+        try:
+            result = score_volume(model.network, model.spec, job.series.load())
+        except MedassistError as exc:
+            yield job, None, (), str(exc), None
+            continue
+        except Exception as exc:  # one unscorable volume must not stop the run
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            yield job, None, (), f"{job.series.source_path}: could not score volume ({reason})", None
+            continue
+        yield job, round(float(result["score"]), 6), tuple(result["slices"]), "", None
 
 
 EXPLAIN_CHOICES = ("flagged", "all", "none")
