@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
 
     rows.append(("inference", n, *timed(lambda: model.scores(x), n, args.repeats), ""))
-    rows.append(("gradcam", n, *timed(lambda: saliency_map(model, x, method="gradcam"), n, args.repeats), "layer4, ReLU, bilinear"))
+    gradcam = lambda: saliency_map(model, x, method="gradcam")
+    rows.append(("gradcam", n, *timed(gradcam, n, args.repeats), "layer4, ReLU, bilinear"))
     if "integrated_gradients" not in args.skip:
         ig = lambda: saliency_map(model, x, method="integrated_gradients", n_steps=args.ig_steps,
                                   internal_batch_size=args.ig_internal_batch)

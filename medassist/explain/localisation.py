@@ -426,9 +426,11 @@ def write_localisation_report(
         },
         "metrics": {
             "pointing_game": "share of images whose saliency maximum lies inside the fracture annotation",
-            "pointing_game_tolerant": f"the same, counting a maximum within {TOLERANT_PX:g} source pixels of the annotation as a hit",
+            "pointing_game_tolerant": (f"the same, counting a maximum within {TOLERANT_PX:g} source pixels "
+                                       "of the annotation as a hit"),
             "energy_inside": "share of positive saliency inside the annotation, averaged over images",
-            "baselines": "random peak / uniform map = annotation area fraction; centre peak = image centre inside the annotation",
+            "baselines": ("random peak / uniform map = annotation area fraction; "
+                          "centre peak = image centre inside the annotation"),
         },
         "methods": results,
         "sanity_randomisation": _sanity_on_cases(model, data_root, sanity_images) if sanity_images > 0 else None,
@@ -472,8 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        limit=args.limit, method_limits=limits)
     for method, r in report["methods"].items():
         pg, ei = r["pointing_game"], r["energy_inside"]
-        print(f"{method}: n={r['n_images']} pointing game {pg['hit_rate']:.3f} (random {pg['baseline_random_peak']:.3f}, "
-              f"centre {pg['baseline_centre_peak']:.3f}); energy inside {ei['mean']:.3f} (uniform {ei['baseline_uniform_map']:.3f})")
+        print(f"{method}: n={r['n_images']} pointing game {pg['hit_rate']:.3f} "
+              f"(random {pg['baseline_random_peak']:.3f}, centre {pg['baseline_centre_peak']:.3f}); "
+              f"energy inside {ei['mean']:.3f} (uniform {ei['baseline_uniform_map']:.3f})")
     print(f"wrote {args.out}")
     return 0
 

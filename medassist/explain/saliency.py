@@ -12,9 +12,9 @@ output index 0 of ``network.forward`` for ``score_head == "image"``):
 * ``occlusion``: a zero patch of ``window`` pixels slid by ``stride``; attribution is the drop in
   the logit.
 
-Every map is rectified (ReLU: evidence *for* the finding; ``rectify=False`` keeps the sign), float32, shaped (N, S, S), in the
-letterboxed network-input frame. ``to_source_geometry`` undoes the centred pad and the resize
-(``Letterbox.to_source``) so a map lies on the source pixels.
+Every map is rectified (ReLU: evidence *for* the finding; ``rectify=False`` keeps the sign),
+float32, shaped (N, S, S), in the letterboxed network-input frame. ``to_source_geometry`` undoes
+the centred pad and the resize (``Letterbox.to_source``) so a map lies on the source pixels.
 """
 
 from __future__ import annotations
