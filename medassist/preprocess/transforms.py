@@ -35,8 +35,9 @@ class Letterbox:
 
     def to_input(self, row: float, col: float) -> tuple[float, float]:
         """Map a source pixel coordinate to network-input coordinates."""
-        scale = self.resized_shape[0] / self.source_shape[0]
-        return row * scale + self.pad_before[0], col * self.resized_shape[1] / self.source_shape[1] + self.pad_before[1]
+        row_scale = self.resized_shape[0] / self.source_shape[0]
+        col_scale = self.resized_shape[1] / self.source_shape[1]
+        return row * row_scale + self.pad_before[0], col * col_scale + self.pad_before[1]
 
 
 def letterbox_for(source_shape: tuple[int, int], input_size: int) -> Letterbox:
