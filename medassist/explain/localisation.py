@@ -19,8 +19,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medassist.explain.output import atomic_write_bytes
 from medassist.explain.saliency import DEFAULT_METHOD, METHODS, saliency_map, to_source_geometry
 from medassist.models.registry import LoadedModel
 from medassist.preprocess.transforms import prepare_2d
@@ -442,11 +441,7 @@ def write_localisation_report(
     if merge and path.is_file():
         _merge_previous(report, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(_json_safe(report), handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n").encode())
     return _json_safe(report)
 
 

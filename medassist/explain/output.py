@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -69,18 +69,24 @@ def render_overlay(
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
+    """Write ``payload`` to a fresh temporary file beside ``path``, fsync it, rename it into place.
+
+    The temporary file is created with ``open(..., "xb")`` so it gets the usual permissions (umask),
+    unlike ``tempfile.mkstemp``'s owner-only 0600.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "xb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+    return path
 
 
 def write_saliency(
@@ -112,6 +118,6 @@ def write_saliency(
     PILImage.fromarray(rgb).save(png_buf, format="PNG", optimize=False)
 
     npy_path, png_path = out / f"{stem}.npy", out / f"{stem}.png"
-    _atomic_write(npy_path, npy_buf.getvalue())
-    _atomic_write(png_path, png_buf.getvalue())
+    atomic_write_bytes(npy_path, npy_buf.getvalue())
+    atomic_write_bytes(png_path, png_buf.getvalue())
     return npy_path, png_path

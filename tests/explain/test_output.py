@@ -87,3 +87,14 @@ def test_explain_and_write_a_batch_in_source_geometry(tmp_path):
             assert img.size == (shape[1], shape[0])
     with pytest.raises(ValueError):
         explain_and_write(model, inputs, [prepared[0][1]], displays, tmp_path, stems)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Not tempfile.mkstemp's owner-only 0600: a viewer running as another user can read them."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    npy, png = write_saliency(np.ones((4, 4), np.float32), np.zeros((4, 4), np.float32), tmp_path, "p")
+    for path in (npy, png):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
