@@ -3,6 +3,10 @@
     python benchmarks/bench_explain.py                 # CPU, input 448, batch 8; markdown table
     python benchmarks/bench_explain.py --check         # exit 1 if GradCAM adds more than 50%
 
+Triage scores a batch and keeps its last feature map; GradCAM for a flagged finding then runs on
+the heads only (``saliency_map(features=...)``), so its added cost is the first GradCAM row. The
+standalone row is what a map costs without the scoring pass (the review app, the sanity checks).
+
 Uses the shipped fracture model when its weights are present, else the same architecture with
 random weights (the cost does not depend on the weights). Occlusion runs hundreds of forward
 passes per image, so it is timed on ``--occlusion-images`` images (its cost per image does not
@@ -79,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
 
     rows.append(("inference", n, *timed(lambda: model.scores(x), n, args.repeats), ""))
+    _, features = model.scores_and_features(x)
+    triage_gradcam = lambda: saliency_map(model, x, method="gradcam", features=features)
+    rows.append(("gradcam (triage: from the scoring pass)", n, *timed(triage_gradcam, n, args.repeats),
+                 "layer4 map reused; heads-only backward"))
     gradcam = lambda: saliency_map(model, x, method="gradcam")
-    rows.append(("gradcam", n, *timed(gradcam, n, args.repeats), "layer4, ReLU, bilinear"))
+    rows.append(("gradcam (standalone)", n, *timed(gradcam, n, args.repeats), "own forward pass to layer4"))
     if "integrated_gradients" not in args.skip:
         ig = lambda: saliency_map(model, x, method="integrated_gradients", n_steps=args.ig_steps,
                                   internal_batch_size=args.ig_internal_batch)
@@ -101,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, k, wall, cpu, note in rows:
         print(f"| {name} | {k} | {wall:.3f} | {cpu:.3f} | {wall / base_wall:.2f} | {cpu / base_cpu:.2f} | {note} |")
     gc_wall, gc_cpu = rows[1][2], rows[1][3]
-    overhead = gc_cpu / base_cpu - 1.0
+    overhead = gc_cpu / base_cpu
     verdict = "within" if overhead <= GRADCAM_BUDGET else "OVER"
-    print(f"\nGradCAM adds {overhead:+.0%} CPU time ({gc_wall / base_wall - 1.0:+.0%} wall) per image to "
-          f"inference: {verdict} the {GRADCAM_BUDGET:.0%} budget.")
+    print(f"\nGradCAM in triage (from the scoring pass's feature map) adds {overhead:+.0%} CPU time "
+          f"({gc_wall / base_wall:+.0%} wall) per image to inference: {verdict} the {GRADCAM_BUDGET:.0%} budget. "
+          f"Standalone GradCAM (its own forward pass): {rows[2][3] / base_cpu:.2f}x inference.")
     return 1 if (args.check and overhead > GRADCAM_BUDGET) else 0
 
 

@@ -53,11 +53,14 @@ class LocalisingResNet(nn.Module):
         x = b.maxpool(b.act(b.bn1(b.conv1(x))))
         return b.layer4(b.layer3(b.layer2(b.layer1(x))))
 
-    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image logits (batch, outputs) and cell logits (batch, 1, h, w)."""
-        feats = self.features(x)
+    def heads(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image logits (batch, outputs) and cell logits (batch, 1, h, w) from the last feature map."""
         pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(feats, 1), 1)
         return self.image_head(pooled), self.cell_head(feats)
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image logits (batch, outputs) and cell logits (batch, 1, h, w)."""
+        return self.heads(self.features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x)[0]

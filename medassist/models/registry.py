@@ -78,18 +78,27 @@ class LoadedModel:
     network: nn.Module
     device: torch.device
 
-    @torch.no_grad()
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
         """Probabilities of the finding for a (N, 1, S, S) batch, shape (N,), on the CPU."""
+        return self.scores_and_features(batch)[0]
+
+    @torch.no_grad()
+    def scores_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (N,) on the CPU and the last feature map (N, C, h, w) on the device, float32.
+
+        The feature map is what GradCAM attributes to: ``explain.saliency_map(features=...)``
+        computes the map from it without a second pass through the backbone.
+        """
         x = batch.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
-            image_logits, cells = self.network.forward_all(x)
+            feats = self.network.features(x)
+            image_logits, cells = self.network.heads(feats)
         image_p = torch.sigmoid(image_logits[:, 0].float())
         cell_p = torch.sigmoid(cells.amax(dim=(1, 2, 3)).float())
         heads = {"image": image_p, "cell_max": cell_p, "mean": (image_p + cell_p) / 2}
-        return heads[self.spec.score_head].cpu()
+        return heads[self.spec.score_head].cpu(), feats.float()
 
 
 def load_model(spec: ModelSpec, device: torch.device, weights_dir: Path = WEIGHTS_DIR) -> LoadedModel:

@@ -178,10 +178,10 @@ def triage_series(
                     results = score_volume_jobs(model, jobs)
                 else:
                     results = score_jobs(model, jobs, batch_size, num_workers)
-                for job, score, slices, error, inputs in results:
+                for job, score, slices, error, inputs, features in results:
                     saliency = ""
                     if wants_saliency(explain, model.spec, score):
-                        saliency = explain_job(model, job, inputs, slices, out, explain_method)
+                        saliency = explain_job(model, job, inputs, slices, out, explain_method, features=features)
                     rows.finish(job, score, slices, error, saliency)
                     bar.update(1)
                     if rows.finished_now % checkpoint_every == 0:
@@ -264,34 +264,35 @@ def plan(
     return [(spec, pending[spec.name]) for spec in specs if pending[spec.name]]
 
 
-def score_jobs(
-    model: LoadedModel, jobs: list[Job], batch_size: int, num_workers: int
-) -> Iterator[tuple[Job, float | None, tuple[int, ...], str, torch.Tensor | None]]:
-    """(job, score, slices, error, job's inputs) per job, decoding in workers while the model scores."""
+ScoredJob = tuple[Job, "float | None", tuple[int, ...], str, "torch.Tensor | None", "torch.Tensor | None"]
+
+
+def score_jobs(model: LoadedModel, jobs: list[Job], batch_size: int, num_workers: int) -> Iterator[ScoredJob]:
+    """(job, score, slices, error, job's inputs, job's last feature map) per job, decoding in
+    workers while the model scores. The feature map lets GradCAM skip a second backbone pass."""
     kind = kind_of(model.spec)
     for batch in make_loader(jobs, kind, batch_size, num_workers, model.device):
         for index, message in batch.errors:
-            yield jobs[index], None, (), message, None
+            yield jobs[index], None, (), message, None, None
         if batch.inputs is None:
             continue
-        scores = score_inputs(model, batch.inputs, batch_size)
+        scores, features = score_inputs_with_features(model, batch.inputs, batch_size)
         offset = 0
         for index, count, slices in batch.owners:
             score, report = kind.aggregate(scores[offset : offset + count], slices)
             job_inputs = batch.inputs[offset : offset + count]
+            job_features = features[offset : offset + count]
             offset += count
             score = round(float(score), 6)
             if math.isfinite(score) and 0.0 <= score <= 1.0:
-                yield jobs[index], score, report, "", job_inputs
+                yield jobs[index], score, report, "", job_inputs, job_features
             else:
                 message = f"{jobs[index].series.source_path}: model {model.spec.name} gave no valid score"
-                yield jobs[index], None, (), message, None
+                yield jobs[index], None, (), message, None, None
 
 
-def score_volume_jobs(
-    model: LoadedModel, jobs: list[Job]
-) -> Iterator[tuple[Job, float | None, tuple[int, ...], str, None]]:
-    """(job, study score, flagged slice indices, error, None) per volume job, one series at a time.
+def score_volume_jobs(model: LoadedModel, jobs: list[Job]) -> Iterator[ScoredJob]:
+    """(job, study score, flagged slice indices, error, None, None) per volume job, one series at a time.
 
     Slices are streamed through the network in batches inside ``score_volume``, so memory stays
     bounded by one decoded series plus one batch.
@@ -302,13 +303,13 @@ def score_volume_jobs(
         try:
             result = score_volume(model.network, model.spec, job.series.load())
         except MedassistError as exc:
-            yield job, None, (), str(exc), None
+            yield job, None, (), str(exc), None, None
             continue
         except Exception as exc:  # one unscorable volume must not stop the run
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            yield job, None, (), f"{job.series.source_path}: could not score volume ({reason})", None
+            yield job, None, (), f"{job.series.source_path}: could not score volume ({reason})", None, None
             continue
-        yield job, round(float(result["score"]), 6), tuple(result["slices"]), "", None
+        yield job, round(float(result["score"]), 6), tuple(result["slices"]), "", None, None
 
 
 EXPLAIN_CHOICES = ("flagged", "all", "none")
@@ -323,9 +324,13 @@ def wants_saliency(explain: str, spec: ModelSpec, score: float | None) -> bool:
 
 
 def explain_job(
-    model: LoadedModel, job: Job, inputs: torch.Tensor | None, slices: tuple[int, ...], out_dir: Path, method: str
+    model: LoadedModel, job: Job, inputs: torch.Tensor | None, slices: tuple[int, ...], out_dir: Path, method: str,
+    *, features: torch.Tensor | None = None,
 ) -> str:
     """Write the saliency map of a job's (first reported) slice; its path relative to ``out_dir``.
+
+    ``features``: the job's last feature map from the scoring pass; GradCAM then needs no second
+    pass through the backbone.
 
     The source image is decoded again here (flagged findings only) to draw the overlay in the
     source geometry. A failure is logged and leaves the finding without a map: the score stands.
@@ -343,8 +348,9 @@ def explain_job(
         display = image.display[slice_index]
         box = letterbox_for(source.shape, model.spec.preprocess.input_size)
         stem = saliency_stem(job.series.series_uid, model.spec.name, slice_index)
+        extra = {"features": features[position : position + 1]} if method == "gradcam" and features is not None else {}
         npy, _png = explain_and_write(model, inputs[position : position + 1], [box], [display],
-                                      out_dir / SALIENCY_DIR, [stem], method=method)[0]
+                                      out_dir / SALIENCY_DIR, [stem], method=method, **extra)[0]
     except Exception as exc:  # a map is an aid; its failure must not lose the finding
         log.warning("%s: no saliency map (%s: %s)", job.series.source_path, type(exc).__name__, exc)
         return ""
@@ -354,6 +360,13 @@ def explain_job(
 def score_inputs(model: LoadedModel, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Scores of (N, 1, S, S) inputs, ``batch_size`` at a time."""
     return torch.cat([model.scores(chunk) for chunk in inputs.split(batch_size)])
+
+
+def score_inputs_with_features(model: LoadedModel, inputs: torch.Tensor, batch_size: int
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (N,) and last feature maps (N, C, h, w) of (N, 1, S, S) inputs, ``batch_size`` at a time."""
+    parts = [model.scores_and_features(chunk) for chunk in inputs.split(batch_size)]
+    return torch.cat([s for s, _ in parts]), torch.cat([f for _, f in parts])
 
 
 def make_loader(

@@ -109,6 +109,29 @@ def test_cell_max_head_is_attributed():
     assert saliency_map(model, x).shape == (1, 128, 128)
 
 
+@pytest.mark.parametrize("score_head", ["image", "cell_max", "mean"])
+def test_gradcam_from_the_scoring_pass_equals_the_full_gradcam(score_head):
+    model = dev_model(input_size=128, score_head=score_head, seed=3)
+    x = torch.rand(3, 1, 128, 128)
+    scores, features = model.scores_and_features(x)
+    assert torch.allclose(scores, model.scores(x))
+    full = saliency_map(model, x, rectify=False)
+    cheap = saliency_map(model, x, features=features, rectify=False)
+    assert np.abs(full).max() > 0
+    np.testing.assert_allclose(cheap, full, rtol=1e-4, atol=1e-5 * np.abs(full).max())
+
+
+def test_mean_head_attributes_the_mean_of_both_logits():
+    model = dev_model(input_size=128, score_head="mean")
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        logits, cells = model.network.forward_all(x)
+        expected = (logits[:, :1] + cells.amax(dim=(1, 2, 3))[:, None]) / 2
+        assert torch.allclose(FindingLogit(model.network, "mean")(x), expected)
+    with pytest.raises(ValueError, match="score_head"):
+        FindingLogit(model.network, "median")
+
+
 def signal_model(input_size: int = 448):
     """Random conv weights, fresh batch norm, image logit = mean of the last feature map.
 
