@@ -107,6 +107,30 @@ def balanced_sampler(labels: np.ndarray, positive_fraction: float, gen: torch.Ge
     return torch.multinomial(torch.as_tensor(weights), len(labels), replacement=True, generator=gen)
 
 
+def lr_cycles(cfg_train: dict) -> list[dict]:
+    """Learning-rate cycles (warm restarts): ``train.cycles`` or one cycle of ``epochs`` at ``learning_rate``."""
+    if "cycles" in cfg_train:
+        return [dict(c) for c in cfg_train["cycles"]]
+    return [{"epochs": cfg_train["epochs"], "learning_rate": cfg_train["learning_rate"]}]
+
+
+def cycle_of(epoch: int, cycles: list[dict]) -> tuple[int, int]:
+    """(index of the cycle that contains ``epoch``, that cycle's first epoch)."""
+    first = 0
+    for index, cycle in enumerate(cycles):
+        if epoch < first + cycle["epochs"]:
+            return index, first
+        first += cycle["epochs"]
+    return len(cycles) - 1, first - cycles[-1]["epochs"]
+
+
+def one_cycle(opt: torch.optim.Optimizer, cycle: dict, steps_per_epoch: int):
+    """A one-cycle schedule (15% warm-up, cosine decay) over one cycle's epochs."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cycle["learning_rate"], total_steps=cycle["epochs"] * steps_per_epoch, pct_start=0.15
+    )
+
+
 def train_fracture(config: dict) -> ModelSpec:
     """Train the fracture model end to end from its config; returns the written ModelSpec."""
     from medassist.models import fracatlas
@@ -141,12 +165,11 @@ def train_fracture(config: dict) -> ModelSpec:
 
     net = build_network(config["network"]["name"], config["network"]["args"])
     net = net.to(memory_format=torch.channels_last)
-    epochs, batch_size = cfg_train["epochs"], cfg_train["batch_size"]
+    cycles = lr_cycles(cfg_train)
+    epochs, batch_size = sum(c["epochs"] for c in cycles), cfg_train["batch_size"]
     steps_per_epoch = len(train_idx) // batch_size
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg_train["learning_rate"], weight_decay=cfg_train["weight_decay"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg_train["learning_rate"], total_steps=epochs * steps_per_epoch, pct_start=0.15
-    )
+    opt = torch.optim.AdamW(net.parameters(), lr=cycles[0]["learning_rate"], weight_decay=cfg_train["weight_decay"])
+    sched = one_cycle(opt, cycles[0], steps_per_epoch)
     ckpt_dir = resolve(config["output"]["checkpoints"])
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, history = 0, []
@@ -155,8 +178,11 @@ def train_fracture(config: dict) -> ModelSpec:
         state = torch.load(last, map_location="cpu", weights_only=True)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
         start_epoch = int(state["epoch"]) + 1
+        cycle, first = cycle_of(start_epoch, cycles)
+        sched = one_cycle(opt, cycles[cycle], steps_per_epoch)
+        if start_epoch != first:  # resuming inside a cycle: continue its schedule
+            sched.load_state_dict(state["sched"])
         history = json.loads((ckpt_dir / "history.json").read_text())
         log.info("resuming after epoch %d", start_epoch)
 
@@ -165,6 +191,9 @@ def train_fracture(config: dict) -> ModelSpec:
     cell_bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg_train["cell_pos_weight"]))
     image_bce = nn.BCEWithLogitsLoss()
     for epoch in range(start_epoch, epochs):
+        cycle, first = cycle_of(epoch, cycles)
+        if epoch == first and epoch != start_epoch:  # warm restart: a new one-cycle schedule
+            sched = one_cycle(opt, cycles[cycle], steps_per_epoch)
         gen.manual_seed(cfg_train["seed"] * 1000 + epoch)
         order = train_idx[balanced_sampler(labels[train_idx], cfg_train["positive_fraction"], gen).numpy()]
         net.train()
