@@ -10,10 +10,13 @@ STAMPS := build/stamps
 DEMO_OUT := out/demo
 
 # System packages (Debian) the project needs: Chromium + driver for the real-browser test,
-# Orthanc with its DICOMweb and GDCM plugins for the real-PACS tests.
-SYSTEM_PACKAGES := chromium chromium-driver orthanc orthanc-dicomweb orthanc-gdcm
+# Orthanc with its DICOMweb and GDCM plugins for the real-PACS tests, mricron-data for the Colin27
+# normal brain (sample rebuild, normal-volume checks of the tumour model).
+SYSTEM_PACKAGES := chromium chromium-driver orthanc orthanc-dicomweb orthanc-gdcm mricron-data
 # python3-venv too, where this Python cannot create a virtualenv (Debian splits ensurepip out).
 APT_PACKAGES := $(strip $(SYSTEM_PACKAGES) $(shell $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv))
+# the stamp names the package list, so adding a package installs it on machines set up before
+SYSTEM_STAMP := $(STAMPS)/system-deps-$(shell echo '$(APT_PACKAGES)' | cksum | cut -d' ' -f1)
 
 # Prints the demo worklist's main columns as an aligned table (the CSV itself is in $(DEMO_OUT)).
 SHOW_WORKLIST := import csv, sys; cols = ("modality", "body_part", "finding", "score", "flagged", "source_path", "error"); \
@@ -23,13 +26,13 @@ SHOW_WORKLIST := import csv, sys; cols = ("modality", "body_part", "finding", "s
 
 .PHONY: install system-deps demo test bench clean
 
-install: $(STAMPS)/system-deps $(VENV)/.installed
+install: $(SYSTEM_STAMP) $(VENV)/.installed
 
-# apt-get runs only when the stamp is missing. Without root (and without password-less sudo) it
+# apt-get runs only when the stamp (for this package list) is missing. Without root (and without password-less sudo) it
 # prints what to install and carries on, leaving no stamp: most of the project runs without them.
-system-deps: $(STAMPS)/system-deps
+system-deps: $(SYSTEM_STAMP)
 
-$(STAMPS)/system-deps:
+$(SYSTEM_STAMP):
 	@mkdir -p $(STAMPS)
 	@if [ -z "$(APT_PACKAGES)" ]; then \
 	  echo "system-deps: no system packages needed" && touch $@; \
@@ -41,7 +44,7 @@ $(STAMPS)/system-deps:
 	  echo "system-deps: not root, skipped (no stamp: tried again next time); install yourself: $(APT_PACKAGES)" >&2; \
 	fi
 
-$(BIN)/python: | $(STAMPS)/system-deps
+$(BIN)/python: | $(SYSTEM_STAMP)
 	$(PYTHON) -m venv $(VENV)
 
 # Re-installs only when pyproject.toml changes; pip itself is idempotent.

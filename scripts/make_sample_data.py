@@ -15,6 +15,9 @@ and writes, replacing what was there:
   samples/export/PAT12
       deliberately malformed file: a synthetic DX whose pixel data is cut short (an interrupted
       transfer). The header reads; decoding the pixels fails.
+  samples/export/PAT13, PAT14
+      brain MRI (scripts/mri_samples.py): a tumour MR series (7 slices of one figshare glioma
+      patient) and a normal brain NIfTI volume with its skull (Colin27 from Debian's mricron-data).
   samples/export_labels.csv
       series_uid,source_image,label,body_region,view,hardware for the 8 FracAtlas DX images.
 
@@ -44,6 +47,9 @@ import pydicom
 from PIL import Image, ImageFile
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mri_samples  # noqa: E402  (scripts/ is not a package)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = True  # a few FracAtlas JPEGs (ids > 4070) lack their last bytes
 
@@ -292,6 +298,8 @@ def build(data: Path, out: Path) -> list[tuple[str, str]]:
         shutil.copyfile(src, dst)
         made.append((dst_rel, f"copy of {src_rel}"))
 
+    made += mri_samples.build(data, export)
+
     labels_path = out / "export_labels.csv"
     with open(labels_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS, lineterminator="\n")
@@ -303,6 +311,8 @@ def build(data: Path, out: Path) -> list[tuple[str, str]]:
 def verify(out: Path) -> None:
     """Every written file reads back; the 8 DX decode; the malformed one does not."""
     for rel, _ in sorted(_walk(out / "export")):
+        if rel.endswith(".nii.gz"):
+            continue
         ds = pydicom.dcmread(out / "export" / rel)
         if rel.startswith("PAT12"):
             try:
@@ -312,6 +322,7 @@ def verify(out: Path) -> None:
             raise SystemExit(f"{rel}: the malformed control decodes")
         if ds.Modality == "DX":
             ds.pixel_array  # the copied CR/US files are large compressed images: skip decoding them
+    mri_samples.verify(out / "export")
 
 
 def _walk(root: Path):

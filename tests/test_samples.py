@@ -41,7 +41,11 @@ COPIES = {  # byte-identical third-party files: path -> (source name, sha256)
     "PAT11/STUDY1/SER1/IM0001.dcm": (
         "US1_J2KI.dcm", "22340375674ff253196ce8a147acf0458bea3f105ff2c6af81f0eb119729605b"),
 }
-ALL_FILES = set(DX_FILES) | {MALFORMED} | set(COPIES)
+MR_FILES = [f"PAT13/STUDY1/SER1/IM{k:04d}" for k in range(1, 8)]
+NORMAL_VOLUME = "PAT14/brain_normal_colin27_2mm.nii.gz"
+DICOM_FILES = set(DX_FILES) | {MALFORMED} | set(COPIES) | set(MR_FILES)
+ALL_FILES = DICOM_FILES | {NORMAL_VOLUME}
+COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
 
 def walk(root: Path) -> set[str]:
@@ -69,7 +73,7 @@ def test_export_exists_and_walk_finds_every_file():
 
 
 def test_every_file_is_dicom_by_content():
-    for rel in ALL_FILES:
+    for rel in DICOM_FILES:
         with open(EXPORT / rel, "rb") as fh:
             assert fh.read(132)[128:] == b"DICM", rel
 
@@ -141,7 +145,9 @@ def test_notice_names_every_source():
     text = NOTICE.read_text()
     for needle in ("FracAtlas", "CC BY 4.0", "10.1038/s41597-023-02432-4", "Abedeen",
                    "pydicom-data", "pylibjpeg-data", "MIT", "Br35H", "Brain MRI samples",
-                   "(added with the tumour model)"):
+                   "10.6084/m9.figshare.1512427", "glioma/2112.jpg", "Colin27", "mricron-data",
+                   "BSD-3-clause", "Copyright 2006-2010, Chris Rorden",
+                   "Redistributions in binary form must reproduce the above copyright notice"):
         assert needle in text, needle
     for name, _ in COPIES.values():
         assert name in text, name
@@ -149,8 +155,29 @@ def test_notice_names_every_source():
         assert row["source_image"].removesuffix(".jpg") in text
 
 
-@pytest.mark.skipif(not (DATA / "fracatlas" / "dataset.csv").is_file(),
-                    reason="shared development data not available")
+def test_mr_series_is_one_synthetic_series_ordered_by_position():
+    sets = [pydicom.dcmread(EXPORT / rel) for rel in MR_FILES]
+    assert {ds.SeriesInstanceUID for ds in sets} == {sets[0].SeriesInstanceUID}
+    assert all(ds.Modality == "MR" and ds.PatientIdentityRemoved == "YES" for ds in sets)
+    assert all(ds.PatientName.family_name == "SAMPLE" for ds in sets)
+    by_instance = sorted(sets, key=lambda ds: int(ds.InstanceNumber))
+    z = [float(ds.ImagePositionPatient[2]) for ds in by_instance]
+    assert z == sorted(z, reverse=True), "instance numbers run against the positions on purpose"
+    assert sets[0].pixel_array.shape == (512, 512)
+
+
+def test_normal_volume_is_a_small_2mm_nifti():
+    import nibabel as nib
+
+    img = nib.load(str(EXPORT / NORMAL_VOLUME))
+    assert img.shape == (90, 108, 90)
+    assert abs(abs(float(img.affine[0, 0])) - 2.0) < 1e-6
+    assert img.get_data_dtype() == "uint8"
+    assert (EXPORT / NORMAL_VOLUME).stat().st_size < 1 << 20
+
+
+@pytest.mark.skipif(not (DATA / "fracatlas" / "dataset.csv").is_file() or not COLIN27.is_file(),
+                    reason="shared development data or Debian's mricron-data not available")
 def test_script_rebuilds_the_same_bytes():
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "make_sample_data.py"), "--check",

@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""Add the brain-MRI samples to the bundled "PACS export" (deterministic, re-runnable).
+"""The brain-MRI part of the bundled "PACS export" (deterministic), built by make_sample_data.py.
 
 Writes, replacing only these two folders:
 
@@ -10,16 +9,15 @@ Writes, replacing only these two folders:
       per slice, with synthetic, de-identified headers and a plausible geometry (0.49 mm pixels,
       6 mm slices 7 mm apart, axial). InstanceNumber runs superior -> inferior while the files'
       positions run the other way, so readers must order slices by position.
-  samples/export/PAT14/brain_normal_mni152_2mm.nii.gz
-      a normal brain volume: the ICBM 2009a nonlinear symmetric T1 template (MNI152, skull-stripped,
-      as bundled with nilearn), averaged to 2 mm voxels, 8-bit.
+  samples/export/PAT14/brain_normal_colin27_2mm.nii.gz
+      a normal brain volume with its skull: the Colin27 T1 average (ch2.nii.gz from Debian's
+      mricron-data package, /usr/share/mricron/templates), averaged to 2 mm voxels, 8-bit.
 
 Never uses the no_tumor (Br35H) images, whose licence is not verified.
 The sources, licences and citations are in NOTICE at the repository root.
 
-Usage:
-  .venv/bin/python scripts/make_mri_samples.py            # (re)write the two folders
-  .venv/bin/python scripts/make_mri_samples.py --check    # rebuild in a temp dir, compare, exit 1 if different
+scripts/make_sample_data.py calls ``build`` and ``verify`` here, so one command rebuilds (or
+checks) the whole export.
 """
 
 from __future__ import annotations
@@ -56,8 +54,9 @@ PIXEL_SPACING = 0.49  # mm, as in the figshare acquisitions (512 x 512)
 SLICE_THICKNESS, SLICE_GAP = 6.0, 1.0  # mm
 NUMBER, IDENT = 13, "TUMOR13"
 SERIES_DIR = f"PAT{NUMBER:02d}/STUDY1/SER1"
-NORMAL_REL = "PAT14/brain_normal_mni152_2mm.nii.gz"
-MNI_NAME = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+NORMAL_REL = "PAT14/brain_normal_colin27_2mm.nii.gz"
+COLIN27 = Path(os.environ.get("MEDASSIST_COLIN27", "/usr/share/mricron/templates/ch2.nii.gz"))
+COLIN27_SHAPE_2MM = (90, 108, 90)
 
 
 def uid(*parts: str) -> str:
@@ -163,35 +162,30 @@ def make_mr(pixels: np.ndarray, k: int, n_slices: int) -> Dataset:
     return ds
 
 
-def mni152_path() -> Path:
-    """nilearn's bundled template file (read directly: no download, no network)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or spec.origin is None:
-        raise SystemExit("nilearn is not installed (pip install nilearn)")
-    path = Path(spec.origin).parent / "datasets" / "data" / MNI_NAME
-    if not path.is_file():
-        raise SystemExit(f"{path}: nilearn's bundled MNI152 template is missing")
-    return path
+def colin27_path() -> Path:
+    """Colin27 ``ch2.nii.gz`` from Debian's mricron-data (``apt-get install mricron-data``)."""
+    if not COLIN27.is_file():
+        raise SystemExit(f"{COLIN27}: missing; install Debian's mricron-data (or set MEDASSIST_COLIN27)")
+    return COLIN27
 
 
 def normal_volume_bytes() -> bytes:
-    """The MNI152 template averaged over 2 x 2 x 2 blocks, 8-bit, as deterministic .nii.gz bytes."""
-    src = nib.load(str(mni152_path()))
+    """Colin27 averaged over 2 x 2 x 2 blocks, 8-bit (99.5th percentile = 255), as deterministic .nii.gz bytes."""
+    src = nib.load(str(colin27_path()))
     data = np.asarray(src.dataobj, dtype=np.float32)
     shape = tuple(s - s % 2 for s in data.shape)
     data = data[: shape[0], : shape[1], : shape[2]]
     small = data.reshape(shape[0] // 2, 2, shape[1] // 2, 2, shape[2] // 2, 2).mean(axis=(1, 3, 5))
-    small = np.clip(np.rint(small * (255.0 / max(float(small.max()), 1e-6))), 0, 255).astype(np.uint8)
+    top = max(float(np.percentile(small, 99.5)), 1e-6)
+    small = np.clip(np.rint(small * (255.0 / top)), 0, 255).astype(np.uint8)
     affine = np.array(src.affine, dtype=np.float64)
     affine[:3, 3] = affine[:3, :3] @ np.array([0.5, 0.5, 0.5]) + affine[:3, 3]  # block centres
     affine[:3, :3] = affine[:3, :3] * 2.0
     img = nib.Nifti1Image(small, affine)
     img.header.set_xyzt_units("mm")
-    img.header["descrip"] = b"ICBM 2009a sym T1 (MNI152), 2mm; medassist"
-    img.set_qform(affine, code=4)  # MNI
-    img.set_sform(affine, code=4)
+    img.header["descrip"] = b"Colin27 T1 (mricron ch2), 2mm; medassist"
+    img.set_qform(affine, code=int(src.header["qform_code"]) or 1)
+    img.set_sform(affine, code=int(src.header["sform_code"]) or 1)
     return gzip.compress(img.to_bytes(), compresslevel=9, mtime=0)
 
 
@@ -210,7 +204,7 @@ def build(data: Path, export: Path) -> list[tuple[str, str]]:
         made.append((rel, f"MR slice from figshare {TUMOUR_FOLDER}/{TUMOUR_FILES[k]}.jpg, z={ds.SliceLocation} mm"))
     (export / NORMAL_REL).parent.mkdir(parents=True, exist_ok=True)
     (export / NORMAL_REL).write_bytes(normal_volume_bytes())
-    made.append((NORMAL_REL, "normal brain: ICBM 2009a sym T1 template (MNI152), 2 mm"))
+    made.append((NORMAL_REL, "normal brain with skull: Colin27 T1 (mricron-data ch2), 2 mm"))
     return made
 
 
@@ -219,43 +213,6 @@ def verify(export: Path) -> None:
         ds = pydicom.dcmread(export / SERIES_DIR / f"IM{k + 1:04d}")
         assert ds.Modality == "MR" and ds.pixel_array.shape == (512, 512)
     img = nib.load(str(export / NORMAL_REL))
-    assert img.shape == (98, 116, 94), img.shape
+    assert img.shape == COLIN27_SHAPE_2MM, img.shape
     if (export / NORMAL_REL).stat().st_size >= 1 << 20:
         raise SystemExit(f"{NORMAL_REL} is not under 1 MB")
-
-
-def _walk(root: Path) -> set[str]:
-    return {(Path(d) / f).relative_to(root).as_posix() for d, _, files in os.walk(root) for f in files}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
-    ap.add_argument("--out", type=Path, default=REPO / "samples" / "export", help="the export folder")
-    ap.add_argument("--check", action="store_true", help="rebuild in a temporary folder and compare")
-    args = ap.parse_args(argv)
-    if args.check:
-        with tempfile.TemporaryDirectory() as tmp:
-            made = build(args.data, Path(tmp))
-            bad = [rel for rel, _ in made if not (args.out / rel).is_file()
-                   or not filecmp.cmp(Path(tmp) / rel, args.out / rel, shallow=False)]
-            mine = {p for p in _walk(args.out) if p.startswith(("PAT13/", "PAT14/"))}
-            bad += sorted(mine - {rel for rel, _ in made})
-        if bad:
-            print("MRI samples differ from a fresh build:", *bad, sep="\n  ")
-            return 1
-        print("MRI samples match a fresh build")
-        return 0
-    made = build(args.data, args.out)
-    verify(args.out)
-    total = 0
-    for rel, what in made:
-        size = (args.out / rel).stat().st_size
-        total += size
-        print(f"{size:>9,}  export/{rel}  {what}")
-    print(f"{total:>9,}  total ({len(made)} files)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
