@@ -178,7 +178,7 @@ def _viewer(row: logic.ReviewRow, fk: str, marker: tuple[int, int, int] | None) 
     saliency, overlay_problem = None, ""
     if row.saliency_path:
         try:
-            saliency = logic.load_saliency(row.saliency_path)
+            saliency = logic.expand_slice_maps(logic.load_saliency(row.saliency_path), row.slices, view.n_slices)
             logic.saliency_for_slice(saliency, view, 0)
         except MedassistError as exc:
             saliency, overlay_problem = None, str(exc)
@@ -251,7 +251,7 @@ def _viewer(row: logic.ReviewRow, fk: str, marker: tuple[int, int, int] | None) 
                    f"for '{row.finding}', low → high. Where the model looked; not a diagnosis.")
     if mark:
         st.caption(f"Cyan cross: marked location (row {mark[0]}, col {mark[1]}).")
-    st.session_state[f"viewer_{fk}"] = (slice_index, view.shape)
+    st.session_state[f"viewer_{fk}"] = (slice_index, view.shape, view.n_slices)
 
 
 def _decision_panel(store: DecisionStore, row: logic.ReviewRow, fk: str) -> None:
@@ -276,11 +276,12 @@ def _decision_panel(store: DecisionStore, row: logic.ReviewRow, fk: str) -> None
         st.text_input("Corrected finding", value=row.finding, key=f"corr_{fk}")
         st.checkbox("Mark the location", value=True, key=f"mark_{fk}")
         if st.session_state.get(f"mark_{fk}"):
-            slice_now, shape = st.session_state.get(f"viewer_{fk}", (0, (1, 1)))
+            slice_now, shape, shape_slices = st.session_state.get(f"viewer_{fk}", (0, (1, 1), 1))
             peak = (slice_now, shape[0] // 2, shape[1] // 2)
             if row.saliency_path:
                 try:
-                    peak = logic.saliency_peak(logic.load_saliency(row.saliency_path), slice_now)
+                    sal = logic.load_saliency(row.saliency_path)
+                    peak = logic.saliency_peak(logic.expand_slice_maps(sal, row.slices, shape_slices), slice_now)
                 except MedassistError:
                     pass
             l1, l2, l3 = st.columns(3)

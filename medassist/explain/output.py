@@ -103,14 +103,37 @@ def write_saliency(
     Each file is written to a temporary name in ``out_dir`` and renamed into place, so a reader
     never sees a partial file. Returns (npy_path, png_path).
     """
+    sal = np.ascontiguousarray(map_source, dtype=np.float32)
+    return _write_pair(sal, render_overlay(sal, display_image, cmap=cmap, alpha=alpha), out_dir, stem)
+
+
+def write_volume_saliency(
+    maps: np.ndarray,
+    overlay_plane: int,
+    display_image: np.ndarray,
+    out_dir: str | Path,
+    stem: str,
+    *,
+    cmap: str = OVERLAY_CMAP,
+    alpha: float = OVERLAY_ALPHA,
+) -> tuple[Path, Path]:
+    """Write ``<stem>.npy`` (the (k, rows, cols) maps of a volume finding's slices) and
+    ``<stem>.png`` (the overlay of plane ``overlay_plane`` on that slice's ``display_image``)."""
+    stack = np.ascontiguousarray(maps, dtype=np.float32)
+    if stack.ndim != 3 or not 0 <= overlay_plane < stack.shape[0]:
+        raise ValueError(f"maps {stack.shape}: no plane {overlay_plane}")
+    rgb = render_overlay(stack[overlay_plane], display_image, cmap=cmap, alpha=alpha)
+    return _write_pair(stack, rgb, out_dir, stem)
+
+
+def _write_pair(sal: np.ndarray, rgb: np.ndarray, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
+    """The .npy map and .png overlay, each written atomically."""
     from PIL import Image as PILImage
 
     if not stem or "/" in stem or os.sep in stem or stem.startswith("."):
         raise ValueError(f"invalid saliency file stem {stem!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sal = np.ascontiguousarray(map_source, dtype=np.float32)
-    rgb = render_overlay(sal, display_image, cmap=cmap, alpha=alpha)
 
     npy_buf = io.BytesIO()
     np.save(npy_buf, sal, allow_pickle=False)

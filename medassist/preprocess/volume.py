@@ -189,6 +189,32 @@ def iter_slices(volume: np.ndarray | Image, axis: int = 0, batch: int = 16
         yield np.arange(start, stop), chunk
 
 
+def stored_plane(plane: np.ndarray, stored_shape: tuple[int, int, int], axes: Axes, axis: int, index: int
+                 ) -> tuple[int, np.ndarray]:
+    """Put a map drawn on canonical slice ``index`` across ``axis`` (as ``cut_slices`` shows it)
+    back on the stored array: (stored slice index, (rows, cols) plane).
+
+    Exact for any permutation and flips: the stored coordinates of every pixel of the canonical
+    slice are read through the same views (``apply_axes``, ``cut_slices``) from zero-stride index
+    grids, so nothing the size of the volume is allocated. Raises ValueError when the canonical
+    slice is a reformat that spans several stored slices.
+    """
+    coords = []
+    for k in range(3):
+        shape = [1, 1, 1]
+        shape[k] = stored_shape[k]
+        grid = np.broadcast_to(np.arange(stored_shape[k]).reshape(shape), stored_shape)
+        coords.append(np.asarray(cut_slices(apply_axes(grid, axes), axis, index, index + 1)[0]))
+    if plane.shape != coords[0].shape:
+        raise ValueError(f"map {plane.shape} does not fit canonical slice {coords[0].shape}")
+    stored_slices = np.unique(coords[0])
+    if len(stored_slices) != 1:
+        raise ValueError("the canonical slice spans several stored slices (a reformat)")
+    out = np.zeros(stored_shape[1:], dtype=np.asarray(plane).dtype)
+    out[coords[1], coords[2]] = plane
+    return int(stored_slices[0]), out
+
+
 # --- which slices show brain --------------------------------------------------------------------
 
 

@@ -597,6 +597,21 @@ def load_saliency(path: str) -> np.ndarray:
     return data
 
 
+def expand_slice_maps(saliency: np.ndarray, slices: Sequence[int], n_slices: int) -> np.ndarray:
+    """A volume finding's maps of its flagged slices only - (k, rows, cols) for the worklist's
+    ``slices`` in ascending order, as triage writes them - laid out as (n_slices, rows, cols) with
+    empty planes elsewhere. Maps that are already 2D or per-slice are returned as they are."""
+    wanted = sorted(set(int(i) for i in slices))
+    if n_slices <= 1 or not wanted or saliency.shape[0] == n_slices or saliency.shape[0] != len(wanted):
+        return saliency
+    if wanted[0] < 0 or wanted[-1] >= n_slices:
+        raise MedassistError(f"saliency map names slices {wanted} outside 0..{n_slices - 1}")
+    full = np.zeros((n_slices,) + saliency.shape[1:], dtype=np.float32)
+    full[wanted] = saliency
+    full.flags.writeable = False
+    return full
+
+
 def saliency_for_slice(saliency: np.ndarray, view: SeriesView, slice_index: int) -> np.ndarray:
     """The map's 2D plane for one image slice; raises when it does not fit the image."""
     if saliency.shape[1:] != view.shape:

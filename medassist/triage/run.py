@@ -338,6 +338,8 @@ def explain_job(
     from medassist.explain import explain_and_write, saliency_stem
     from medassist.preprocess.transforms import letterbox_for
 
+    if model.spec.input_kind == "volume":
+        return explain_volume_job(model, job, slices, out_dir, method)
     if inputs is None or len(inputs) == 0:
         return ""
     position = 0
@@ -351,6 +353,26 @@ def explain_job(
         extra = {"features": features[position : position + 1]} if method == "gradcam" and features is not None else {}
         npy, _png = explain_and_write(model, inputs[position : position + 1], [box], [display],
                                       out_dir / SALIENCY_DIR, [stem], method=method, **extra)[0]
+    except Exception as exc:  # a map is an aid; its failure must not lose the finding
+        log.warning("%s: no saliency map (%s: %s)", job.series.source_path, type(exc).__name__, exc)
+        return ""
+    return str(npy.relative_to(out_dir))
+
+
+def explain_volume_job(model: LoadedModel, job: Job, slices: tuple[int, ...], out_dir: Path, method: str) -> str:
+    """Maps of a volume finding's reported slices (``explain.volume``); the overlay PNG shows the
+    first reported slice. Its .npy path relative to ``out_dir``, or "" (logged) when none."""
+    from medassist.explain.output import saliency_stem, write_volume_saliency
+    from medassist.explain.volume import volume_slice_saliency
+
+    if not slices:
+        return ""
+    try:
+        image = job.series.load()
+        planes, maps = volume_slice_saliency(model, image, slices, method=method)
+        stem = saliency_stem(job.series.series_uid, model.spec.name, slices[0])
+        npy, _png = write_volume_saliency(maps, planes.index(slices[0]), image.display[slices[0]],
+                                          out_dir / SALIENCY_DIR, stem)
     except Exception as exc:  # a map is an aid; its failure must not lose the finding
         log.warning("%s: no saliency map (%s: %s)", job.series.source_path, type(exc).__name__, exc)
         return ""

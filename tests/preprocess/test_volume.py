@@ -67,6 +67,22 @@ def test_source_slice_index_maps_back_to_stored_order():
     assert axes.source_slice_index(1, 0) is None  # a coronal cut is a reformat
 
 
+@pytest.mark.parametrize("name", sorted(AFFINES))
+def test_stored_plane_puts_a_canonical_slice_back_on_its_stored_slice(tmp_path, name):
+    rng = np.random.default_rng(0)
+    image = _nifti_image(tmp_path, rng.random((6, 7, 8)), AFFINES[name])
+    volume, axes = vol.reorient_canonical(image, "pixels")
+    axis = axes.source_axes.index(0)  # the canonical axis that cuts stored slices
+    for c in range(volume.shape[axis]):
+        shown = vol.cut_slices(volume, axis, c, c + 1)[0]
+        stored, plane = vol.stored_plane(np.asarray(shown), image.pixels.shape, axes, axis, c)
+        assert stored == axes.source_index(axis, c)
+        np.testing.assert_array_equal(plane, image.pixels[stored])
+    other = (axis + 1) % 3
+    with pytest.raises(ValueError, match="reformat"):
+        vol.stored_plane(np.asarray(vol.cut_slices(volume, other, 0, 1)[0]), image.pixels.shape, axes, other, 0)
+
+
 def _axes(spacing, shape, known=True):
     codes = vol.CANONICAL_CODES if known else ("?", "?", "?")
     return vol.Axes((0, 1, 2), (False, False, False), spacing, shape, codes)

@@ -1,0 +1,84 @@
+"""Triage of brain MRI with the shipped tumour model: the sample MR series and normal volume.
+
+The demo's claim, checked: the sample glioma series (PAT13) is flagged with its slices and a map
+on each of them in the stored geometry; the normal brain from another source (PAT14, Colin27 with
+its skull) is not flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medassist.models.registry import WEIGHTS_DIR
+from medassist.review import logic
+from medassist.triage import run_triage
+
+EXPORT = Path(__file__).resolve().parents[2] / "samples" / "export"
+TUMOUR_SERIES = EXPORT / "PAT13"
+NORMAL_VOLUME = EXPORT / "PAT14" / "brain_normal_colin27_2mm.nii.gz"
+
+pytestmark = pytest.mark.skipif(not (WEIGHTS_DIR / "tumor_mri.pt").is_file(), reason="tumour weights not shipped")
+
+
+def _rows(out: Path) -> list[dict]:
+    """worklist.json rows, with ``slices`` (space-separated, as in the CSV) as a list of ints."""
+    rows = json.loads((out / "worklist.json").read_text())
+    for row in rows:
+        row["slices"] = [int(s) for s in row["slices"].split()]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def mri_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mri")
+    run_triage([TUMOUR_SERIES, NORMAL_VOLUME], out, device="cpu", progress=False, explain="flagged")
+    return out
+
+
+def test_tumour_series_flagged_normal_volume_not(mri_out):
+    rows = {Path(r["source_path"]).name: r for r in _rows(mri_out)}
+    tumour, normal = rows["SER1"], rows[NORMAL_VOLUME.name]
+    assert tumour["model"] == normal["model"] == "tumor_mri"
+    assert tumour["flagged"] is True and tumour["score"] >= tumour["threshold"]
+    assert normal["flagged"] is False and normal["score"] < normal["threshold"]
+    assert normal["modality"] == "MR", "a NIfTI file is MR unless --modality says otherwise"
+    assert tumour["slices"] and all(0 <= s < 7 for s in tumour["slices"])
+    assert normal["slices"] == [] and normal["saliency_path"] == ""
+
+
+def test_flagged_slices_get_maps_in_the_stored_geometry(mri_out):
+    row = next(r for r in _rows(mri_out) if r["flagged"])
+    maps = np.load(mri_out / row["saliency_path"])
+    assert maps.shape == (len(set(row["slices"])), 512, 512)
+    assert np.isfinite(maps).all() and maps.min() >= 0 and (maps.reshape(len(maps), -1).max(1) > 0).all()
+    assert (mri_out / row["saliency_path"]).with_suffix(".png").is_file()
+    full = logic.expand_slice_maps(maps, row["slices"], 7)
+    assert full.shape == (7, 512, 512)
+    for k, s in enumerate(sorted(set(row["slices"]))):
+        np.testing.assert_array_equal(full[s], maps[k])
+    assert all(not full[s].any() for s in set(range(7)) - set(row["slices"]))
+
+
+def test_one_slice_series_is_scored_on_the_same_scale(tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    src = sorted(TUMOUR_SERIES.rglob("IM*"), key=lambda p: pydicom.dcmread(p).ImagePositionPatient[2])[3]
+    shutil.copy(src, one / "IM0001")
+    out = tmp_path / "out"
+    run_triage([one], out, device="cpu", progress=False, explain="none")
+    (row,) = _rows(out)
+    assert row["model"] == "tumor_mri" and row["error"] == "" and 0.0 <= row["score"] <= 1.0
+    assert set(row["slices"]) <= {0}
+
+
+def test_modality_override_keeps_the_tumour_model_off_a_ct_volume(tmp_path):
+    out = tmp_path / "out"
+    run_triage([NORMAL_VOLUME], out, device="cpu", progress=False, modality_override="CT")
+    (row,) = _rows(out)
+    assert row["modality"] == "CT" and row["finding"] == "not applicable" and row["score"] is None
