@@ -19,6 +19,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from medassist.datamodel import WorklistRow, read_worklist, worklist_path
 from medassist.errors import MedassistError
 from medassist.review import logic
 from medassist.review.store import DecisionStore, default_db_path, open_store
@@ -40,9 +41,9 @@ def _k(*parts: object) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _load_rows(path: str, mtime_ns: int, size: int) -> list[logic.ReviewRow]:
+def _load_rows(path: str, mtime_ns: int, size: int) -> list[WorklistRow]:
     del mtime_ns, size  # cache keys: a rewritten worklist is read again
-    return logic.load_worklist(path)
+    return read_worklist(path)
 
 
 @st.cache_resource(show_spinner=False)
@@ -70,7 +71,7 @@ def _flash(kind: str, text: str) -> None:
     st.session_state["flash"] = (kind, text)
 
 
-def _record(store: DecisionStore, row: logic.ReviewRow, fk: str) -> None:
+def _record(store: DecisionStore, row: WorklistRow, fk: str) -> None:
     """Button callback: store the decision held in the finding's widgets (before the rerun)."""
     state = st.session_state
     decision = state.get(f"dec_{fk}")
@@ -167,7 +168,7 @@ def _worklist_table(studies: list[logic.Study]) -> None:
                  column_config={"Top score": st.column_config.NumberColumn(format="%.3f")})
 
 
-def _viewer(row: logic.ReviewRow, fk: str, marker: tuple[int, int, int] | None) -> None:
+def _viewer(row: WorklistRow, fk: str, marker: tuple[int, int, int] | None) -> None:
     """Image with window/level, zoom, slices and the saliency overlay as its own layer."""
     try:
         with st.spinner("Decoding the series..."):
@@ -254,7 +255,7 @@ def _viewer(row: logic.ReviewRow, fk: str, marker: tuple[int, int, int] | None) 
     st.session_state[f"viewer_{fk}"] = (slice_index, view.shape, view.n_slices)
 
 
-def _decision_panel(store: DecisionStore, row: logic.ReviewRow, fk: str) -> None:
+def _decision_panel(store: DecisionStore, row: WorklistRow, fk: str) -> None:
     st.markdown(f"#### {row.finding}")
     st.markdown(
         f"| Model output | |\n|---|---|\n| Model | {row.model} |\n| Version | {row.model_version} |\n"
@@ -366,7 +367,7 @@ def main() -> None:
     if not _password_gate():
         st.stop()
     try:
-        path = logic.worklist_path(out_dir)
+        path = worklist_path(out_dir)
         stat = path.stat()
         rows = _load_rows(str(path), stat.st_mtime_ns, stat.st_size)
         store = _store(str(default_db_path(out_dir)))

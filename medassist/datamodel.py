@@ -1,14 +1,24 @@
 """The shared nouns that travel between stages: Image, Series, Finding, WorklistRow.
 
-Stages depend on these and not on each other's internals.
+Stages depend on these and not on each other's internals. ``read_worklist`` is the one reader of
+a triage worklist (review app, DICOM results and PACS send all use it).
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
+
+from medassist.errors import MedassistError
 
 
 @dataclass(frozen=True)
@@ -120,17 +130,26 @@ WORKLIST_COLUMNS: tuple[str, ...] = (
 )
 
 
-@dataclass
+WORKLIST_JSON = "worklist.json"
+WORKLIST_CSV = "worklist.csv"
+REQUIRED_COLUMNS: tuple[str, ...] = ("study_uid", "series_uid", "source_path")
+_NO_MODEL_APPLIES = re.compile(r"\bno\b.*\bmodel\b.*\bappl", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
 class WorklistRow:
-    """A series' identifiers plus one model's finding, or an error, or 'no model applies'."""
+    """A series' identifiers plus one model's finding, or an error, or 'no model applies'.
+
+    Frozen: readers (review, DICOM results) share rows; use ``dataclasses.replace`` to vary one.
+    """
 
     study_uid: str
     series_uid: str
-    patient_id: str
-    accession: str
-    modality: str
-    body_part: str
-    source_path: str
+    patient_id: str = ""
+    accession: str = ""
+    modality: str = ""
+    body_part: str = ""
+    source_path: str = ""
     model: str = ""
     model_version: str = ""
     finding: str = ""
@@ -155,6 +174,61 @@ class WorklistRow:
             **kwargs,
         )
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, base: Path | None = None, where: str = "") -> "WorklistRow":
+        """A row from a worklist record (JSON values or CSV strings), checked strictly.
+
+        ``slices`` may be "3 6 2" or a list. Relative ``saliency_path``/``source_path`` values are
+        resolved against ``base`` (the worklist's folder) when they do not exist relative to the
+        working directory. Bad values raise MedassistError naming ``where`` (file and row).
+        """
+        where = where or "worklist record"
+        missing = [name for name in REQUIRED_COLUMNS if name not in record]
+        if missing:
+            raise MedassistError(f"{where} lacks column(s) {', '.join(sorted(missing))}")
+        text = {name: _text(record.get(name)) for name in WORKLIST_COLUMNS}
+        return cls(
+            study_uid=text["study_uid"],
+            series_uid=text["series_uid"],
+            patient_id=text["patient_id"],
+            accession=text["accession"],
+            modality=text["modality"].upper(),
+            body_part=text["body_part"],
+            source_path=_resolve(text["source_path"], base),
+            model=text["model"],
+            model_version=text["model_version"],
+            finding=text["finding"],
+            score=_float(record.get("score"), f"{where}: score"),
+            threshold=_float(record.get("threshold"), f"{where}: threshold"),
+            flagged=_bool(record.get("flagged"), f"{where}: flagged"),
+            slices=_slices(record.get("slices"), f"{where}: slices"),
+            saliency_path=_resolve(text["saliency_path"], base),
+            error=text["error"],
+        )
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        """(series_uid, model, model_version, finding): the review decisions' key."""
+        return (self.series_uid, self.model, self.model_version, self.finding)
+
+    @property
+    def is_finding(self) -> bool:
+        """A model scored this series (no error, not 'no model applies'): something to decide."""
+        return bool(self.model and self.finding and self.score is not None and not self.error)
+
+    @property
+    def not_applicable(self) -> bool:
+        """No model applies to this series (not a failure: the radiologist reads it as usual)."""
+        return not self.model and bool(_NO_MODEL_APPLIES.search(self.error))
+
+    @property
+    def label(self) -> str:
+        """Short description without patient identifiers, for lists and captions."""
+        if not self.is_finding:
+            return f"{self.modality or '?'} · {self.error or 'no model applies'}"
+        mark = "FLAGGED" if self.flagged else "not flagged"
+        return f"{self.finding} · {self.model} {self.model_version} · score {self.score:.3f} ({mark})"
+
     def as_record(self) -> dict:
         """The row as plain JSON-able values, keyed by WORKLIST_COLUMNS."""
         return {
@@ -175,3 +249,85 @@ class WorklistRow:
             "source_path": self.source_path,
             "error": self.error,
         }
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _float(value: Any, where: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise MedassistError(f"{where} {value!r} is not a number") from exc
+    return number if math.isfinite(number) else None
+
+
+def _bool(value: Any, where: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "none", "null"):
+        return None
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise MedassistError(f"{where} {value!r} is not true or false")
+
+
+def _slices(value: Any, where: str) -> tuple[int, ...]:
+    if value is None or value == "":
+        return ()
+    items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+    try:
+        return tuple(int(item) for item in items)
+    except (TypeError, ValueError) as exc:
+        raise MedassistError(f"{where} {value!r} are not slice numbers") from exc
+
+
+def _resolve(value: str, base: Path | None) -> str:
+    if not value or base is None or os.path.isabs(value) or os.path.exists(value):
+        return value
+    candidate = base / value
+    return str(candidate) if candidate.exists() else value
+
+
+def worklist_path(out_dir: str | os.PathLike[str]) -> Path:
+    """``OUT/worklist.json`` when present, else ``OUT/worklist.csv`` (raises when neither)."""
+    out = Path(out_dir)
+    for name in (WORKLIST_JSON, WORKLIST_CSV):
+        if (out / name).is_file():
+            return out / name
+    raise MedassistError(f"{out}: no {WORKLIST_JSON} or {WORKLIST_CSV} there (run 'medassist triage' first)")
+
+
+def read_worklist(path: str | os.PathLike[str]) -> list[WorklistRow]:
+    """The rows of a worklist: a triage output folder (its worklist.json, else worklist.csv) or a
+    worklist .json / .csv file. Relative paths are resolved as ``WorklistRow.from_record`` says."""
+    target = Path(path)
+    if target.is_dir() or target.suffix.lower() not in (".json", ".csv"):
+        target = worklist_path(target)
+    records = _read_records(target)
+    return [
+        WorklistRow.from_record(record, base=target.parent, where=f"{target}: row {number}")
+        for number, record in enumerate(records, start=1)
+    ]
+
+
+def _read_records(target: Path) -> list[dict]:
+    """The raw records of a worklist file (JSON list of objects, or CSV with a header)."""
+    try:
+        if target.suffix.lower() == ".json":
+            records = json.loads(target.read_text(encoding="utf-8"))
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise MedassistError(f"{target}: expected a JSON list of row objects")
+            return records
+        with target.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except OSError as exc:
+        raise MedassistError(f"{target}: cannot read the worklist: {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:
+        raise MedassistError(f"{target}: not a readable worklist: {exc}") from exc

@@ -11,7 +11,8 @@ Map of the package:
 """
 
 from medassist.dicom_out.deid import UidMap, deidentify_dataset, export_deidentified
-from medassist.dicom_out.results import DicomResults, read_worklist, write_dicom_results
+from medassist.datamodel import read_worklist
+from medassist.dicom_out.results import DicomResults, write_dicom_results
 
 __all__ = [
     "UidMap",

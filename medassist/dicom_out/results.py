@@ -1,8 +1,8 @@
 """Turn a triage run's worklist into DICOM results: one SR per study, one saliency object per finding.
 
-``write_dicom_results(results_dir)`` reads ``results_dir/worklist.json`` (or ``.csv``), finds each
-row's source images again through the ingest stage (so slice order matches the saliency map's),
-and writes under ``results_dir/dicom/<StudyInstanceUID>/``:
+``write_dicom_results(results_dir)`` reads ``results_dir/worklist.json`` (or ``.csv``) with
+``medassist.datamodel.read_worklist``, finds each row's source images again through the ingest
+stage (so slice order matches the saliency map's), and writes under ``results_dir/dicom/<StudyInstanceUID>/``:
 
 * ``SR_<uid>.dcm``: a Comprehensive 3D SR, TID 1500 measurement report (``sr.build_study_sr``);
 * ``SC_<uid>.dcm``: a secondary-capture overlay of the saliency map on the image
@@ -15,11 +15,9 @@ instances (sending them again to a PACS does not duplicate them).
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,115 +25,12 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from medassist.datamodel import IngestProblem, Series, WORKLIST_COLUMNS
+from medassist.datamodel import IngestProblem, Series, WorklistRow, read_worklist
 from medassist.errors import MedassistError
 
 logger = logging.getLogger(__name__)
 
 SALIENCY_KINDS = ("sc", "seg")
-
-
-@dataclass
-class ResultRow:
-    """One worklist row, typed (see ``WORKLIST_COLUMNS``)."""
-
-    study_uid: str
-    series_uid: str
-    patient_id: str = ""
-    accession: str = ""
-    modality: str = ""
-    body_part: str = ""
-    model: str = ""
-    model_version: str = ""
-    finding: str = ""
-    score: float | None = None
-    threshold: float | None = None
-    flagged: bool | None = None
-    slices: tuple[int, ...] = ()
-    saliency_path: str = ""
-    source_path: str = ""
-    error: str = ""
-
-    @property
-    def has_finding(self) -> bool:
-        """A model ran and produced a score (no error, not 'no model applies')."""
-        return bool(self.model) and self.score is not None and not self.error
-
-    @classmethod
-    def from_record(cls, record: dict, base: Path | None = None) -> "ResultRow":
-        """From a worklist record (JSON or CSV strings); relative paths resolved against ``base``."""
-
-        def num(value):
-            if value is None or value == "":
-                return None
-            return float(value)
-
-        def flag(value):
-            if value is None or value == "":
-                return None
-            if isinstance(value, bool):
-                return value
-            return str(value).strip().lower() in ("1", "true", "yes", "y")
-
-        def path(value):
-            value = str(value or "")
-            if value and base is not None and not os.path.isabs(value):
-                return str(base / value)
-            return value
-
-        raw_slices = record.get("slices") or ""
-        if isinstance(raw_slices, (list, tuple)):
-            slices = tuple(int(s) for s in raw_slices)
-        else:
-            slices = tuple(int(s) for s in str(raw_slices).replace(",", " ").split())
-        return cls(
-            study_uid=str(record.get("study_uid") or ""),
-            series_uid=str(record.get("series_uid") or ""),
-            patient_id=str(record.get("patient_id") or ""),
-            accession=str(record.get("accession") or ""),
-            modality=str(record.get("modality") or ""),
-            body_part=str(record.get("body_part") or ""),
-            model=str(record.get("model") or ""),
-            model_version=str(record.get("model_version") or ""),
-            finding=str(record.get("finding") or ""),
-            score=num(record.get("score")),
-            threshold=num(record.get("threshold")),
-            flagged=flag(record.get("flagged")),
-            slices=slices,
-            saliency_path=path(record.get("saliency_path")),
-            source_path=str(record.get("source_path") or ""),
-            error=str(record.get("error") or ""),
-        )
-
-
-def read_worklist(results_dir: str | Path) -> list[ResultRow]:
-    """The rows of a triage run's worklist (``worklist.json`` preferred, else ``worklist.csv``)."""
-    results_dir = Path(results_dir)
-    json_path, csv_path = results_dir / "worklist.json", results_dir / "worklist.csv"
-    try:
-        if json_path.is_file():
-            raw = json.loads(json_path.read_text())
-            if isinstance(raw, dict):
-                raw = raw.get("rows") or raw.get("worklist") or raw.get("records") or []
-            return [ResultRow.from_record(r, results_dir) for r in raw]
-        if csv_path.is_file():
-            with csv_path.open(newline="") as fh:
-                return [ResultRow.from_record(r, results_dir) for r in csv.DictReader(fh)]
-    except (OSError, ValueError, TypeError) as exc:
-        raise MedassistError(f"{results_dir}: unreadable worklist ({exc})") from exc
-    raise MedassistError(f"{results_dir}: no worklist.json or worklist.csv (run 'medassist triage' first)")
-
-
-def write_worklist_csv(rows: Iterable[dict], path: str | Path) -> None:
-    """Write worklist records as CSV with the contract's columns, atomically."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(WORKLIST_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in WORKLIST_COLUMNS})
-    os.replace(tmp, path)
 
 
 class SourceIndex:
@@ -145,7 +40,7 @@ class SourceIndex:
         self._series: dict[str, list[Series]] = {}
         self._headers: dict[str, list[Dataset]] = {}
 
-    def series(self, row: ResultRow) -> Series:
+    def series(self, row: WorklistRow) -> Series:
         """The Series a row came from; MedassistError if it is gone or no longer matches."""
         from medassist.ingest import discover_series
 
@@ -157,7 +52,7 @@ class SourceIndex:
                 return s
         raise MedassistError(f"{row.source_path}: the worklist's series is no longer there (moved or deleted?)")
 
-    def headers(self, row: ResultRow) -> list[Dataset]:
+    def headers(self, row: WorklistRow) -> list[Dataset]:
         """The series' instances (headers only), in the ingest stage's slice order."""
         if row.series_uid not in self._headers:
             series = self.series(row)
@@ -184,7 +79,7 @@ def write_dicom_results(
     out_dir: str | Path | None = None,
     *,
     saliency_as: Sequence[str] = ("sc",),
-    rows: Sequence[ResultRow] | None = None,
+    rows: Sequence[WorklistRow] | None = None,
 ) -> DicomResults:
     """Write an SR per study and a saliency SC and/or SEG per finding; see the module docstring.
 
@@ -201,10 +96,10 @@ def write_dicom_results(
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "dicom"
     rows = list(rows) if rows is not None else read_worklist(results_dir)
-    findings = [r for r in rows if r.has_finding and r.study_uid and r.series_uid]
+    findings = [r for r in rows if r.is_finding and r.study_uid and r.series_uid]
     index = SourceIndex()
     report = DicomResults()
-    by_study: dict[str, list[ResultRow]] = {}
+    by_study: dict[str, list[WorklistRow]] = {}
     for row in findings:
         by_study.setdefault(row.study_uid, []).append(row)
 

@@ -53,7 +53,7 @@ def _row_key(row) -> dict:
 def build_study_sr(rows: Sequence, sources: Mapping[str, Sequence[Dataset]]) -> hd.sr.Comprehensive3DSR:
     """The SR for one study.
 
-    ``rows``: ``results.ResultRow`` objects (or anything with the same attributes) of one study,
+    ``rows``: ``datamodel.WorklistRow`` objects (or anything with the same attributes) of one study,
     each with a score. ``sources``: per SeriesInstanceUID, the series' instance headers.
     """
     if not rows:

@@ -1,8 +1,8 @@
 """What the review app does, as plain functions (the Streamlit script only lays them out).
 
-* the worklist: :func:`load_worklist` reads ``OUT/worklist.json`` (else ``worklist.csv``) into
-  :class:`ReviewRow` objects; :func:`group_studies` groups them into :class:`Study` objects in
-  priority order; :func:`filter_studies` and :func:`count_studies` drive the sidebar;
+* the worklist: rows come from ``medassist.datamodel.read_worklist`` (``WorklistRow``);
+  :func:`group_studies` groups them into :class:`Study` objects in priority order;
+  :func:`filter_studies` and :func:`count_studies` drive the sidebar;
 * the image: :func:`open_series` decodes a series once (an LRU cache keyed by source path and
   series UID) and keeps it read-only; :func:`window_presets` offers the windows that make sense
   for the modality; :func:`apply_window` maps physical values to 8-bit grey;
@@ -17,30 +17,23 @@ Nothing here logs patient identifiers: log lines name studies and series by UID 
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import logging
 import math
-import os
-import re
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from medassist.datamodel import WORKLIST_COLUMNS, Image
+from medassist.datamodel import Image, WorklistRow
 from medassist.errors import MedassistError
 from medassist.review.store import Decision, DecisionStore, FindingKey, status_of
 
 logger = logging.getLogger(__name__)
 
-WORKLIST_JSON = "worklist.json"
-WORKLIST_CSV = "worklist.csv"
 STATUSES = ("unreviewed", "in progress", "reviewed", "no findings")
 # Modalities whose pixel values are physical units (Hounsfield units), where fixed presets hold.
 HOUNSFIELD_MODALITIES = frozenset({"CT"})
@@ -61,57 +54,12 @@ _STATS_SAMPLE = 2_000_000
 # -- worklist ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ReviewRow:
-    """One worklist row with typed values (see ``medassist.datamodel.WORKLIST_COLUMNS``)."""
-
-    study_uid: str
-    series_uid: str
-    patient_id: str
-    accession: str
-    modality: str
-    body_part: str
-    model: str
-    model_version: str
-    finding: str
-    score: float | None
-    threshold: float | None
-    flagged: bool | None
-    slices: tuple[int, ...]
-    saliency_path: str
-    source_path: str
-    error: str
-
-    @property
-    def key(self) -> FindingKey:
-        """The decisions store's key for this finding."""
-        return (self.series_uid, self.model, self.model_version, self.finding)
-
-    @property
-    def is_finding(self) -> bool:
-        """A model scored this series: there is something for a person to decide."""
-        return bool(self.model and self.finding and self.score is not None and not self.error)
-
-    @property
-    def not_applicable(self) -> bool:
-        """No model applies to this series (not a failure: the radiologist reads it as usual)."""
-        return not self.model and bool(re.search(r"\bno\b.*\bmodel\b.*\bappl", self.error, re.IGNORECASE))
-
-    @property
-    def label(self) -> str:
-        """Short description without patient identifiers, for lists and captions."""
-        if not self.is_finding:
-            return f"{self.modality or '?'} · {self.error or 'no model applies'}"
-        mark = "FLAGGED" if self.flagged else "not flagged"
-        return f"{self.finding} · {self.model} {self.model_version} · score {self.score:.3f} ({mark})"
-
-
 @dataclass
 class Study:
     """The worklist rows of one study and what the reviewer needs to sort and filter them."""
 
     study_uid: str
-    rows: list[ReviewRow]
+    rows: list[WorklistRow]
     status: str = "unreviewed"
     decided: int = 0
 
@@ -124,11 +72,11 @@ class Study:
         return self.rows[0].accession
 
     @property
-    def findings(self) -> list[ReviewRow]:
+    def findings(self) -> list[WorklistRow]:
         return [row for row in self.rows if row.is_finding]
 
     @property
-    def errors(self) -> list[ReviewRow]:
+    def errors(self) -> list[WorklistRow]:
         """Rows that failed (decoding, inference); "no model applies" is not a failure."""
         return [row for row in self.rows if row.error and not row.not_applicable]
 
@@ -157,7 +105,7 @@ class Study:
         scores = [row.score for row in self.findings if row.score is not None]
         return max(scores) if scores else None
 
-    def rows_of_series(self, series_uid: str) -> list[ReviewRow]:
+    def rows_of_series(self, series_uid: str) -> list[WorklistRow]:
         return [row for row in self.rows if row.series_uid == series_uid]
 
     def label(self) -> str:
@@ -186,111 +134,8 @@ def resolve_out_dir(argv: Sequence[str], environ: Mapping[str, str]) -> Path | N
     return Path(value) if value else None
 
 
-def worklist_path(out_dir: str | os.PathLike[str]) -> Path:
-    """``OUT/worklist.json`` when present, else ``OUT/worklist.csv`` (raises when neither)."""
-    out = Path(out_dir)
-    for name in (WORKLIST_JSON, WORKLIST_CSV):
-        if (out / name).is_file():
-            return out / name
-    raise MedassistError(f"{out}: no {WORKLIST_JSON} or {WORKLIST_CSV} there (run 'medassist triage' first)")
-
-
-def load_worklist(path: str | os.PathLike[str]) -> list[ReviewRow]:
-    """Read a worklist (a triage output folder, or a worklist .json / .csv file).
-
-    Relative ``saliency_path`` / ``source_path`` values are resolved against the folder of the
-    worklist when they do not exist relative to the working directory.
-    """
-    target = Path(path)
-    if target.is_dir():
-        target = worklist_path(target)
-    try:
-        if target.suffix.lower() == ".json":
-            records = json.loads(target.read_text(encoding="utf-8"))
-            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-                raise MedassistError(f"{target}: expected a JSON list of row objects")
-        else:
-            with target.open(newline="", encoding="utf-8") as handle:
-                records = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise MedassistError(f"{target}: cannot read the worklist: {exc.strerror or exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:
-        raise MedassistError(f"{target}: not a readable worklist: {exc}") from exc
-    required = {"study_uid", "series_uid", "source_path"}
-    rows = []
-    for number, record in enumerate(records, start=1):
-        missing = required - set(record)
-        if missing:
-            raise MedassistError(f"{target}: row {number} lacks column(s) {', '.join(sorted(missing))}")
-        rows.append(_row(record, target.parent, f"{target}: row {number}"))
-    return rows
-
-
-def _row(record: Mapping[str, Any], base: Path, where: str) -> ReviewRow:
-    values = {name: record.get(name) for name in WORKLIST_COLUMNS}
-    text = {name: "" if values[name] is None else str(values[name]).strip() for name in WORKLIST_COLUMNS}
-    return ReviewRow(
-        study_uid=text["study_uid"],
-        series_uid=text["series_uid"],
-        patient_id=text["patient_id"],
-        accession=text["accession"],
-        modality=text["modality"].upper(),
-        body_part=text["body_part"],
-        model=text["model"],
-        model_version=text["model_version"],
-        finding=text["finding"],
-        score=_float(values["score"], f"{where}: score"),
-        threshold=_float(values["threshold"], f"{where}: threshold"),
-        flagged=_bool(values["flagged"], f"{where}: flagged"),
-        slices=_slices(values["slices"], f"{where}: slices"),
-        saliency_path=_resolve(text["saliency_path"], base),
-        source_path=_resolve(text["source_path"], base),
-        error=text["error"],
-    )
-
-
-def _float(value: Any, where: str) -> float | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as exc:
-        raise MedassistError(f"{where} {value!r} is not a number") from exc
-    return number if math.isfinite(number) else None
-
-
-def _bool(value: Any, where: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("", "none", "null"):
-        return None
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise MedassistError(f"{where} {value!r} is not true or false")
-
-
-def _slices(value: Any, where: str) -> tuple[int, ...]:
-    if value is None or value == "":
-        return ()
-    items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
-    try:
-        return tuple(int(item) for item in items)
-    except (TypeError, ValueError) as exc:
-        raise MedassistError(f"{where} {value!r} are not slice numbers") from exc
-
-
-def _resolve(value: str, base: Path) -> str:
-    if not value or os.path.isabs(value) or os.path.exists(value):
-        return value
-    candidate = base / value
-    return str(candidate) if candidate.exists() else value
-
-
 def group_studies(
-    rows: Iterable[ReviewRow], decisions: Mapping[FindingKey, Decision] | None = None
+    rows: Iterable[WorklistRow], decisions: Mapping[FindingKey, Decision] | None = None
 ) -> list[Study]:
     """Rows grouped by study, in priority order, each with its review status.
 
@@ -298,7 +143,7 @@ def group_studies(
     studies without any score (errors, no model applies) last; ties keep worklist order.
     """
     decided = decisions or {}
-    by_uid: dict[str, list[ReviewRow]] = {}
+    by_uid: dict[str, list[WorklistRow]] = {}
     for row in rows:
         by_uid.setdefault(row.study_uid, []).append(row)
     studies = []
@@ -395,7 +240,7 @@ def next_unreviewed(studies: Sequence[Study], after: str | None = None) -> Study
 
 def record_for_row(
     store: DecisionStore,
-    row: ReviewRow,
+    row: WorklistRow,
     *,
     decision: str,
     reviewer: str,

@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from medassist.datamodel import worklist_path
 from medassist.errors import MedassistError
-from medassist.review.logic import worklist_path
 
 PASSWORD_ENV = "MEDASSIST_REVIEW_PASSWORD"
 APP = Path(__file__).resolve().parents[2] / "apps" / "streamlit_viewer.py"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from medassist.dicom_out.results import ResultRow, SourceIndex, read_worklist, write_dicom_results
+from medassist.datamodel import WorklistRow, read_worklist
+from medassist.dicom_out.results import SourceIndex, write_dicom_results
 from medassist.dicom_out.sc import build_saliency_sc
 from medassist.dicom_out.seg import build_saliency_seg
 from medassist.dicom_out.sr import build_study_sr
@@ -39,14 +41,12 @@ def roundtrip(ds) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
 
 
-def dx_row(**changes) -> tuple[ResultRow, pydicom.Dataset]:
+def dx_row(**changes) -> tuple[WorklistRow, pydicom.Dataset]:
     header = pydicom.dcmread(DX, stop_before_pixels=True)
-    row = ResultRow(study_uid=header.StudyInstanceUID, series_uid=header.SeriesInstanceUID, modality="DX",
-                    model="fracture_xray", model_version="1.0.0", finding="fracture", score=0.83,
-                    threshold=0.5, flagged=True, source_path=str(DX))
-    for key, value in changes.items():
-        setattr(row, key, value)
-    return row, header
+    row = WorklistRow(study_uid=header.StudyInstanceUID, series_uid=header.SeriesInstanceUID, modality="DX",
+                      model="fracture_xray", model_version="1.0.0", finding="fracture", score=0.83,
+                      threshold=0.5, flagged=True, source_path=str(DX))
+    return dataclasses.replace(row, **changes), header
 
 
 def test_sr_round_trip_through_bytes():
@@ -153,11 +153,11 @@ def test_segmentation_round_trip():
 def test_write_dicom_results_from_a_worklist(triaged, tmp_path):
     results_dir, records = triaged
     rows = read_worklist(results_dir)
-    assert len(rows) == 3 and sum(r.has_finding for r in rows) == 2  # the US has an error row
+    assert len(rows) == 3 and sum(r.is_finding for r in rows) == 2  # the US has an error row
     report = write_dicom_results(results_dir, tmp_path / "dicom", saliency_as=("sc", "seg"))
     assert report.problems == []
     assert (len(report.sr), len(report.sc), len(report.seg)) == (2, 2, 2)
-    by_study = {r.study_uid: r for r in rows if r.has_finding}
+    by_study = {r.study_uid: r for r in rows if r.is_finding}
     for path in report.paths:
         ds = pydicom.dcmread(path)
         assert ds.StudyInstanceUID in by_study
@@ -179,10 +179,10 @@ def test_worklist_csv_is_read_like_the_json(triaged, tmp_path):
 
 def test_saliency_of_the_wrong_shape_is_a_problem_not_a_crash(triaged, tmp_path):
     results_dir, _ = triaged
-    rows = [r for r in read_worklist(results_dir) if r.has_finding][:1]
+    rows = [r for r in read_worklist(results_dir) if r.is_finding][:1]
     bad = tmp_path / "bad.npy"
     np.save(bad, np.ones((7, 9), np.float32))
-    rows[0].saliency_path = str(bad)
+    rows[0] = dataclasses.replace(rows[0], saliency_path=str(bad))
     report = write_dicom_results(results_dir, tmp_path / "dicom", rows=rows)
     assert len(report.sr) == 1 and report.sc == []
     assert "does not match the source grid" in report.problems[0].reason
@@ -231,9 +231,9 @@ def test_multi_slice_series_gives_multiframe_seg_and_one_capture_per_listed_slic
     saliency = np.zeros((3, 16, 16), np.float32)
     saliency[2, 4:8, 4:8] = 3.0
     np.save(tmp_path / "map.npy", saliency)
-    row = ResultRow(study_uid=series.study_uid, series_uid=series.series_uid, modality="CT", model="m",
-                    model_version="2", finding="nodule", score=0.7, threshold=0.5, flagged=True,
-                    saliency_path=str(tmp_path / "map.npy"), source_path=series.source_path)
+    row = WorklistRow(study_uid=series.study_uid, series_uid=series.series_uid, modality="CT", model="m",
+                      model_version="2", finding="nodule", score=0.7, threshold=0.5, flagged=True,
+                      saliency_path=str(tmp_path / "map.npy"), source_path=series.source_path)
     report = write_dicom_results(tmp_path, tmp_path / "out", saliency_as=("sc", "seg"), rows=[row])
     assert report.problems == []
     assert len(report.sc) == 1  # no slices listed: the slice where the map peaks
@@ -242,5 +242,5 @@ def test_multi_slice_series_gives_multiframe_seg_and_one_capture_per_listed_slic
     seg = hd.seg.segread(report.seg[0])
     assert int(seg.NumberOfFrames) == 3
     assert seg.FrameOfReferenceUID == pydicom.dcmread(series.paths[0]).FrameOfReferenceUID
-    row.slices = (0, 2)
+    row = dataclasses.replace(row, slices=(0, 2))
     assert len(write_dicom_results(tmp_path, tmp_path / "out2", rows=[row]).sc) == 2

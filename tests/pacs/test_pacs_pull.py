@@ -8,7 +8,8 @@ import pydicom
 import pytest
 import requests
 
-from medassist.dicom_out.results import read_worklist, write_dicom_results
+from medassist.datamodel import read_worklist
+from medassist.dicom_out.results import write_dicom_results
 from medassist.errors import MedassistError
 from medassist.pacs.dicomweb import connect, find_studies, pull_studies, study_filters, triage_from_pacs
 
@@ -104,7 +105,7 @@ def test_triage_from_pacs_with_the_real_triage_stage(orthanc_loaded, tmp_path):
     assert len(pulled.studies) == 1 and len(pulled.files) == 1
     rows = read_worklist(tmp_path)
     assert [r.study_uid for r in rows] == [pulled.studies[0].study_uid]
-    assert rows[0].has_finding, rows[0].error
+    assert rows[0].is_finding, rows[0].error
     # The real worklist's saliency maps become DICOM results too.
     made = write_dicom_results(tmp_path, saliency_as=("sc", "seg"))
     with_maps = sum(1 for r in rows if r.saliency_path)  # the triage stage may not write maps (yet)

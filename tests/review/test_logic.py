@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 
+from medassist.datamodel import WorklistRow, read_worklist, worklist_path
 from medassist.errors import MedassistError
 from medassist.review import logic
 from medassist.review.store import open_store
@@ -15,17 +16,17 @@ from review_factory import PATIENT_NAMES, write_worklist
 
 
 def rows_by_accession(out):
-    return {r.accession: r for r in logic.load_worklist(out)}
+    return {r.accession: r for r in read_worklist(out)}
 
 
 # -- worklist -----------------------------------------------------------------------------------
 
 
 def test_json_and_csv_worklists_read_the_same(triage_out):
-    from_json = logic.load_worklist(triage_out / "worklist.json")
-    from_csv = logic.load_worklist(triage_out / "worklist.csv")
+    from_json = read_worklist(triage_out / "worklist.json")
+    from_csv = read_worklist(triage_out / "worklist.csv")
     assert from_json == from_csv
-    assert logic.load_worklist(triage_out) == from_json  # a folder means its worklist.json
+    assert read_worklist(triage_out) == from_json  # a folder means its worklist.json
     rows = {r.accession: r for r in from_json}
     ct = rows["ACC002"]
     assert ct.score == 0.75 and ct.threshold == 0.5 and ct.flagged is True and ct.slices == (2, 3)
@@ -42,21 +43,21 @@ def test_csv_is_used_without_json_and_relative_paths_resolve(triage_out):
     (triage_out / "worklist.json").unlink()
     write_worklist(triage_out, [{k: ("" if v is None else v) for k, v in r.items()} for r in records])
     (triage_out / "worklist.json").unlink()
-    rows = logic.load_worklist(triage_out)
-    assert logic.worklist_path(triage_out).name == "worklist.csv"
+    rows = read_worklist(triage_out)
+    assert worklist_path(triage_out).name == "worklist.csv"
     dx = next(r for r in rows if r.accession == "ACC001")
     assert dx.saliency_path == str(triage_out / "saliency" / f"{dx.series_uid}.npy")
 
 
 def test_missing_or_bad_worklist_is_a_clear_error(tmp_path):
     with pytest.raises(MedassistError, match="no worklist.json or worklist.csv"):
-        logic.load_worklist(tmp_path)
+        read_worklist(tmp_path)
     (tmp_path / "worklist.json").write_text('{"not": "a list"}')
     with pytest.raises(MedassistError, match="JSON list"):
-        logic.load_worklist(tmp_path)
+        read_worklist(tmp_path)
     (tmp_path / "worklist.json").write_text('[{"study_uid": "1", "series_uid": "2", "source_path": "x", "score": "high"}]')
     with pytest.raises(MedassistError, match="row 1: score 'high' is not a number"):
-        logic.load_worklist(tmp_path)
+        read_worklist(tmp_path)
 
 
 def test_resolve_out_dir_prefers_the_argument():
@@ -69,7 +70,7 @@ def test_resolve_out_dir_prefers_the_argument():
 
 
 def test_studies_in_priority_order_with_status(triage_out, tmp_path):
-    rows = logic.load_worklist(triage_out)
+    rows = read_worklist(triage_out)
     studies = logic.group_studies(rows)
     assert [s.accession for s in studies] == ["ACC001", "ACC002", "ACC003", "ACC004"]
     assert [s.status for s in studies] == ["unreviewed", "unreviewed", "unreviewed", "no findings"]
@@ -84,14 +85,15 @@ def test_studies_in_priority_order_with_status(triage_out, tmp_path):
 
 def test_flagged_studies_come_before_higher_unflagged_scores():
     def row(acc, score, flagged):
-        return logic.ReviewRow(acc, acc + ".1", "P", acc, "DX", "", "m", "1", "f", score, 0.5, flagged, (), "", "x", "")
+        return WorklistRow(acc, acc + ".1", "P", acc, "DX", source_path="x", model="m", model_version="1",
+                           finding="f", score=score, threshold=0.5, flagged=flagged)
 
     studies = logic.group_studies([row("A", 0.4, False), row("B", 0.95, True), row("C", 0.6, True), row("D", 0.45, False)])
     assert [s.accession for s in studies] == ["B", "C", "D", "A"]
 
 
 def test_filters_and_counts(triage_out):
-    studies = logic.group_studies(logic.load_worklist(triage_out))
+    studies = logic.group_studies(read_worklist(triage_out))
     assert [s.accession for s in logic.filter_studies(studies, logic.StudyFilter(flagged_only=True))] == ["ACC001", "ACC002"]
     assert [s.accession for s in logic.filter_studies(studies, logic.StudyFilter(modalities=("DX",)))] == ["ACC001", "ACC004"]
     assert [s.accession for s in logic.filter_studies(studies, logic.StudyFilter(models=("fracture_xray",)))] == ["ACC001", "ACC003"]
@@ -106,7 +108,7 @@ def test_filters_and_counts(triage_out):
 
 
 def test_next_unreviewed_skips_reviewed_and_wraps(triage_out, tmp_path):
-    rows = logic.load_worklist(triage_out)
+    rows = read_worklist(triage_out)
     store = open_store(tmp_path / "d.sqlite")
     first = logic.group_studies(rows)[0]
     logic.record_for_row(store, first.findings[0], decision="reject", reviewer="Dr A")
@@ -297,7 +299,7 @@ def test_undecodable_series_is_a_clear_error(tmp_path):
 
 def test_not_applicable_is_not_an_error():
     def row(error, model=""):
-        return logic.ReviewRow("S", "S.1", "P", "A1", "US", "", model, "", "", None, None, None, (), "", "x", error)
+        return WorklistRow("S", "S.1", "P", "A1", "US", source_path="x", model=model, error=error)
 
     na = row("no shipped model applies to US / unknown body part")
     broken = row("x.dcm: pixel data truncated")
