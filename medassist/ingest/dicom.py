@@ -13,9 +13,11 @@ file size, which is enough to catch truncated files and headers that lie about t
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import os
+import re
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -50,8 +52,10 @@ NON_IMAGE_WITH_PIXELS = frozenset(
 )
 NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "REG", "DOC"})
 
-# Refuse to decode anything declaring more than this many bytes of decoded pixels.
-MAX_DECODED_BYTES = 4 * 1024**3
+# The most memory one file's or one series' decoded pixels may need: 2 GiB, counted as the larger of
+# the decoder's output and our float32 copy (``decoded_bytes``), e.g. 512 x 512 x 2048 slices.
+# Headers declaring more are refused before anything is allocated.
+MAX_DECODED_BYTES = 2 * 1024**3
 
 _PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 _FLOAT_PIXEL_TAGS = {(0x7FE0, 0x0008), (0x7FE0, 0x0009)}
@@ -60,6 +64,8 @@ _SEQUENCE_DELIMITER_TAG = (0xFFFE, 0xE0DD)
 _VR_WITH_32BIT_LENGTH = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
 # First tag groups a DICOM stream without a preamble plausibly starts with.
 _LEADING_GROUPS = {0x0002, 0x0004, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,40 @@ def quiet_pydicom() -> Iterator[None]:
         pydicom_logger.disabled = was_disabled
 
 
+class BoundedFile(io.FileIO):
+    """A file opened for reading whose ``read(n)`` never asks for more than the bytes left.
+
+    pydicom reads an element's value with one ``read(declared length)``; a header declaring 4 GiB
+    would otherwise make Python allocate 4 GiB before finding out that the file is short.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "rb") -> None:
+        # ``mode``: pydicom re-opens a file for deferred values with ``type(fp)(path, "rb")``
+        super().__init__(path, "rb")
+        self.size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(self.size - self.tell(), 0))
+        return super().read(size)
+
+
+def overlong_element(ds: Dataset, file_size: int) -> str | None:
+    """Why a top-level element declares more bytes than the file has left after it, or None."""
+    for tag in list(ds.keys()):
+        element = ds.get_item(tag, keep_deferred=True)
+        length = getattr(element, "length", None)
+        value_tell = getattr(element, "value_tell", None)
+        if length is None or value_tell is None or length == _UNDEFINED_LENGTH:
+            continue
+        left = max(file_size - value_tell, 0)
+        if length > left:
+            if tag == 0x7FE00010:  # Pixel Data
+                return f"pixel data truncated: expected {length} bytes, found {left}"
+            return f"element {tag} declares {length} bytes but only {left} are left in the file"
+    return None
+
+
 def sniff(path: str) -> str:
     """Guess from the first bytes: "preamble" (DICM at 128), "bare" (starts like a dataset), "no"."""
     with open(path, "rb") as fp:
@@ -185,13 +225,13 @@ def _read_and_classify(path: str, explicit: bool) -> HeaderResult:
             return IngestProblem(path, "not a DICOM or NIfTI file")
         return IngestProblem(path, "no DICOM file meta and not parseable")
     assert ds is not None
-    return _classify(path, ds, pixel)
+    return _classify(path, ds, pixel, os.path.getsize(path))
 
 
 def _read_header(path: str, *, force: bool) -> tuple[Dataset, PixelElement | None]:
     """Parse everything before Pixel Data, then peek at the Pixel Data element header."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as fp:
+    with BoundedFile(path) as fp:
+        size = fp.size
         ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force, defer_size="256 KB")
         meta = getattr(ds, "file_meta", None) or Dataset()
         syntax = str(meta.get("TransferSyntaxUID", ""))
@@ -262,16 +302,23 @@ def _plausible(ds: Dataset) -> bool:
         return False
 
 
-def _classify(path: str, ds: Dataset, pixel: PixelElement | None) -> HeaderResult:
-    """Decide what a parsed header is, and check its image attributes against its pixel data."""
+def _classify(path: str, ds: Dataset, pixel: PixelElement | None, file_size: int) -> HeaderResult:
+    """Decide what a parsed header is, and check its image attributes against its pixel data.
+
+    Non-image objects are skipped even when broken; an image's element that runs past the end of
+    the file is reported before anything else (it also hides the pixel data behind it).
+    """
     meta = getattr(ds, "file_meta", None) or Dataset()
     sop_class = str(_get(ds, "SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
     modality = _text(ds, "Modality").upper()
+    if sop_class and not is_valid_uid(sop_class):
+        return IngestProblem(path, "invalid SOP Class UID value (not a UID): the header is corrupt")
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return Skipped(path, "dicomdir", "DICOMDIR (a directory of files)")
+    overlong = overlong_element(ds, file_size)
     if pixel is None:
         if _is_image_sop_class(sop_class):
-            return IngestProblem(path, f"missing pixel data: {UID(sop_class).name} has no Pixel Data")
+            return IngestProblem(path, overlong or f"missing pixel data: {UID(sop_class).name} has no Pixel Data")
         if sop_class or modality:
             return Skipped(path, "non-image", f"non-image object ({_sop_name(sop_class, modality)})")
         return IngestProblem(path, "no SOP Class UID and no Pixel Data: not an image object")
@@ -279,6 +326,8 @@ def _classify(path: str, ds: Dataset, pixel: PixelElement | None) -> HeaderResul
         return Skipped(path, "non-image", f"non-image object ({_sop_name(sop_class, modality)})")
     if pixel.floating:
         return Skipped(path, "non-image", "float pixel data (parametric map) is not supported")
+    if overlong:
+        return IngestProblem(path, overlong)
 
     layout = _image_layout(ds, meta)
     if isinstance(layout, str):
@@ -344,16 +393,46 @@ def describe_layout(rows: int, columns: int, samples: int, n_frames: int, bits: 
     return f"{text} x {bits} bits"
 
 
+def decoded_bytes(rows: int, columns: int, samples: int, n_frames: int, bits: int) -> int:
+    """Memory the decoded pixels need: the decoder's output or our float32 copy, the larger."""
+    return rows * columns * samples * n_frames * max(4, (bits + 7) // 8)
+
+
+def size_limit_problem(rows: int, columns: int, samples: int, n_frames: int, bits: int) -> str | None:
+    """Why a declared image size is too large to decode (``MAX_DECODED_BYTES``), or None."""
+    needed = decoded_bytes(rows, columns, samples, n_frames, bits)
+    if needed <= MAX_DECODED_BYTES:
+        return None
+    return (
+        f"declared image size {describe_layout(rows, columns, samples, n_frames, bits)} needs "
+        f"{needed} bytes decoded, over the {MAX_DECODED_BYTES} byte limit"
+    )
+
+
+def native_length_problem(found: int, rows: int, columns: int, samples: int, n_frames: int, bits: int) -> str | None:
+    """Why uncompressed pixel data of ``found`` bytes does not match the declared layout, or None.
+
+    One pad byte beyond the declared size is allowed (values are padded to an even length).
+    """
+    expected = expected_pixel_bytes(rows, columns, samples, n_frames, bits)
+    layout = describe_layout(rows, columns, samples, n_frames, bits)
+    if found < expected:
+        return f"pixel data truncated: expected {expected} bytes ({layout}), found {found}"
+    if found > expected + 1:
+        return (
+            f"pixel data holds {found} bytes, {found - expected} more than the header declares ({layout}): "
+            "Rows, Columns, NumberOfFrames, SamplesPerPixel or BitsAllocated is wrong"
+        )
+    return None
+
+
 def _pixel_data_problem(
     pixel: PixelElement, syntax: str, rows: int, columns: int, samples: int, n_frames: int, bits: int
 ) -> str | None:
     """Truncated or lying pixel data, found from the element header and file size alone."""
-    expected = expected_pixel_bytes(rows, columns, samples, n_frames, bits)
-    if expected > MAX_DECODED_BYTES:
-        return (
-            f"declared image size {expected} bytes ({describe_layout(rows, columns, samples, n_frames, bits)}) "
-            f"exceeds the {MAX_DECODED_BYTES} byte limit"
-        )
+    too_large = size_limit_problem(rows, columns, samples, n_frames, bits)
+    if too_large:
+        return too_large
     if pixel.length is None:  # encapsulated
         if not pixel.complete:
             return "pixel data truncated: encapsulated pixel data ends before its sequence delimiter"
@@ -361,12 +440,9 @@ def _pixel_data_problem(
     if not pixel.complete:
         return f"pixel data truncated: expected {pixel.length} bytes, found {pixel.available}"
     compressed = bool(syntax) and UID(syntax).is_compressed
-    if not compressed and pixel.length < expected:
-        return (
-            f"pixel data truncated: expected {expected} bytes "
-            f"({describe_layout(rows, columns, samples, n_frames, bits)}), found {pixel.length}"
-        )
-    return None
+    if compressed:
+        return None
+    return native_length_problem(pixel.length, rows, columns, samples, n_frames, bits)
 
 
 def _header(
@@ -456,6 +532,11 @@ def _frame_geometry(
         nominal[0] if nominal else None,
         positions,
     )
+
+
+def is_valid_uid(value: str) -> bool:
+    """Digits and dots, at most 64 characters (PS3.5 9.1)."""
+    return len(value) <= 64 and _UID_PATTERN.fullmatch(value) is not None
 
 
 def _is_image_sop_class(sop_class: str) -> bool:

@@ -7,6 +7,7 @@ PixelSpacing is (distance between rows, distance between columns).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,11 +46,11 @@ def build_geometry(
 
     ``positions`` must already be in stack order. The affine is filled only when the orientation
     and every slice position are known and the slices are evenly spaced (a single slice counts).
-    Without positions the slice spacing falls back to ``nominal_slice_spacing`` (e.g.
-    SpacingBetweenSlices), else 1.0.
+    Without positions the slice spacing falls back to the size of ``nominal_slice_spacing`` (e.g.
+    SpacingBetweenSlices, which some scanners write negative), else 1.0.
     """
     row_spacing, col_spacing = pixel_spacing or (1.0, 1.0)
-    fallback = float(nominal_slice_spacing) if nominal_slice_spacing else 1.0
+    fallback = _positive_or_one(nominal_slice_spacing)
     slice_spacing = 1.0 if n_slices == 1 else fallback
     known = (
         orientation is not None
@@ -95,3 +96,10 @@ def build_geometry(
         positions=tuple(tuple(float(v) for v in p) for p in pos),  # type: ignore[misc]
         affine=affine,
     )
+
+
+def _positive_or_one(spacing: float | None) -> float:
+    """|spacing| when it is a usable distance, else 1.0."""
+    if spacing is None or not math.isfinite(spacing) or spacing == 0:
+        return 1.0
+    return abs(float(spacing))

@@ -2,7 +2,8 @@
 
 The chain for one series (``load_dicom_stack``), file by file:
 
-1. read the whole file, check the header's size against the pixel data (before allocating);
+1. read the whole file (never asking for more bytes than it holds), check the header's sizes
+   against the pixel data and against ``MAX_DECODED_BYTES`` (before allocating);
 2. decode (pydicom with pylibjpeg / gdcm for compressed syntaxes), colour -> grayscale luminance;
 3. Modality LUT / rescale (per frame for enhanced multi-frame) -> ``Image.pixels`` (float32);
 4. for the whole stack: VOI LUT or the first default window, else the 0.5-99.5 percentile range,
@@ -21,18 +22,20 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_fragments
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medassist.datamodel import Geometry, Image
 from medassist.errors import MedassistError
 from medassist.ingest.dicom import (
-    MAX_DECODED_BYTES,
+    BoundedFile,
     FrameRef,
-    describe_layout,
-    expected_pixel_bytes,
     first_line,
+    native_length_problem,
+    overlong_element,
     quiet_pydicom,
+    size_limit_problem,
 )
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ _PERCENTILE_SAMPLE = 4_000_000
 _CT_MIN_PLAUSIBLE_HU = -1100.0
 _CT_MAX_IMPLAUSIBLE_FRACTION = 0.05
 _CT_PADDING_MIN_FRACTION = 0.005
+# exp(80) is ~5.5e34, well inside float32, and 1 / (1 + exp(80)) is 0 to float32 precision.
+_SIGMOID_EXPONENT_LIMIT = 80.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ def load_dicom_stack(stack: DicomStack) -> Image:
     for index, ref in enumerate(stack.slices):
         slots.setdefault(ref.path, []).append((index, ref.frame))
 
+    _check_stack_size(stack)
     pixels = np.empty((len(stack.slices), stack.rows, stack.columns), dtype=np.float32)
     first: DisplayParams | None = None
     for path, wanted in slots.items():  # dict order = order of first appearance in the stack
@@ -108,6 +114,14 @@ def load_dicom_stack(stack: DicomStack) -> Image:
     )
 
 
+def _check_stack_size(stack: DicomStack) -> None:
+    """Refuse a series whose decoded stack would not fit ``MAX_DECODED_BYTES`` (before allocating)."""
+    too_large = size_limit_problem(stack.rows, stack.columns, 1, len(stack.slices), 32)
+    if too_large:
+        first = stack.slices[0].path if stack.slices else "series"
+        raise MedassistError(f"{first}: series of {len(stack.slices)} slices: {too_large}")
+
+
 def _decode_with_fallback(path: str, alternates: tuple[str, ...]) -> DecodedFile:
     """Decode ``path``; if that fails, try its duplicates (same SOPInstanceUID) in order."""
     try:
@@ -127,9 +141,13 @@ def decode_file(path: str) -> DecodedFile:
     """Read, check, decode and rescale one DICOM file (all its frames)."""
     with quiet_pydicom():
         try:
-            ds = pydicom.dcmread(path, force=True)
+            with BoundedFile(path) as fp:
+                ds = pydicom.dcmread(fp, force=True)
+                overlong = overlong_element(ds, fp.size)
         except Exception as exc:
             raise MedassistError(f"{path}: unreadable DICOM file: {first_line(exc)}") from exc
+        if overlong:
+            raise MedassistError(f"{path}: {overlong}")
         if "PixelData" not in ds:
             raise MedassistError(f"{path}: missing pixel data")
         syntax = _ensure_transfer_syntax(ds, path)
@@ -142,6 +160,8 @@ def decode_file(path: str) -> DecodedFile:
             values = _luminance(frames, decoded_photometric)
         else:
             values = _modality_values(frames, ds, path)
+        if not np.isfinite(values).all():
+            raise MedassistError(f"{path}: rescale or Modality LUT gives non-finite pixel values")
         _check_plausible_ct(values, ds, path, syntax)
         return DecodedFile(values=values, display=_display_params(ds))
 
@@ -182,21 +202,29 @@ def _layout(ds: Dataset, path: str) -> tuple[int, int, int, int, int]:
 
 
 def _check_declared_size(ds: Dataset, path: str, syntax: UID) -> None:
-    """Refuse headers that promise more pixels than the file holds, or than we will allocate."""
+    """Refuse headers whose image size the pixel data does not hold, or that we will not allocate.
+
+    Uncompressed: the data must be exactly the declared size (plus one pad byte). Encapsulated:
+    at least one fragment per declared frame (a decoder allocates all frames before finding out).
+    """
     rows, columns, samples, n_frames, bits = _layout(ds, path)
-    expected = expected_pixel_bytes(rows, columns, samples, n_frames, bits)
-    layout = describe_layout(rows, columns, samples, n_frames, bits)
-    if expected > MAX_DECODED_BYTES:
-        raise MedassistError(
-            f"{path}: declared image size {expected} bytes ({layout}) exceeds the "
-            f"{MAX_DECODED_BYTES} byte limit"
-        )
-    if not syntax.is_compressed:
-        found = len(ds.PixelData)
-        if found < expected:
-            raise MedassistError(
-                f"{path}: pixel data truncated: expected {expected} bytes ({layout}), found {found}"
-            )
+    problem = size_limit_problem(rows, columns, samples, n_frames, bits)
+    if problem is None and not syntax.is_compressed:
+        problem = native_length_problem(len(ds.PixelData), rows, columns, samples, n_frames, bits)
+    if problem is None and syntax.is_compressed and n_frames > 1:
+        n_fragments = _fragment_count(ds.PixelData)
+        if n_fragments < n_frames:
+            problem = f"{codec_name(syntax)} holds {n_fragments} fragment(s) for {n_frames} frames (NumberOfFrames)"
+    if problem:
+        raise MedassistError(f"{path}: {problem}")
+
+
+def _fragment_count(data: bytes) -> int:
+    """Fragments of encapsulated pixel data (0 if the items cannot be parsed)."""
+    try:
+        return parse_fragments(data)[0]
+    except (ValueError, TypeError):
+        return 0
 
 
 def _decode(ds: Dataset, path: str, syntax: UID) -> tuple[np.ndarray, str]:
@@ -208,8 +236,12 @@ def _decode(ds: Dataset, path: str, syntax: UID) -> tuple[np.ndarray, str]:
     try:
         array, meta = decoder.as_array(ds)
     except Exception as exc:
+        raise MedassistError(f"{path}: {codec_name(syntax)} undecodable: {decoder_message(exc)}") from exc
+    except BaseException as exc:  # a Rust decoder's panic (pyo3 PanicException) is a BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
         raise MedassistError(
-            f"{path}: {codec_name(syntax)} undecodable: {decoder_message(exc)}"
+            f"{path}: {codec_name(syntax)} undecodable: the decoder failed ({first_line(exc)})"
         ) from exc
     n_frames = int(meta.get("number_of_frames", 1) or 1)
     samples = int(meta.get("samples_per_pixel", 1) or 1)
@@ -255,6 +287,8 @@ def decoder_message(exc: BaseException) -> str:
     for plugin in ("pylibjpeg", "gdcm", "pillow", "pyjpegls"):
         if plugin in by_plugin:
             return f"{by_plugin[plugin]} ({plugin})"
+    if "could not broadcast" in text:  # pydicom copies each decoded frame into the declared shape
+        return "the decoded image size differs from the declared Rows, Columns and SamplesPerPixel"
     return lines[0] if lines else type(exc).__name__
 
 
@@ -356,8 +390,9 @@ def to_display(pixels: np.ndarray, params: DisplayParams) -> np.ndarray:
 def apply_window(values: np.ndarray, center: float, width: float, *, function: str = "LINEAR") -> np.ndarray:
     """DICOM windowing (PS3.3 C.11.2.1.2) to 0..1: LINEAR, LINEAR_EXACT or SIGMOID."""
     x = values.astype(np.float32, copy=False)
-    if function == "SIGMOID":
-        return (1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))).astype(np.float32)
+    if function == "SIGMOID":  # exponent clipped where the result is 0 or 1 anyway (no overflow)
+        exponent = np.clip(-4.0 * (x - center) / width, -_SIGMOID_EXPONENT_LIMIT, _SIGMOID_EXPONENT_LIMIT)
+        return (1.0 / (1.0 + np.exp(exponent))).astype(np.float32)
     if function == "LINEAR_EXACT":
         return np.clip((x - (center - width / 2.0)) / width, 0.0, 1.0).astype(np.float32)
     if width <= 1.0:
