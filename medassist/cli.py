@@ -44,6 +44,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_seconds(text: str) -> float:
+    """argparse type: a number of seconds >= 0."""
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
 def add_models_dir(parser: argparse.ArgumentParser) -> None:
     """The hidden --models-dir option: use model specs and weights from another folder."""
     parser.add_argument("--models-dir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -63,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         "triage", help="score every series under INPUT and write a prioritised worklist",
         description="Find every image series under INPUT (folders, DICOM files, DICOMDIRs, NIfTI), run "
         "each shipped model that applies, and write OUT/worklist.csv and OUT/worklist.json, highest "
-        "priority first. Re-running into the same OUT resumes: finished series are not redone.",
+        "priority first, and OUT/quarantine.csv listing the files and series that could not be used. "
+        "Re-running into the same OUT resumes: finished series are not redone.",
     )
     triage.add_argument("inputs", nargs="*", metavar="INPUT", help="a file or folder to read (or use --pacs)")
     triage.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
@@ -80,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which findings get a saliency map (default: flagged)")
     triage.add_argument("--explain-method", choices=("gradcam", "integrated_gradients", "occlusion"),
                         default="gradcam", help="saliency method (default: gradcam, the cheapest)")
+    triage.add_argument("--series-timeout", type=non_negative_seconds, default=None, metavar="S",
+                        help="seconds one series may spend decoding before it becomes an error row; "
+                        "0: no limit (default: 120)")
     pacs = triage.add_argument_group("PACS (DICOMweb)")
     pacs.add_argument("--pacs", metavar="URL", help="pull studies from this DICOMweb root instead of INPUT")
     pacs.add_argument("--date-from", metavar="YYYYMMDD", help="studies on or after this date")
@@ -201,6 +213,8 @@ def cmd_triage(args: argparse.Namespace) -> int:
         weights_dir=weights_dir_of(args), modality_override=args.modality.upper() if args.modality else None,
         progress=not args.quiet, explain=args.explain, explain_method=args.explain_method,
     )
+    if args.series_timeout is not None:  # else run_triage's default (DEFAULT_SERIES_TIMEOUT)
+        options["series_timeout"] = args.series_timeout
     password = pacs_password(args)
     if args.pacs:
         from medassist.pacs.dicomweb import triage_from_pacs

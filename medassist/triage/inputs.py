@@ -9,11 +9,16 @@ indices reported in the worklist's ``slices`` column. A spec chooses its kind wi
 
 Decoding happens in ``JobDataset.__getitem__``, so with ``num_workers > 0`` it runs in worker
 processes and overlaps inference. A job that fails to decode comes back as an error string, and
-``collate_prepared`` keeps those apart from the tensors.
+``collate_prepared`` keeps those apart from the tensors. A series whose decoding and preprocessing
+take longer than the series time limit (``time_limit``) comes back as an error too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +30,52 @@ from medassist.datamodel import Image, Series
 from medassist.errors import MedassistError
 from medassist.models.spec import ModelSpec
 from medassist.preprocess.transforms import prepare_2d
+
+
+# Seconds one series may spend in decoding and preprocessing before it becomes an error row.
+DEFAULT_SERIES_TIMEOUT = 120.0
+
+
+class DecodeTimeout(BaseException):
+    """Raised in a series' decoding when its time is up.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` in a decoder cannot turn
+    it into a misleading "undecodable" message.
+    """
+
+
+def timeout_message(source_path: str, seconds: float) -> str:
+    """The error row's text for a series that ran out of time."""
+    return f"{source_path}: decoding took longer than {seconds:g} s (--series-timeout)"
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise DecodeTimeout in the block after ``seconds`` of wall-clock time (SIGALRM).
+
+    Only where a signal can do it: on Unix, in the main thread of a process (DataLoader workers
+    call ``__getitem__`` in theirs). Elsewhere, or for ``None``/0, there is no limit. Code stuck
+    inside one C call is interrupted when the call returns.
+    """
+    usable = (
+        seconds
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise DecodeTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass(frozen=True)
@@ -110,9 +161,10 @@ def kind_of(spec: ModelSpec) -> InputKind:
 class JobDataset(Dataset):
     """Decode and preprocess the series of a list of jobs for one model (one kind, one spec)."""
 
-    def __init__(self, jobs: list[Job], kind: InputKind) -> None:
+    def __init__(self, jobs: list[Job], kind: InputKind, series_timeout: float | None = None) -> None:
         self.jobs = jobs
         self.kind = kind
+        self.series_timeout = series_timeout
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -120,8 +172,11 @@ class JobDataset(Dataset):
     def __getitem__(self, index: int) -> Prepared:
         job = self.jobs[index]
         try:
-            image = job.series.load()
-            inputs, slices = self.kind.prepare(image, job.spec)
+            with time_limit(self.series_timeout):
+                image = job.series.load()
+                inputs, slices = self.kind.prepare(image, job.spec)
+        except DecodeTimeout:
+            return Prepared(index, None, error=timeout_message(job.series.source_path, self.series_timeout or 0))
         except MedassistError as exc:
             return Prepared(index, None, error=str(exc))
         except Exception as exc:  # one undecodable series must not stop the run

@@ -38,7 +38,17 @@ from medassist.models.registry import (
     shipped_specs,
 )
 from medassist.models.spec import ModelSpec
-from medassist.triage.inputs import InputKind, Job, JobDataset, collate_prepared, kind_of
+from medassist.triage.inputs import (
+    DEFAULT_SERIES_TIMEOUT,
+    DecodeTimeout,
+    InputKind,
+    Job,
+    JobDataset,
+    collate_prepared,
+    kind_of,
+    time_limit,
+    timeout_message,
+)
 from medassist.triage.journal import (
     JOURNAL_NAME,
     Journal,
@@ -94,14 +104,18 @@ def run_triage(
     checkpoint_every: int = 50,
     explain: str = "flagged",
     explain_method: str = "gradcam",
+    series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
 ) -> TriageSummary:
     """Discover the series under ``inputs``, score them, write ``out_dir``/worklist.{csv,json}.
 
     ``progress``: show a progress bar on stderr (only when stderr is a terminal).
     ``explain``: which findings get a saliency map ("flagged", "all" or "none"), written under
     ``out_dir``/saliency/ with its path (relative to ``out_dir``) in the ``saliency_path`` column.
+    ``series_timeout``: seconds one series may spend decoding and preprocessing before it becomes
+    an error row (None or 0: no limit).
     A missing input path, a bad output folder or refused model weights raise MedassistError;
-    unreadable files and undecodable series become error rows instead.
+    unreadable files, undecodable series and series out of time become error rows instead, and
+    are listed in ``out_dir``/quarantine.csv.
     """
     paths = check_inputs(inputs)
     from medassist.ingest import discover_series  # imported late: ingest pulls in the decoders
@@ -111,7 +125,7 @@ def run_triage(
     return triage_series(
         series, problems, out_dir, device=device, batch_size=batch_size, num_workers=num_workers,
         weights_dir=weights_dir, progress=progress, checkpoint_every=checkpoint_every,
-        explain=explain, explain_method=explain_method,
+        explain=explain, explain_method=explain_method, series_timeout=series_timeout,
     )
 
 
@@ -151,6 +165,7 @@ def triage_series(
     checkpoint_every: int = 50,
     explain: str = "flagged",
     explain_method: str = "gradcam",
+    series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
 ) -> TriageSummary:
     """Score already-discovered series (see ``run_triage``) and write the worklist."""
     if batch_size < 1 or num_workers < 0 or checkpoint_every < 1:
@@ -175,9 +190,9 @@ def triage_series(
             for spec, jobs in pending:
                 model = load_model(spec, torch_device, Path(weights_dir))
                 if spec.input_kind == "volume":
-                    results = score_volume_jobs(model, jobs)
+                    results = score_volume_jobs(model, jobs, series_timeout)
                 else:
-                    results = score_jobs(model, jobs, batch_size, num_workers)
+                    results = score_jobs(model, jobs, batch_size, num_workers, series_timeout)
                 for job, score, slices, error, inputs, features in results:
                     saliency = ""
                     if wants_saliency(explain, model.spec, score):
@@ -267,11 +282,14 @@ def plan(
 ScoredJob = tuple[Job, "float | None", tuple[int, ...], str, "torch.Tensor | None", "torch.Tensor | None"]
 
 
-def score_jobs(model: LoadedModel, jobs: list[Job], batch_size: int, num_workers: int) -> Iterator[ScoredJob]:
+def score_jobs(
+    model: LoadedModel, jobs: list[Job], batch_size: int, num_workers: int,
+    series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
+) -> Iterator[ScoredJob]:
     """(job, score, slices, error, job's inputs, job's last feature map) per job, decoding in
     workers while the model scores. The feature map lets GradCAM skip a second backbone pass."""
     kind = kind_of(model.spec)
-    for batch in make_loader(jobs, kind, batch_size, num_workers, model.device):
+    for batch in make_loader(jobs, kind, batch_size, num_workers, model.device, series_timeout):
         for index, message in batch.errors:
             yield jobs[index], None, (), message, None, None
         if batch.inputs is None:
@@ -291,17 +309,24 @@ def score_jobs(model: LoadedModel, jobs: list[Job], batch_size: int, num_workers
                 yield jobs[index], None, (), message, None, None
 
 
-def score_volume_jobs(model: LoadedModel, jobs: list[Job]) -> Iterator[ScoredJob]:
+def score_volume_jobs(
+    model: LoadedModel, jobs: list[Job], series_timeout: float | None = DEFAULT_SERIES_TIMEOUT
+) -> Iterator[ScoredJob]:
     """(job, study score, flagged slice indices, error, None, None) per volume job, one series at a time.
 
     Slices are streamed through the network in batches inside ``score_volume``, so memory stays
-    bounded by one decoded series plus one batch.
+    bounded by one decoded series plus one batch. Decoding is held to ``series_timeout``.
     """
     from medassist.models.tumor import score_volume
 
     for job in jobs:
         try:
-            result = score_volume(model.network, model.spec, job.series.load())
+            with time_limit(series_timeout):
+                image = job.series.load()
+            result = score_volume(model.network, model.spec, image)
+        except DecodeTimeout:
+            yield job, None, (), timeout_message(job.series.source_path, series_timeout or 0), None, None
+            continue
         except MedassistError as exc:
             yield job, None, (), str(exc), None, None
             continue
@@ -392,7 +417,8 @@ def score_inputs_with_features(model: LoadedModel, inputs: torch.Tensor, batch_s
 
 
 def make_loader(
-    jobs: list[Job], kind: InputKind, batch_size: int, num_workers: int, device: torch.device
+    jobs: list[Job], kind: InputKind, batch_size: int, num_workers: int, device: torch.device,
+    series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
 ) -> DataLoader:
     """A DataLoader decoding ``jobs`` in ``num_workers`` processes (0: in this process), in order."""
     workers = min(num_workers, len(jobs))
@@ -402,7 +428,7 @@ def make_loader(
         # fork: workers inherit the series' loaders (closures need not be picklable)
         extra = {"prefetch_factor": 2, "multiprocessing_context": "fork" if "fork" in methods else None}
     return DataLoader(
-        JobDataset(jobs, kind),
+        JobDataset(jobs, kind, series_timeout),
         batch_size=kind.jobs_per_batch(batch_size),
         shuffle=False,
         num_workers=workers,

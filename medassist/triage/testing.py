@@ -17,6 +17,7 @@ from medassist.models.spec import ModelSpec, PreprocessSpec
 
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 US_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.6.1"  # Ultrasound Image Storage
+FRACTURE_EXCLUDED_BODY_PARTS = ("CHEST", "ABDOMEN", "HEAD", "SKULL", "BRAIN", "BREAST", "PELVIS_ABDOMEN")
 
 
 def write_throwaway_model(
@@ -28,8 +29,11 @@ def write_throwaway_model(
     widen_factor: float = 0.25,
     threshold: float = 0.5,
     seed: int = 0,
+    modalities: tuple[str, ...] = ("DX", "CR", "RG"),
+    excluded_body_parts: tuple[str, ...] = FRACTURE_EXCLUDED_BODY_PARTS,
 ) -> ModelSpec:
-    """A randomly initialised ``localising_resnet`` with the fracture model's scope, spec + sha256."""
+    """A randomly initialised ``localising_resnet`` with the fracture model's scope (or the given
+    ``modalities`` and ``excluded_body_parts``), spec + sha256."""
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -47,8 +51,8 @@ def write_throwaway_model(
         network="localising_resnet",
         network_args=args,
         preprocess=PreprocessSpec(input_size=input_size),
-        modalities=("DX", "CR", "RG"),
-        excluded_body_parts=("CHEST", "ABDOMEN", "HEAD", "SKULL", "BRAIN", "BREAST", "PELVIS_ABDOMEN"),
+        modalities=modalities,
+        excluded_body_parts=excluded_body_parts,
         training_data="none (random weights, for tests)",
     )
     (weights_dir / f"{name}.json").write_text(spec.to_json())

@@ -18,6 +18,8 @@ Conventions (the contract the review app and any downstream reader rely on):
   broken by source path, series UID and model so the order is deterministic.
 * In the CSV, ``flagged`` is ``true``/``false`` and a missing value is an empty cell; in the JSON a
   missing value is ``null``.
+* ``quarantine.csv`` (columns ``path, reason``) lists every file or series behind an error row, with
+  the file named in the error where there is one; it is rewritten (atomically) with the worklist.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from medassist.datamodel import WORKLIST_COLUMNS, IngestProblem, Series, Worklis
 NOT_APPLICABLE = "not applicable"
 CSV_NAME = "worklist.csv"
 JSON_NAME = "worklist.json"
+QUARANTINE_NAME = "quarantine.csv"
+QUARANTINE_COLUMNS = ("path", "reason")
 
 Record = dict  # one row as WorklistRow.as_record() returns it
 
@@ -109,6 +113,32 @@ def render_json(records: Sequence[Record]) -> str:
     return json.dumps(rows, indent=1) + "\n"
 
 
+def quarantine_entry(record: Record) -> tuple[str, str]:
+    """(path, reason) of an error row: the file its error names, if it names one inside the row's
+    source path, and the reason without that prefix; else the source path and the whole error."""
+    source, error = record.get("source_path") or "", record.get("error") or ""
+    named, separator, reason = error.partition(": ")
+    inside = named == source or named.startswith(source.rstrip("/\\") + os.sep)
+    if separator and source and inside:
+        return named, reason
+    return source, error
+
+
+def quarantine_entries(records: Iterable[Record]) -> list[tuple[str, str]]:
+    """The quarantine list: one (path, reason) per distinct error, sorted by path."""
+    entries = {quarantine_entry(r) for r in records if row_kind(r) == "error"}
+    return sorted(entries)
+
+
+def render_quarantine(entries: Sequence[tuple[str, str]]) -> str:
+    """The quarantine list as CSV text with a ``path,reason`` header."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(QUARANTINE_COLUMNS)
+    writer.writerows(entries)
+    return buffer.getvalue()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, fsync it, then ``os.replace`` it in.
 
@@ -144,17 +174,19 @@ def fsync_dir(directory: Path) -> None:
 
 def remove_stale_temporaries(out_dir: Path) -> None:
     """Delete temporary files a killed run left behind (call while holding the run lock)."""
-    for name in (CSV_NAME, JSON_NAME):
+    for name in (CSV_NAME, JSON_NAME, QUARANTINE_NAME):
         for tmp in Path(out_dir).glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
 
 def write_worklist(out_dir: Path, records: Iterable[Record]) -> tuple[Path, Path]:
-    """Sort the records and atomically (re)write ``worklist.csv`` and ``worklist.json``."""
+    """Sort the records and atomically (re)write ``worklist.csv``, ``worklist.json`` and
+    ``quarantine.csv``; returns the worklist's two paths."""
     ordered = sort_records(records)
     csv_path, json_path = Path(out_dir) / CSV_NAME, Path(out_dir) / JSON_NAME
     atomic_write_text(csv_path, render_csv(ordered))
     atomic_write_text(json_path, render_json(ordered))
+    atomic_write_text(Path(out_dir) / QUARANTINE_NAME, render_quarantine(quarantine_entries(ordered)))
     return csv_path, json_path
 
 

@@ -16,7 +16,9 @@ from medassist.triage.journal import JOURNAL_NAME, Journal, result_key, run_lock
 from medassist.triage.testing import write_throwaway_model
 from medassist.triage.worklist import (
     NOT_APPLICABLE,
+    QUARANTINE_NAME,
     atomic_write_text,
+    remove_stale_temporaries,
     render_csv,
     row_kind,
     sort_records,
@@ -79,6 +81,39 @@ def test_atomic_write_keeps_the_old_file_when_replace_fails(tmp_path, monkeypatc
         atomic_write_text(target, render_csv([scored("a", 0.7, 0.5)]))
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["worklist.csv"], "no temporary left behind"
+
+
+def test_quarantine_lists_every_error_row_with_the_file_it_names(tmp_path):
+    rows = [
+        scored("/in/good.dcm", 0.7, 0.5),
+        record(source_path="/in/us.dcm", finding=NOT_APPLICABLE, error="no shipped model applies to US / HAND"),
+        record(source_path="/in/cut.dcm", error="pixel data truncated: expected 512 bytes, found 100"),
+        record(source_path="/in/ser", series_uid="1.2", model="m", finding="fracture",
+               error="/in/ser/IM2: JPEG 2000 stream undecodable: failed to decode image (pylibjpeg)"),
+        record(source_path="/in/ser", series_uid="1.2", model="m2", finding="tumour",
+               error="/in/ser/IM2: JPEG 2000 stream undecodable: failed to decode image (pylibjpeg)"),
+        record(source_path="/in/slow.dcm", model="m", finding="fracture",
+               error="/in/slow.dcm: decoding took longer than 120 s (--series-timeout)"),
+    ]
+    write_worklist(tmp_path, rows)
+
+    with open(tmp_path / QUARANTINE_NAME, newline="") as fh:
+        listed = list(csv.reader(fh))
+    assert listed == [
+        ["path", "reason"],
+        ["/in/cut.dcm", "pixel data truncated: expected 512 bytes, found 100"],
+        ["/in/ser/IM2", "JPEG 2000 stream undecodable: failed to decode image (pylibjpeg)"],  # once for two models
+        ["/in/slow.dcm", "decoding took longer than 120 s (--series-timeout)"],
+    ]
+    write_worklist(tmp_path, rows[:2])
+    assert (tmp_path / QUARANTINE_NAME).read_text() == "path,reason\n", "rewritten with the worklist"
+
+
+def test_a_killed_run_leaves_no_quarantine_temporary_behind(tmp_path):
+    stale = tmp_path / f".{QUARANTINE_NAME}.abc123.tmp"
+    stale.write_text("path,reason\n/half")
+    remove_stale_temporaries(tmp_path)
+    assert not stale.exists()
 
 
 def test_journal_ignores_a_torn_last_line_and_appends_on_a_fresh_line(tmp_path):
