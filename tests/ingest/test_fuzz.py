@@ -81,8 +81,9 @@ for path in sorted(outcome):  # the decoder alone, also on files discovery refus
         direct[path] = ["error", str(error)]
     except BaseException as error:
         direct[path] = ["crash", type(error).__name__ + ": " + str(error)[:200]]
-usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"outcome": outcome, "direct": direct, "maxrss_kb": usage}}))
+# VmHWM: this process's own peak (ru_maxrss keeps the forking parent's across exec)
+peak = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(json.dumps({{"outcome": outcome, "direct": direct, "maxrss_kb": peak[0]}}))
 """
 
 
