@@ -57,7 +57,9 @@ def test_orthanc_pushes_a_study_and_its_worklist_appears(orthanc_loaded, tmp_pat
         report = store_cstore("127.0.0.1", orthanc.listener_port, LISTENER_AET, [extra], calling_aet="TESTSCU")
         assert report.ok
         assert wait_until(lambda: len(fake_triage.calls) == 2, timeout=120)
-        assert listener.studies[DX_STUDY].runs == 2 and listener.studies[DX_STUDY].received == 2
+        # a run counts once triage returns, a moment after the call is seen
+        assert wait_until(lambda: listener.studies[DX_STUDY].runs == 2, timeout=30)
+        assert listener.studies[DX_STUDY].received == 2
         assert wait_until(lambda: worklist_studies(tmp_path / "worklist.csv").count(DX_STUDY) == 2, timeout=30)
 
 
