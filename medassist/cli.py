@@ -164,15 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
         "audit", help="regenerate the model cards of the shipped models",
         description="Write model cards (Markdown, HTML, JSON, plots) for the shipped models: metrics with "
         "95%% bootstrap intervals, subgroups, calibration, operating points, and radiologists' agreement "
-        "from a review database. Without an evaluation set the fracture model is evaluated on the "
-        "FracAtlas validation split. --verify only checks the review log's hash chain.",
+        "from a review database. Without an evaluation set each model is evaluated on its own validation "
+        "split when the data is found: the fracture model on FracAtlas, the tumour model on the brain-tumour "
+        "slices (through its own slice preprocessing). --model NAME rebuilds one card only. Images and "
+        "DICOM series are scored through the model's own input path (volume models: slice preprocessing, "
+        "study aggregation). --verify only checks the review log's hash chain.",
     )
-    audit.add_argument("--model", action="append", dest="models", metavar="NAME", help="model name (repeatable)")
+    audit.add_argument("--model", action="append", dest="models", metavar="NAME",
+                       help="only this model's card (repeatable; default: every shipped model)")
     source = audit.add_mutually_exclusive_group()
     source.add_argument("--images", type=Path, metavar="DIR", help="folder of labelled images")
     source.add_argument("--dicom", type=Path, metavar="DIR", help="folder of labelled DICOM series")
     source.add_argument("--scores", type=Path, metavar="CSV", help="already-scored set: label, score, factors")
     audit.add_argument("--labels", type=Path, metavar="CSV", help="labels for --images or --dicom")
+    audit.add_argument("--data-root", type=Path, metavar="DIR",
+                       help="data folder of the model's default evaluation set (FracAtlas, brain_tumor); "
+                       "default: found from $MEDASSIST_DATA, the training config's data root, ../shared/data")
+    audit.add_argument("--limit", type=positive_int, metavar="N", help="evaluate N cases of the default set (smoke runs)")
     audit.add_argument("--review-db", type=Path, metavar="PATH", help="decisions.sqlite from the review app")
     audit.add_argument("--out", type=Path, default=Path("model_cards"), metavar="DIR", help="default: model_cards")
     audit.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -295,7 +303,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     written = run_audit(
         models=args.models, eval_images=args.images, eval_dicom=args.dicom, eval_scores=args.scores,
         eval_labels=args.labels, review_db=args.review_db, out_dir=args.out,
-        weights_dir=weights_dir_of(args), device=args.device,
+        weights_dir=weights_dir_of(args), device=args.device, data_root=args.data_root, eval_limit=args.limit,
     )
     for path in written:
         print(path)

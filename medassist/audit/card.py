@@ -77,7 +77,7 @@ def analyse(evaluation: EvalSet, threshold: float, options: AuditOptions = Audit
         m = M.binary_metrics(labels, scores, float(value))
         shipped_points.append({"name": key, "threshold": float(value),
                                **{k: M._json_float(m[k]) for k in ("sensitivity", "specificity", "ppv", "npv")}})
-    return {
+    out = {
         "threshold": float(threshold),
         "overall": overall,
         "roc": M.roc_points(labels, scores),
@@ -88,6 +88,39 @@ def analyse(evaluation: EvalSet, threshold: float, options: AuditOptions = Audit
         "subgroup_warnings": warnings,
         "label_shortcut_risks": label_shortcut_risks(evaluation),
     }
+    # Only where the evaluation set has them (a volume model's slices), so other cards keep their shape.
+    if evaluation.unit != "case":
+        out["unit"] = evaluation.unit
+    if evaluation.label_factors:
+        out["label_factors"] = list(evaluation.label_factors)
+    if evaluation.contrasts:
+        out["contrasts"] = [{"name": name, "description": text,
+                             **M.metrics_with_ci(labels[np.asarray(mask, bool)], scores[np.asarray(mask, bool)],
+                                                 threshold, **boot)}
+                            for name, (text, mask) in evaluation.contrasts.items() if np.asarray(mask, bool).any()]
+    if evaluation.type_probs is not None:
+        out["type_head"] = type_analysis(evaluation, threshold, options)
+    if evaluation.extras.get("pseudo_volumes"):
+        out["pseudo_volumes"] = evaluation.extras["pseudo_volumes"]
+    return out
+
+
+def type_analysis(evaluation: EvalSet, threshold: float, options: AuditOptions = AuditOptions()) -> dict:
+    """The secondary categorical output (tumour type) on the cases that have a type: accuracy with
+    its interval, confusion matrix and per-class recall, over all of them and over those the model
+    flags at ``threshold`` (what a reader sees in triage)."""
+    true, probs = evaluation.type_true, evaluation.type_probs
+    predicted = probs.argmax(axis=1)
+    typed = true >= 0
+    flagged = typed & (evaluation.scores >= threshold)
+    boot = options.bootstrap_kwargs()
+    return {
+        "labels": list(evaluation.type_labels),
+        "rule": "predicted type = argmax of the type probabilities",
+        "all_typed": M.categorical_accuracy_with_ci(true[typed], predicted[typed], evaluation.type_labels, **boot),
+        "flagged_typed": M.categorical_accuracy_with_ci(true[flagged], predicted[flagged], evaluation.type_labels,
+                                                        **boot),
+    }
 
 
 def label_shortcut_risks(evaluation: EvalSet, *, min_expected: float = 5.0) -> list[dict]:
@@ -95,12 +128,15 @@ def label_shortcut_risks(evaluation: EvalSet, *, min_expected: float = 5.0) -> l
 
     A level whose share of positives is >= 0.9 (<= 0.02) while the overall share lies between, and
     where at the overall share at least ``min_expected`` negatives (positives) would be expected, so
-    the imbalance is not just a small level.
+    the imbalance is not just a small level. Factors that refine the label (``label_factors``) are
+    skipped.
     """
     n = len(evaluation.labels)
     overall = float(evaluation.labels.mean()) if n else 0.0
     risks = []
     for factor, values in evaluation.factors.items():
+        if factor in evaluation.label_factors:  # a refinement of the label (tumour class), not a cue
+            continue
         values = np.asarray(values)
         for level in sorted(set(values.tolist())):
             mask = values == level
@@ -169,8 +205,13 @@ def build_card(
     options: AuditOptions = AuditOptions(),
     weights_check: str = "",
     evaluation_problem: str = "",
+    normal_volumes: dict | None = None,
 ) -> dict:
-    """The model card as one JSON-able dict (NaN already replaced by None)."""
+    """The model card as one JSON-able dict (NaN already replaced by None).
+
+    ``normal_volumes``: a volume model's report on normal volumes from other sources
+    (``tumor.evaluate_normal_volumes``), shown with the training run's pseudo-volume figures.
+    """
     narrative = narrative or {}
     intended = narrative.get("intended_use", {})
     scope, scope_out = _scope_lines(spec)
@@ -194,7 +235,7 @@ def build_card(
                 "network_args": spec.network_args,
                 "parameters": _count_parameters(spec),
                 "score_head": spec.score_head,
-                "output": "sigmoid probability of the finding per image",
+                "output": _output_text(spec),
             },
             "preprocessing": asdict(spec.preprocess),
             "threshold": spec.threshold,
@@ -268,6 +309,7 @@ def build_card(
             "human_ai_review": review,
             "review_log_integrity": review_chain_problems,
             "saliency_localisation": localisation,
+            **({"volume_level": _volume_level(spec, normal_volumes)} if spec.input_kind == "volume" else {}),
         },
         "ethical_considerations": narrative.get("ethical_considerations") or [
             "Automation bias: a flag, or its absence, can change how carefully a study is read. The model misses "
@@ -275,11 +317,37 @@ def build_card(
             "The evaluation data may not represent the population, devices and protocols where the model is used: "
             "re-audit on local labelled data before relying on these numbers.",
         ],
-        "caveats_and_recommendations": _caveats(spec, evaluation, analysis, review, localisation, narrative),
+        "caveats_and_recommendations": _caveats(spec, evaluation, analysis, review, localisation, narrative,
+                                                normal_volumes),
     }
     if evaluation and analysis and stored_val and evaluation.used_for_tuning:
         card["evaluation_data"]["consistency_with_training_run"] = _consistency(stored_val, analysis["overall"])
     return sanitise(card)
+
+
+def _output_text(spec: ModelSpec) -> str:
+    if spec.input_kind != "volume":
+        return "sigmoid probability of the finding per image"
+    rule = ((spec.validation or {}).get("inference") or {}).get("aggregation") or {}
+    return (f"sigmoid probability of the finding per slice (score head {spec.score_head}); a study's score "
+            f"aggregates its in-brain slices ({rule.get('rule', 'see the model')}"
+            + (f", {rule['extent_mm']:g} mm window" if rule.get("extent_mm") else "") + ")")
+
+
+def _volume_level(spec: ModelSpec, normal_volumes: dict | None) -> dict:
+    """What is known of a volume model at the study level: normal volumes from other sources (a
+    report file) and the training run's pseudo-volume check of the study rule."""
+    return {
+        "normal_volumes": normal_volumes,
+        "study_rule_at_training_time": (spec.validation or {}).get("study_rule_calibration"),
+    }
+
+
+def _small_warnings(analysis: dict) -> list[dict]:
+    """'Too few positives/negatives' warnings, except for factors that refine the label (a tumour
+    class has no negatives by definition)."""
+    skip = set(analysis.get("label_factors", []))
+    return [w for w in analysis["subgroup_warnings"] if w["kind"].startswith("too_few") and w["factor"] not in skip]
 
 
 def _prevalence_by_factor(evaluation: EvalSet) -> dict[str, list[dict]]:
@@ -312,7 +380,7 @@ def _consistency(stored: dict, overall: dict) -> dict:
     }
 
 
-def _caveats(spec, evaluation, analysis, review, localisation, narrative) -> list[str]:
+def _caveats(spec, evaluation, analysis, review, localisation, narrative, normal_volumes=None) -> list[str]:
     items: list[str] = []
     if evaluation is None:
         items.append("No labelled evaluation set was available when this card was generated: it carries no "
@@ -324,7 +392,7 @@ def _caveats(spec, evaluation, analysis, review, localisation, narrative) -> lis
                          "available here.")
     if analysis:
         flagged = [w for w in analysis["subgroup_warnings"] if w["kind"].startswith("low_")]
-        small = [w for w in analysis["subgroup_warnings"] if w["kind"].startswith("too_few")]
+        small = _small_warnings(analysis)
         if flagged:
             items.append("Subgroups performing below the overall estimate: "
                          + "; ".join(f"{w['factor']} = {w['level']} ({w['kind'].removeprefix('low_')})" for w in flagged)
@@ -337,6 +405,12 @@ def _caveats(spec, evaluation, analysis, review, localisation, narrative) -> lis
             items.append("Possible shortcut: " + risk["message"] + ".")
     items += narrative.get("known_shortcuts", [])
     items += narrative.get("caveats", [])
+    if analysis and analysis.get("unit") == "slice":
+        items.append("The evaluation is slice-level; the model flags studies. Slice-level sensitivity and "
+                     "specificity do not carry over to studies: read the volume-level results.")
+    if spec.input_kind == "volume" and normal_volumes is None:
+        items.append("No normal-volume report (model_cards/<model>_normal_volumes.json) was found: the study-level "
+                     "false-positive behaviour on normal brains is unmeasured in this card.")
     if localisation is None:
         items.append("No saliency localisation scores were available: saliency maps are unvalidated for this model.")
     if review is None:
@@ -461,26 +535,75 @@ def blocks(card: dict, figures: dict[str, Path]) -> list[tuple]:
     return out
 
 
+def _units(data: dict) -> str:
+    return {"slice": "slices"}.get(data.get("unit", "case"), "cases")
+
+
 def _at_a_glance(card: dict) -> list[tuple]:
-    ev = (card["quantitative_analyses"].get("evaluation") or {})
+    q = card["quantitative_analyses"]
+    ev = (q.get("evaluation") or {})
     data = card["evaluation_data"]
+    volume_lines = _volume_glance(q.get("volume_level"), (q.get("evaluation") or {}).get("pseudo_volumes"))
     if not ev:
-        return [("warn", "No labelled evaluation set: this card reports no measured performance.")]
+        out: list[tuple] = [("warn", "No labelled evaluation set: this card reports no measured performance.")]
+        return out + ([("h", 2, "At a glance"), ("ul", volume_lines)] if volume_lines else [])
     o = ev["overall"]
-    lines = [f"Evaluated on **{data['name']}**: {data['n']} cases, {data['n_positive']} positive "
+    slice_level = ev.get("unit") == "slice"
+    lines = [f"Evaluated on **{data['name']}**: {data['n']} {_units(data)}, {data['n_positive']} positive "
              f"({_pct(data['prevalence'])})."
              + (" These images were used to tune the threshold: the numbers are optimistic." if data["used_for_tuning"] else ""),
-             f"AUROC {_ci(o['auroc'], o['ci']['auroc'])}; at threshold {_f(o['threshold'])}: sensitivity "
-             f"{_ci(o['sensitivity'], o['ci']['sensitivity'])}, specificity {_ci(o['specificity'], o['ci']['specificity'])}.",
-             f"Calibration: ECE {_f(ev['calibration']['ece'])} ({ev['calibration']['n_bins']} bins)."]
+             ("**Slice level**: " if slice_level else "")
+             + f"AUROC {_ci(o['auroc'], o['ci']['auroc'])}; at threshold {_f(o['threshold'])}: sensitivity "
+             f"{_ci(o['sensitivity'], o['ci']['sensitivity'])}, "
+             f"specificity {_ci(o['specificity'], o['ci']['specificity'])}."]
+    for c in ev.get("contrasts", []):
+        lines.append(f"{'Slice level, ' if slice_level else ''}{c['name']}: AUROC {_ci(c['auroc'], c['ci']['auroc'])}, "
+                     f"sensitivity {_ci(c['sensitivity'], c['ci']['sensitivity'])}, "
+                     f"specificity {_ci(c['specificity'], c['ci']['specificity'])}.")
+    t = (ev.get("type_head") or {}).get("all_typed")
+    if t and t["n"]:
+        lines.append(f"Type (secondary output): accuracy {_ci(t['accuracy'], t['ci'])} on {t['n']} positive "
+                     f"{_units(data)}.")
+    lines.append(f"Calibration: ECE {_f(ev['calibration']['ece'])} ({ev['calibration']['n_bins']} bins).")
     n_low = sum(w["kind"].startswith("low_") for w in ev["subgroup_warnings"])
-    n_small = len({(w["factor"], w["level"]) for w in ev["subgroup_warnings"] if w["kind"].startswith("too_few")})
+    n_small = len({(w["factor"], w["level"]) for w in _small_warnings(ev)})
     lines.append(f"Subgroup warnings: {n_low} below the overall estimate, {n_small} subgroup(s) too small.")
-    out: list[tuple] = [("h", 2, "At a glance"), ("ul", lines)]
+    lines += volume_lines
+    out = [("h", 2, "At a glance"), ("ul", lines)]
+    if slice_level:
+        out.append(("warn", "These are slice-level numbers; the model flags studies. Tumour-vs-normal discrimination "
+                            "across data sources is easy on this data and says little: the same-source contrast and "
+                            "the volume-level results (normal volumes) matter more."))
     if data["used_for_tuning"]:
         out.append(("warn", "Evaluation set = the validation split used for tuning the threshold; "
                             "an independent hold-out set was not available."))
     return out
+
+
+def _volume_glance(volume_level: dict | None, pseudo: dict | None = None) -> list[str]:
+    if not volume_level:
+        return []
+    nv = volume_level.get("normal_volumes")
+    if not nv:
+        lines = ["**Volume level**: no normal-volume report: study-level false positives on normal brains unmeasured."]
+    else:
+        runs = [(name, variant, r) for name, variants in nv.get("volumes", {}).items()
+                for variant, r in variants.items() if isinstance(r, dict) and "flagged" in r]
+        flagged = sum(bool(r["flagged"]) for _, _, r in runs)
+        lines = [f"**Volume level**: {flagged} of {len(runs)} normal volumes (and variants) from other sources "
+                 f"flagged ({len(nv.get('volumes', {}))} brains, study rule at the shipped threshold); no labelled "
+                 "tumour volumes were available, so study-level sensitivity is unmeasured."]
+    pseudo = pseudo or volume_level.get("study_rule_at_training_time")
+    positives = (pseudo or {}).get("positives", {})
+    if positives:
+        lines.append("Pseudo-volumes (a run of up to 8 tumour slices with N normal validation slices around it): "
+                     + ", ".join(f"{_pct(r['flagged'])} flagged with "
+                                 f"{key.removeprefix('run_plus_').removesuffix('_normal_slices')} normal slices"
+                                 for key, r in positives.items())
+                     + (": the study rule that keeps normal volumes clear also misses short tumour runs in long series."
+                        if min((r["flagged"] for r in positives.values() if r["flagged"] is not None), default=1) < 0.5
+                        else "."))
+    return lines
 
 
 def _evaluation_data_blocks(data: dict) -> list[tuple]:
@@ -488,7 +611,7 @@ def _evaluation_data_blocks(data: dict) -> list[tuple]:
     if not data.get("name"):
         return out + [("p", f"Not available: {data.get('reason', '')}.")]
     out.append(("p", data["description"]))
-    out.append(("table", ["Cases", "Positive", "Negative", "Prevalence", "Used for tuning"],
+    out.append(("table", [_units(data).capitalize(), "Positive", "Negative", "Prevalence", "Used for tuning"],
                 [[data["n"], data["n_positive"], data["n_negative"], _pct(data["prevalence"]),
                   "yes" if data["used_for_tuning"] else "no"]]))
     for factor, rows in data.get("prevalence_by_factor", {}).items():
@@ -543,6 +666,10 @@ def _quantitative_blocks(q: dict, figures: dict[str, Path]) -> list[tuple]:
         out.append(("table", ["Set", *METRIC_HEADERS], [_metric_row("all", o)]))
         out.append(("p", f"Confusion counts at threshold {_f(o['threshold'], 6)}: TP {o['tp']}, FP {o['fp']}, "
                          f"TN {o['tn']}, FN {o['fn']}."))
+        if ev.get("unit") == "slice":
+            out.append(("p", "Unit of analysis: one **slice**. Every number in this section is slice-level; the "
+                             "model's clinical output is a study score (see *Volume level*)."))
+        out += _contrast_blocks(ev.get("contrasts"))
         if "roc" in figures:
             out.append(("fig", "roc", "ROC curve; the red point is the shipped threshold with its intervals."))
         c = ev["calibration"]
@@ -578,11 +705,100 @@ def _quantitative_blocks(q: dict, figures: dict[str, Path]) -> list[tuple]:
             out.append(("warn", f"{w['factor']} = {w['level']}: {w['message']}."))
         if not low and ev["subgroups"]:
             out.append(("p", "No subgroup's interval lies entirely below the overall sensitivity or specificity."))
+        out += _type_blocks(ev.get("type_head"))
     else:
         out.append(("p", "No evaluation set: no performance analyses."))
+    if "volume_level" in q:
+        out += _volume_blocks(q["volume_level"], (ev or {}).get("pseudo_volumes"))
     out += _review_blocks(q.get("human_ai_review"), q.get("review_log_integrity"))
     out += _localisation_blocks(q.get("saliency_localisation"))
     return out
+
+
+def _contrast_blocks(contrasts: list[dict] | None) -> list[tuple]:
+    if not contrasts:
+        return []
+    out: list[tuple] = [("h", 3, "Positives against each kind of negative")]
+    out.append(("table", ["Contrast", *METRIC_HEADERS], [_metric_row(c["name"], c) for c in contrasts]))
+    out.append(("ul", [f"**{c['name']}**: {c['description']}." for c in contrasts]))
+    return out
+
+
+def _type_blocks(t: dict | None) -> list[tuple]:
+    if not t:
+        return []
+    out: list[tuple] = [("h", 3, "Type (secondary output)")]
+    out.append(("p", f"Among the positive cases, the type with the highest probability ({t['rule']}) against the "
+                     "true type; intervals as above (bootstrap over cases)."))
+    rows = [[label, r["n"], r["n_correct"], _ci(r["accuracy"], r["ci"])]
+            for label, r in (("all positive cases", t["all_typed"]), ("positive cases flagged at the threshold",
+                                                                        t["flagged_typed"]))]
+    out.append(("table", ["Cases", "Number", "Correct", "Accuracy"], rows))
+    a = t["all_typed"]
+    out.append(("p", "Confusion matrix, all positive cases (rows: true type, columns: predicted):"))
+    out.append(("table", ["True type", *a["labels"], "Recall"],
+                [[label, *row, _f(pc["recall"])] for label, row, pc in zip(a["labels"], a["confusion_rows_true"],
+                                                                           a["per_class"])]
+                + [["Precision", *(_f(pc["precision"]) for pc in a["per_class"]), ""]]))
+    return out
+
+
+def _volume_blocks(v: dict, pseudo_here: dict | None) -> list[tuple]:
+    out: list[tuple] = [("h", 3, "Volume level")]
+    out.append(("p", "The model scores a study slice by slice and flags it by the study rule. No labelled tumour "
+                     "volumes were available, so study-level sensitivity is not measured; what is measured: normal "
+                     "brains from other sources (false positives) and pseudo-volumes assembled from validation "
+                     "slices."))
+    nv = v.get("normal_volumes")
+    out.append(("h", 4, "Normal volumes from other sources"))
+    if not nv:
+        out.append(("p", "No normal-volume report (`model_cards/<model>_normal_volumes.json`) was found."))
+    else:
+        rows = [[name, variant, r.get("plane", ""), _f(r.get("spacing_mm"), 1),
+                 f"{r.get('n_in_brain')} / {r.get('n_slices')}", _pct(r.get("fraction_slices_flagged")), _f(r.get("max_slice_score")), _f(r.get("study_score")),
+                 "yes" if r.get("flagged") else "no"]
+                for name, variants in nv.get("volumes", {}).items() for variant, r in variants.items()
+                if isinstance(r, dict) and "flagged" in r]
+        out.append(("p", f"From `{nv.get('source', '')}` (model {nv.get('model')} {nv.get('version')}, threshold "
+                         f"{_f(nv.get('threshold'))}): each brain as given, resampled to thick slices, and "
+                         f"skull-stripped. All clear (no volume flagged): {_f(nv.get('all_clear'))}."))
+        out.append(("table", ["Volume", "Variant", "Plane", "Spacing (mm)", "Slices in brain / all",
+                              "In-brain slices >= threshold", "Max slice score", "Study score", "Flagged"], rows))
+        if nv.get("mismatch"):
+            out.append(("warn", nv["mismatch"]))
+    recorded = v.get("study_rule_at_training_time")
+    tables = [("Pseudo-volumes from the slice scores above", pseudo_here)]
+    if recorded and _pseudo_rates(recorded) != _pseudo_rates(pseudo_here):
+        tables.append(("Pseudo-volumes at training time (recorded by the training run)", recorded))
+    for title, pv in tables:
+        if not pv:
+            continue
+        out.append(("h", 4, title))
+        out.append(("p", "Negatives: N negative slices drawn at random (300 draws each), share of pseudo-volumes "
+                         "flagged by the shipped study rule, by its window alone, and by the plain maximum; threshold "
+                         f"{_f(pv.get('threshold'))}, {_f(pv.get('extent_mm'), 0)} mm window. Positives: runs of up to "
+                         "8 consecutive tumour slices of one class (about one patient, taken as 7 mm apart) alone and "
+                         "with normal slices drawn around them: the share flagged is a rough stand-in for study-level "
+                         "sensitivity, which no labelled volumes could measure here."))
+        rows = [[key.split("_")[0].lstrip("n"), key.split("_")[1], _pct(r["shipped_rule"]), _pct(r["window_only"]),
+                 _pct(r["max_rule"])] for key, r in pv.get("negatives", {}).items()]
+        out.append(("table", ["Negative slices", "Spacing", "Flagged (shipped rule)", "Flagged (window only)",
+                              "Flagged (plain max)"], rows))
+        out.append(("table", ["Positive pseudo-volume", "Runs", "Flagged"],
+                    [[key.replace("_", " "), r["n_runs"], _pct(r["flagged"])]
+                     for key, r in pv.get("positives", {}).items()]))
+        if title.startswith("Pseudo-volumes from") and recorded and len(tables) == 1:
+            out.append(("p", "The training run recorded the same shares on its cached inputs "
+                             "(`study_rule_calibration` in the model spec)."))
+    return out
+
+
+def _pseudo_rates(pv: dict | None) -> tuple:
+    """The flagged shares of a pseudo-volume report, for comparing two of them."""
+    if not pv:
+        return ()
+    return (tuple(sorted((k, tuple(sorted(r.items()))) for k, r in pv.get("negatives", {}).items())),
+            tuple(sorted((k, r.get("flagged")) for k, r in pv.get("positives", {}).items())))
 
 
 def _review_blocks(review: dict | None, chain: list[str] | None) -> list[tuple]:
@@ -635,14 +851,47 @@ def _localisation_blocks(loc: dict | None) -> list[tuple]:
                          + ", ".join(f"{k} {v}" for k, v in data.items() if isinstance(v, (int, float)) and k != "limit")
                          + "."))
     rows = []
+    in_support = any("baseline_random_peak_in_support" in (m.get("pointing_game") or {}) for m in methods.values())
     for name, m in methods.items():
         pg, ei = m.get("pointing_game", {}), m.get("energy_inside", {})
         rows.append([name, m.get("n_images"), _ci(pg.get("hit_rate"), pg.get("ci95")), _f(pg.get("baseline_random_peak")),
+                     *([_f(pg.get("baseline_random_peak_in_support"))] if in_support else []),
                      _f(pg.get("baseline_centre_peak")), _ci(ei.get("mean"), ei.get("ci95")),
-                     _f(ei.get("baseline_uniform_map"))])
+                     _f(ei.get("baseline_uniform_map")),
+                     *([_f(ei.get("baseline_uniform_map_in_support"))] if in_support else [])])
     if rows:
-        out.append(("table", ["Method", "Images", "Pointing-game hit rate", "Random-peak baseline", "Centre-peak baseline",
-                              "Energy inside", "Uniform-map baseline"], rows))
+        out.append(("table", ["Method", "Images", "Pointing-game hit rate", "Random-peak baseline",
+                              *(["Random peak in map support"] if in_support else []), "Centre-peak baseline",
+                              "Energy inside", "Uniform-map baseline",
+                              *(["Uniform map in support"] if in_support else [])],
+                    rows))
+    group_rows = [[name, group, g.get("n_images"), _ci((g.get("pointing_game") or {}).get("hit_rate"),
+                                                        (g.get("pointing_game") or {}).get("ci95")),
+                   _f((g.get("pointing_game") or {}).get("baseline_centre_peak")),
+                   _f((g.get("pointing_game") or {}).get("baseline_random_peak_in_support",
+                                                         (g.get("pointing_game") or {}).get("baseline_random_peak"))),
+                   _ci((g.get("energy_inside") or {}).get("mean"), (g.get("energy_inside") or {}).get("ci95"))]
+                  for name, m in methods.items() for group, g in (m.get("by_group") or {}).items()]
+    if group_rows:
+        out.append(("p", "By group (tumour type):"))
+        out.append(("table", ["Method", "Group", "Images", "Pointing-game hit rate", "Centre-peak baseline",
+                              "Random-peak baseline" + (" in support" if in_support else ""), "Energy inside"],
+                    group_rows))
+    subsets = [f"{name}: the first {m['limited_to_first']} of the images"
+               + (f", options {json.dumps(m['options'])}" if m.get("options") else "")
+               + (f" ({_f(m.get('seconds_per_image'), 1)} s per image)"
+                  if m.get("seconds_per_image") is not None else "")
+               for name, m in methods.items() if m.get("limited_to_first") is not None]
+    if subsets:
+        out.append(("p", "Method subsets (slow methods): " + "; ".join(subsets) + "."))
+    if data.get("order"):
+        out.append(("p", f"Image order: {data['order']}."))
+    sanity = loc.get("sanity_randomisation") or {}
+    if (sanity.get("signed") or {}).get("n"):
+        out.append(("p", f"Model-randomisation sanity check ({sanity.get('method', 'gradcam')}, {sanity.get('images')} "
+                         f"images): mean Spearman correlation between the trained and re-initialised models' maps "
+                         f"{_f(sanity['signed'].get('mean'))} (signed maps); low means the maps depend on what the "
+                         "model learned."))
     for key, text in (loc.get("metrics") or {}).items():
         out.append(("p", f"**{key}**: {text}."))
     if loc.get("weights_mismatch"):

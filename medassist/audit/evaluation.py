@@ -6,12 +6,16 @@ Four sources, one result type (``EvalSet``):
 - a DICOM folder + a labels CSV keyed by ``series_uid``: sex, age band and manufacturer come from
   the headers, any other CSV columns are factors too;
 - the FracAtlas validation split (the default for the fracture model);
+- the brain-tumour validation split (the default for the tumour model): slices, with the tumour
+  type, the data source and the same-source mirror negatives training validated on;
 - a CSV of scores already computed (``label``, ``score``, factor columns), e.g. a triage worklist
   joined with labels.
 
-Scoring follows the inference path: image files go through ``prepare_2d(image, spec.preprocess)``
-and ``LoadedModel.scores``; DICOM series through triage's input kind for the model (the same
-``prepare``/``aggregate`` the worklist scores come from).
+Scoring follows the model's own inference path, chosen in one place (``input_path``, by
+``spec.input_kind``): for radiograph models image files go through ``prepare_2d`` and DICOM series
+through triage's input kind; for volume models (brain MRI) an image file is one slice through
+``tumor.prepare_slice`` and a DICOM series is scored as triage scores it (``tumor.score_volume``:
+slice by slice, aggregated to a study score).
 """
 
 from __future__ import annotations
@@ -46,6 +50,15 @@ class EvalSet:
 
     ``used_for_tuning``: the model's threshold (or other choices) were made on these cases, so the
     metrics are optimistic; the card says so.
+
+    ``unit``: what one case is ("case": an image or a study; "slice": one slice of a volume model,
+    whose clinical unit is the study). ``label_factors``: factors that refine the label (tumour
+    class) rather than describe the case: not label shortcuts. ``contrasts``: named subsets
+    (name -> (description, boolean mask)) analysed on their own, e.g. positives against one kind of
+    negative. ``type_labels``/``type_true``/``type_probs``: a secondary categorical output (tumour
+    type): the true class index per case (-1 where it does not apply) and the predicted
+    probabilities (n, k). ``extras``: further JSON-able analyses made with the set (tumour:
+    ``pseudo_volumes``, the study rule on pseudo-volumes of these slices).
     """
 
     name: str
@@ -57,15 +70,31 @@ class EvalSet:
     source: str = ""
     used_for_tuning: bool = False
     notes: list[str] = field(default_factory=list)
+    unit: str = "case"
+    label_factors: tuple[str, ...] = ()
+    contrasts: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+    type_labels: tuple[str, ...] = ()
+    type_true: np.ndarray | None = None
+    type_probs: np.ndarray | None = None
+    extras: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels).astype(int)
         self.scores = np.asarray(self.scores, dtype=float)
-        if not (len(self.ids) == len(self.labels) == len(self.scores)):
+        n = len(self.labels)
+        if not (len(self.ids) == n == len(self.scores)):
             raise ValueError("ids, labels and scores differ in length")
         for name, values in self.factors.items():
-            if len(values) != len(self.labels):
-                raise ValueError(f"factor {name!r} has {len(values)} values for {len(self.labels)} cases")
+            if len(values) != n:
+                raise ValueError(f"factor {name!r} has {len(values)} values for {n} cases")
+        for name, (_, mask) in self.contrasts.items():
+            if np.asarray(mask).shape != (n,):
+                raise ValueError(f"contrast {name!r} has a mask of shape {np.shape(mask)} for {n} cases")
+        if self.type_probs is not None:
+            self.type_true = np.asarray(self.type_true).astype(int)
+            self.type_probs = np.asarray(self.type_probs, dtype=float)
+            if self.type_true.shape != (n,) or self.type_probs.shape != (n, len(self.type_labels)):
+                raise ValueError("type_true / type_probs do not match the cases and type_labels")
 
     def summary(self) -> dict:
         """JSON-able description (no per-case identifiers)."""
@@ -79,6 +108,7 @@ class EvalSet:
             "n_negative": n - n_pos,
             "prevalence": n_pos / n if n else None,
             "used_for_tuning": self.used_for_tuning,
+            "unit": self.unit,
             "factors": {k: _level_counts(v) for k, v in self.factors.items()},
             "notes": list(self.notes),
         }
@@ -172,12 +202,13 @@ def _csv_factors(rows: list[dict], header: list[str]) -> dict[str, list[str]]:
 # --- scoring -------------------------------------------------------------------------------------
 
 
-Prepared = tuple  # (inputs (k, 1, S, S) tensor, aggregate(scores (k,)) -> float)
+Prepared = tuple  # (inputs (k, 1, S, S) tensor, aggregate(scores (k,)) -> float), or a float score
 
 
-def score_cases(model, preparers: Sequence[Callable[[], Prepared]], *, batch_size: int = 16
+def score_cases(model, preparers: Sequence[Callable[[], Prepared | float]], *, batch_size: int = 16
                 ) -> tuple[np.ndarray, list[str]]:
-    """One score per case: each preparer gives its network inputs and how to combine their scores.
+    """One score per case: each preparer gives its network inputs and how to combine their scores,
+    or (a case its model's input path scores by itself, as a volume) the score.
 
     Inputs of several cases are scored together, ``batch_size`` at a time. A case that cannot be
     read or prepared (MedassistError, ValueError) gets a NaN score and its message is returned.
@@ -190,10 +221,15 @@ def score_cases(model, preparers: Sequence[Callable[[], Prepared]], *, batch_siz
         prepared: list[tuple[int, object, Callable]] = []
         for i in range(start, min(start + batch_size, len(preparers))):
             try:
-                inputs, aggregate = preparers[i]()
-                prepared.append((i, inputs, aggregate))
+                result = preparers[i]()
             except (MedassistError, ValueError) as exc:
                 errors.append(str(exc))
+                continue
+            if isinstance(result, (float, int)):
+                scores[i] = float(result)
+            else:
+                inputs, aggregate = result
+                prepared.append((i, inputs, aggregate))
         if prepared:
             out = torch.cat([model.scores(chunk) for chunk in torch.cat([p[1] for p in prepared]).split(batch_size)])
             offset = 0
@@ -204,30 +240,75 @@ def score_cases(model, preparers: Sequence[Callable[[], Prepared]], *, batch_siz
     return scores, errors
 
 
-def _image_file_case(path: Path, spec: ModelSpec) -> Callable[[], Prepared]:
-    """An image file (JPEG/PNG) as inference reads it: grey 0..1 -> prepare_2d -> one input."""
+class RadiographPath:
+    """Radiograph models (``input_kind`` "image2d"): one input per image or series."""
 
-    def prepare() -> Prepared:
-        from medassist.ingest.images import load_jpeg_grayscale
-        from medassist.preprocess.transforms import prepare_2d
+    name = "image2d"
+    unit = "case"
 
-        image = load_jpeg_grayscale(path).astype(np.float32) / 255.0
-        return prepare_2d(image, spec.preprocess)[0][None], lambda s: s[0]
+    def image_case(self, path: Path, spec: ModelSpec, model_loader) -> Callable[[], Prepared]:
+        """An image file (JPEG/PNG) as inference reads it: grey 0..1 -> prepare_2d -> one input."""
 
-    return prepare
+        def prepare() -> Prepared:
+            from medassist.ingest.images import load_jpeg_grayscale
+            from medassist.preprocess.transforms import prepare_2d
+
+            image = load_jpeg_grayscale(path).astype(np.float32) / 255.0
+            return prepare_2d(image, spec.preprocess)[0][None], lambda s: s[0]
+
+        return prepare
+
+    def series_case(self, series, spec: ModelSpec, model_loader) -> Callable[[], Prepared]:
+        """A DICOM series prepared exactly as triage prepares it for this model (its input kind)."""
+
+        def prepare() -> Prepared:
+            from medassist.triage.inputs import kind_of
+
+            kind = kind_of(spec)
+            inputs, slices = kind.prepare(series.load(), spec)
+            return inputs, lambda s: kind.aggregate(s, slices)[0]
+
+        return prepare
 
 
-def _series_case(series, spec: ModelSpec) -> Callable[[], Prepared]:
-    """A DICOM series prepared exactly as triage prepares it for this model (its input kind)."""
+class VolumePath:
+    """Volume models (``input_kind`` "volume", brain MRI): an image file is one slice, prepared by
+    ``tumor.prepare_slice`` (head mask, crop, letterbox); a series is scored by
+    ``tumor.score_volume`` (in-brain slices, study aggregation), as triage scores it."""
 
-    def prepare() -> Prepared:
-        from medassist.triage.inputs import kind_of
+    name = "volume"
+    unit = "slice"
 
-        kind = kind_of(spec)
-        inputs, slices = kind.prepare(series.load(), spec)
-        return inputs, lambda s: kind.aggregate(s, slices)[0]
+    def image_case(self, path: Path, spec: ModelSpec, model_loader) -> Callable[[], Prepared]:
+        def prepare() -> Prepared:
+            from medassist.ingest.images import load_jpeg_grayscale
+            from medassist.models.tumor import prepare_slice
 
-    return prepare
+            image = load_jpeg_grayscale(path).astype(np.float32) / 255.0
+            return prepare_slice(image, spec.preprocess)[0][None], lambda s: s[0]
+
+        return prepare
+
+    def series_case(self, series, spec: ModelSpec, model_loader) -> Callable[[], float]:
+        def score() -> float:
+            from medassist.models.tumor import score_volume
+
+            model = model_loader()
+            return float(score_volume(model.network, spec, series.load())["score"])
+
+        return score
+
+
+INPUT_PATHS = {"image2d": RadiographPath(), "volume": VolumePath()}
+
+
+def input_path(spec: ModelSpec) -> RadiographPath | VolumePath:
+    """How this model reads an image file or a series (the one place the audit dispatches on
+    ``spec.input_kind``)."""
+    kind = getattr(spec, "input_kind", "image2d") or "image2d"
+    if kind not in INPUT_PATHS:
+        raise MedassistError(f"model {spec.name}: unknown input kind {kind!r}; known: {sorted(INPUT_PATHS)}")
+    return INPUT_PATHS[kind]
 
 
 def _drop_unscored(rows: list, scores: np.ndarray, errors: list[str], notes: list[str]) -> tuple[list, np.ndarray]:
@@ -281,13 +362,20 @@ def eval_from_images(spec: ModelSpec, model_loader, images_dir: str | Path, labe
     rows = [rows[i] for i in kept]
     labels = [parse_label(r["label"], spec, where=f"{labels_csv} ({r[column]})") for r in rows]
     notes = [f"{len(missing)} labelled image(s) were not found and are left out"] if missing else []
-    scores, errors = score_cases(model_loader(), [_image_file_case(p, spec) for p in paths], batch_size=batch_size)
+    path_kind = input_path(spec)
+    if path_kind.unit == "slice":
+        notes.append(f"Model {spec.name} reads volumes: each image file is scored as one slice "
+                     "(tumor.prepare_slice), without the study aggregation triage applies to a series.")
+    scores, errors = score_cases(model_loader(), [path_kind.image_case(p, spec, model_loader) for p in paths],
+                                 batch_size=batch_size)
+    ok = np.isfinite(scores)
     rows, scores = _drop_unscored(rows, scores, errors, notes)
+    labels = [v for v, keep in zip(labels, ok) if keep]
     return EvalSet(
         name=f"images in {images_dir.name}",
         description=f"{len(rows)} labelled image files from {images_dir} (labels: {Path(labels_csv).name})",
         ids=[r[column] for r in rows], labels=np.array(labels), scores=scores,
-        factors=_csv_factors(rows, header), source=str(images_dir), notes=notes,
+        factors=_csv_factors(rows, header), source=str(images_dir), notes=notes, unit=path_kind.unit,
     )
 
 
@@ -318,7 +406,7 @@ def eval_from_dicom(spec: ModelSpec, model_loader, dicom_dir: str | Path, labels
             out_of_scope += 1
             continue
         kept_rows.append(row)
-        loaders.append(_series_case(s, spec))
+        loaders.append(input_path(spec).series_case(s, spec, model_loader))
         header_factors["sex"].append(_factor_value("sex", s.sex))
         header_factors["age_band"].append(age_band(s.age))
         header_factors["manufacturer"].append(s.manufacturer.strip() or "unknown")
@@ -428,7 +516,8 @@ def eval_from_fracatlas(spec: ModelSpec, model_loader, root: str | Path, *, batc
         records = records[:limit]
     if not records:
         raise MedassistError(f"{root}: no FracAtlas validation images found")
-    scores, errors = score_cases(model_loader(), [_image_file_case(r.path, spec) for r in records],
+    scores, errors = score_cases(model_loader(), [input_path(spec).image_case(r.path, spec, model_loader)
+                                                  for r in records],
                                  batch_size=batch_size)
     records, scores = _drop_unscored(records, scores, errors, notes)
     return EvalSet(
@@ -453,6 +542,232 @@ def eval_from_fracatlas(spec: ModelSpec, model_loader, root: str | Path, *, batc
             "so the metrics at that threshold are optimistic. An independent hold-out set is not available here.",
             "The split is by contiguous blocks of image ids, a proxy for patients: FracAtlas has no patient "
             "identifiers, so images of one patient may still fall on both sides of a block boundary.",
+            *notes,
+        ],
+    )
+
+
+# --- brain-tumour validation split (the tumour model's default) -----------------------------------
+
+BRAIN_TUMOR_SPLIT_DEFAULTS = {"block_size": 100, "n_folds": 5, "val_fold": 1}
+BRAIN_TUMOR_SOURCES = {"glioma": "figshare", "meningioma": "figshare", "pituitary": "figshare", "no_tumor": "Br35H"}
+MIRROR_CLASS = "mirror_negative"
+CONTRAST_OTHER_SOURCE = "tumour vs Br35H (other source)"
+CONTRAST_SAME_SOURCE = "tumour vs mirror negatives (same source)"
+
+
+def brain_tumor_split(spec: ModelSpec) -> dict:
+    """The block split of the shipped weights: as recorded by their training run
+    (``spec.validation["split"]``), else the training config's, else the defaults."""
+    split = dict(BRAIN_TUMOR_SPLIT_DEFAULTS)
+    for source in (training_config(spec).get("data", {}), (spec.validation or {}).get("split", {})):
+        split.update({k: int(v) for k, v in (source or {}).items() if k in BRAIN_TUMOR_SPLIT_DEFAULTS})
+    return split
+
+
+def _is_brain_tumor_root(path: Path) -> bool:
+    return all((path / folder).is_dir() for folder in BRAIN_TUMOR_SOURCES)
+
+
+def find_brain_tumor(spec: ModelSpec | None = None) -> Path | None:
+    """The brain-tumour folder (glioma/, meningioma/, pituitary/, no_tumor/): $MEDASSIST_DATA/brain_tumor,
+    the training config's data root (relative to the repository), the shared data."""
+    candidates = []
+    if os.environ.get("MEDASSIST_DATA"):
+        candidates.append(Path(os.environ["MEDASSIST_DATA"]) / "brain_tumor")
+    if spec is not None:
+        root = training_config(spec).get("data", {}).get("root")
+        if root:
+            candidates.append(Path(root) if Path(root).is_absolute() else REPO_ROOT / root)
+    candidates += [Path("/work/shared/data/brain_tumor"), REPO_ROOT.parent / "shared" / "data" / "brain_tumor"]
+    return next((c.resolve() for c in candidates if _is_brain_tumor_root(c)), None)
+
+
+def is_brain_tumor_model(spec: ModelSpec) -> bool:
+    """Whether the model was trained on the brain-tumour slices (their validation split is the default)."""
+    config = training_config(spec)
+    return (spec.finding == "brain_tumor" or config.get("task") == "tumor"
+            or "brain_tumor" in str(config.get("data", {})))
+
+
+def interleave_by_class(records: Sequence) -> list:
+    """Records in round-robin order over the class folders (each folder by file number), so that
+    any prefix holds every class in about equal numbers."""
+    by_folder: dict[str, list] = {}
+    for rec in sorted(records, key=lambda r: r.number):
+        by_folder.setdefault(rec.folder, []).append(rec)
+    queues = [by_folder[f] for f in sorted(by_folder)]
+    out = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        out += [q[i] for q in queues if i < len(q)]
+    return out
+
+
+def slice_outputs(model, inputs, n_types: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Presence probabilities (the spec's score head, as ``LoadedModel.scores``) and type
+    probabilities (softmax of logits 1..n_types; None when the network has no type outputs) for
+    (N, 1, S, S) network inputs, in one forward pass."""
+    import torch
+
+    with torch.no_grad():
+        logits, cells = model.network.forward_all(inputs.to(model.device).float())
+    image_p = torch.sigmoid(logits[:, 0].float())
+    cell_p = torch.sigmoid(cells.amax(dim=(1, 2, 3)).float())
+    presence = {"image": image_p, "cell_max": cell_p, "mean": (image_p + cell_p) / 2}[model.spec.score_head]
+    types = None
+    if n_types and logits.shape[1] >= 1 + n_types:
+        types = torch.softmax(logits[:, 1 : 1 + n_types].float(), dim=1).cpu().numpy()
+    return presence.cpu().numpy().astype(float), types
+
+
+def _as_u8(tensor) -> np.ndarray:
+    """A (1, S, S) 0..1 input as the training cache stores it (uint8)."""
+    return np.clip(tensor[0].numpy() * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def eval_from_brain_tumor(spec: ModelSpec, model_loader, root: str | Path, *, batch_size: int = 16,
+                          limit: int | None = None, mirror_negatives: bool = True) -> EvalSet:
+    """The brain-tumour validation split of the shipped weights, slice by slice, through the model's
+    own slice preprocessing (``tumor.prepare_slice``: head mask, crop, letterbox).
+
+    Cases: every validation slice (figshare tumour slices, Br35H slices without tumour) and, with
+    ``mirror_negatives``, the same-source negatives the training run validated on: each validation
+    tumour slice's network input with the tumour replaced by the mirrored other side of the head
+    (``tumor.mirror_negative``, where it can be made). Factors: ``class`` and ``source``. Also the
+    type probabilities (secondary output), two contrasts (tumour slices against each kind of
+    negative) and the study rule on pseudo-volumes made of these slices. ``limit`` takes that many
+    slices in class-interleaved order (smoke runs).
+    """
+    import torch
+
+    from medassist.ingest.images import load_jpeg_grayscale
+    from medassist.models import tumor
+    from medassist.preprocess import volume as vol
+
+    root = Path(root)
+    if not _is_brain_tumor_root(root):
+        raise MedassistError(f"{root}: not a brain-tumour data folder (needs {', '.join(BRAIN_TUMOR_SOURCES)}/)")
+    split = brain_tumor_split(spec)
+    records = [r for r in tumor.read_records(root) if tumor.split_of(r.number, **split) == "val"]
+    if not records:
+        raise MedassistError(f"{root}: no brain-tumour validation slices found")
+    notes: list[str] = []
+    if limit is not None and limit < len(records):
+        notes.append(f"Limited to {limit} of {len(records)} validation slices, taken in turn from each class "
+                     "(a smoke run): not representative of the split.")
+        records = sorted(interleave_by_class(records)[:limit], key=lambda r: r.number)
+    model = model_loader()
+    type_labels = tuple(tumor.inference_settings(spec)["type_labels"])
+    ids, labels, scores, classes, numbers, type_true, type_probs, errors = [], [], [], [], [], [], [], []
+    mirrors: list[tuple] = []  # (record, uint8 input)
+    for start in range(0, len(records), batch_size):
+        tensors, kept = [], []
+        for rec in records[start : start + batch_size]:
+            try:
+                gray = load_jpeg_grayscale(rec.path).astype(np.float32) / 255.0
+                tensor, frame = tumor.prepare_slice(gray, spec.preprocess)
+            except (MedassistError, ValueError) as exc:
+                errors.append(str(exc))
+                continue
+            tensors.append(tensor)
+            kept.append(rec)
+            if mirror_negatives and rec.box is not None:
+                negative = tumor.mirror_negative(_as_u8(tensor), tumor.box_mask(rec.box, gray.shape, frame))
+                if negative is not None:
+                    mirrors.append((rec, negative))
+        if not kept:
+            continue
+        presence, types = slice_outputs(model, torch.stack(tensors), len(type_labels))
+        for k, rec in enumerate(kept):
+            ids.append(f"{rec.folder}/{rec.number}")
+            labels.append(rec.tumour)
+            scores.append(float(presence[k]))
+            classes.append(rec.folder)
+            numbers.append(rec.number)
+            type_true.append(rec.type_index)
+            type_probs.append(types[k] if types is not None else None)
+        log.info("audit: scored %d/%d brain MRI slices", min(start + batch_size, len(records)), len(records))
+    if errors:
+        notes.append(f"{len(errors)} slice(s) could not be read and are left out (first: {errors[0]})")
+    if not ids:
+        raise MedassistError(f"{root}: no validation slice could be scored ({errors[0] if errors else 'none found'})")
+    n_real = len(ids)
+    for start in range(0, len(mirrors), batch_size):
+        chunk = mirrors[start : start + batch_size]
+        x = torch.from_numpy(np.stack([m for _, m in chunk])).float().div_(255.0)[:, None]
+        presence, types = slice_outputs(model, x, len(type_labels))
+        for k, (rec, _) in enumerate(chunk):
+            ids.append(f"{MIRROR_CLASS}/{rec.folder}/{rec.number}")
+            labels.append(0)
+            scores.append(float(presence[k]))
+            classes.append(MIRROR_CLASS)
+            numbers.append(rec.number)
+            type_true.append(-1)
+            type_probs.append(types[k] if types is not None else None)
+
+    labels_a, scores_a, classes_a = np.array(labels), np.array(scores), np.array(classes)
+    sources = [BRAIN_TUMOR_SOURCES.get(c, "figshare") for c in classes]  # mirror negatives: figshare slices
+    n_tumour, n_br35h, n_mirror = int(labels_a.sum()), int((classes_a == "no_tumor").sum()), len(ids) - n_real
+    contrasts: dict[str, tuple[str, np.ndarray]] = {}
+    if n_tumour and n_br35h:
+        contrasts[CONTRAST_OTHER_SOURCE] = (
+            "real slices only: figshare tumour slices against Br35H slices without tumour. Here the source "
+            "determines the label, so this separation can come from source cues (sequence, slice level, "
+            "framing, compression) as much as from the tumour", classes_a != MIRROR_CLASS)
+    if n_tumour and n_mirror:
+        contrasts[CONTRAST_SAME_SOURCE] = (
+            "figshare tumour slices against their own mirror negatives (same patients, sequence and level, "
+            "tumour erased; synthetic): the comparison the source cannot explain",
+            np.array([s == "figshare" for s in sources]))
+    has_types = all(p is not None for p in type_probs)
+
+    extras: dict = {}
+    settings = tumor.inference_settings(spec)
+    if n_tumour and (labels_a == 0).any():
+        null = settings.get("null_logit")
+        extras["pseudo_volumes"] = tumor.pseudo_volume_calibration(
+            scores_a, labels_a, np.array(numbers), classes_a, float(spec.threshold),
+            float(settings["aggregation"]["extent_mm"]),
+            vol.NullModel(null["mean"], null["std"]) if null else None, seed=0)
+        extras["pseudo_volumes"]["rule"] = settings["aggregation"].get("rule")
+
+    description = (
+        f"Brain-tumour validation split ({root.name}): {n_real} slices whose file-number block "
+        f"(number // {split['block_size']}) % {split['n_folds']} == {split['val_fold']}: {n_tumour} figshare "
+        f"T1 contrast-enhanced tumour slices ({', '.join(f'{(classes_a == t).sum()} {t}' for t in tumor.TYPE_LABELS)}) "
+        f"and {n_br35h} Br35H slices without tumour"
+        + (f"; plus {n_mirror} mirror negatives made from the validation tumour slices (the tumour replaced by "
+           "the mirrored other side of the head in the network input, as the training run validates; synthetic, "
+           "figshare source)" if n_mirror else "")
+        + ". Scored slice by slice through the model's own preprocessing (tumor.prepare_slice)."
+    )
+    return EvalSet(
+        name="brain-tumour validation split (slices)",
+        description=description,
+        ids=ids, labels=labels_a, scores=scores_a,
+        factors={"class": list(classes), "source": sources},
+        source=str(root),
+        used_for_tuning=True,
+        unit="slice",
+        label_factors=("class",),
+        contrasts=contrasts,
+        type_labels=type_labels if has_types else (),
+        type_true=np.array(type_true) if has_types else None,
+        type_probs=np.array(type_probs) if has_types else None,
+        extras=extras,
+        notes=[
+            "Slice level: one case is one 2D slice. The model is used on studies (a study score aggregated over "
+            "the in-brain slices), so these numbers do not say how often a study is flagged: see the "
+            "volume-level results.",
+            "Not an independent test set: the training run chose the score head and the slice threshold "
+            "(Youden index) on this split, mirror negatives included, so the metrics at that threshold are optimistic.",
+            "Among real slices the label is the source: every figshare slice has a tumour, no Br35H slice has one, "
+            "and the sources differ in sequence (T1 contrast-enhanced against mostly T2/FLAIR), slice level, "
+            "framing and compression. Tumour-vs-Br35H discrimination is therefore easy and says little; the "
+            "same-source contrast (tumour vs mirror negatives) is the informative slice-level number.",
+            "Slices of one patient (consecutive file numbers) are correlated and the bootstrap resamples slices, "
+            "not patients: the intervals are narrower than patient-level intervals would be. The split is by "
+            "blocks of file numbers, so a patient whose slices straddle a block boundary can appear on both sides.",
             *notes,
         ],
     )

@@ -258,3 +258,48 @@ def subgroup_analysis(
             rows.append(m)
         results[factor] = rows
     return results, raised
+
+
+def categorical_accuracy_with_ci(
+    true: np.ndarray,
+    predicted: np.ndarray,
+    class_names: tuple[str, ...] | list[str],
+    *,
+    n_resamples: int = 1000,
+    confidence_level: float = 0.95,
+    method: str = "percentile",
+    seed: int = 0,
+) -> dict:
+    """Accuracy of a categorical output (class indices) with a bootstrap interval, the confusion
+    matrix (rows: true class, columns: predicted) and each class's recall and precision.
+
+    The interval resamples cases (``scipy.stats.bootstrap`` of the mean of correct answers, fixed
+    seed); with fewer than two cases, or all answers alike (no variation to resample), it is
+    (None, None) unless every resample gives the same value, which is then the interval.
+    """
+    true = np.asarray(true).astype(int)
+    predicted = np.asarray(predicted).astype(int)
+    k = len(class_names)
+    if true.shape != predicted.shape:
+        raise ValueError("true and predicted classes differ in length")
+    n = len(true)
+    confusion = confusion_matrix(true, predicted, labels=list(range(k))) if n else np.zeros((k, k), int)
+    correct = (true == predicted).astype(float)
+    accuracy = float(correct.mean()) if n else float("nan")
+    ci: list[float | None] = [None, None]
+    if n >= 2 and n_resamples > 0:
+        if np.ptp(correct) == 0:
+            ci = [accuracy, accuracy]
+        else:
+            res = stats.bootstrap((correct,), np.mean, vectorized=True, n_resamples=n_resamples,
+                                  confidence_level=confidence_level, method=method, rng=np.random.default_rng(seed))
+            ci = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+    per_class = []
+    for i, name in enumerate(class_names):
+        n_true, n_pred = int(confusion[i].sum()), int(confusion[:, i].sum())
+        per_class.append({"class": str(name), "n": n_true, "n_predicted": n_pred,
+                          "recall": _json_float(confusion[i, i] / n_true) if n_true else None,
+                          "precision": _json_float(confusion[i, i] / n_pred) if n_pred else None})
+    return {"n": int(n), "n_correct": int(correct.sum()), "accuracy": _json_float(accuracy), "ci": ci,
+            "labels": [str(c) for c in class_names], "confusion_rows_true": confusion.astype(int).tolist(),
+            "per_class": per_class}

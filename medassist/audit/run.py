@@ -29,11 +29,14 @@ from medassist.audit.card import (
 )
 from medassist.audit.evaluation import (
     EvalSet,
+    eval_from_brain_tumor,
     eval_from_dicom,
     eval_from_fracatlas,
     eval_from_images,
     eval_from_scores,
+    find_brain_tumor,
     find_fracatlas,
+    is_brain_tumor_model,
     is_fracatlas_model,
 )
 from medassist.errors import MedassistError
@@ -41,7 +44,9 @@ from medassist.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EVALS = ("fracatlas-validation", "none")
+# "auto": each model's own default set (FracAtlas validation for FracAtlas models, the brain-tumour
+# validation split for the tumour model); the others name one default set, "none" evaluates nothing.
+DEFAULT_EVALS = ("auto", "fracatlas-validation", "brain-tumor-validation", "none")
 
 __all__ = ["run_audit", "verify_review_log", "audit_model"]
 
@@ -54,23 +59,28 @@ def run_audit(
     eval_dicom: str | Path | None = None,
     review_db: str | Path | None = None,
     out_dir: str | Path = "model_cards",
-    default_eval: str | None = "fracatlas-validation",
+    default_eval: str | None = "auto",
     eval_scores: str | Path | None = None,
     weights_dir: str | Path | None = None,
     device: str = "auto",
     batch_size: int = 16,
     options: AuditOptions | None = None,
     eval_limit: int | None = None,
+    data_root: str | Path | None = None,
 ) -> list[Path]:
     """Write the model cards of ``models`` (default: every shipped model); return the files written.
 
     Evaluation set, first that applies: ``eval_images`` + ``eval_labels`` (image files and a CSV with
     ``image``/``path``, ``label`` and factor columns); ``eval_dicom`` + ``eval_labels`` (labels keyed by
     ``series_uid``; sex, age band, manufacturer from the headers); ``eval_scores`` (a CSV with
-    ``label``, ``score`` and factor columns, scored beforehand); else ``default_eval``:
-    "fracatlas-validation" evaluates a FracAtlas-trained model on the validation split when the
-    data is found, "none" (or None) evaluates nothing. An explicit evaluation set applies to one
-    model only: name it in ``models`` when several are shipped.
+    ``label``, ``score`` and factor columns, scored beforehand); else ``default_eval``: "auto" (the
+    default) evaluates each model on its own default set when its data is found: a FracAtlas-trained
+    model on the FracAtlas validation split, the tumour model on the brain-tumour validation split
+    (slices, through its own slice preprocessing); "fracatlas-validation" or
+    "brain-tumor-validation" only that set, "none" (or None) nothing. ``data_root``: the default
+    set's data folder, instead of looking for it. An explicit evaluation set applies to one model
+    only: name it in ``models`` when several are shipped; images and series are scored through the
+    model's own input path (``evaluation.input_path``).
 
     ``review_db``: the review stage's decisions SQLite; ``eval_limit`` caps the default set (smoke runs).
     """
@@ -99,13 +109,15 @@ def run_audit(
             "choose one with --model")
     if review_db is not None and not Path(review_db).is_file():
         raise MedassistError(f"{review_db}: review database not found")
+    if data_root is not None and not Path(data_root).is_dir():
+        raise MedassistError(f"{data_root}: data folder not found")
 
     written: list[Path] = []
     for spec in specs:
         written += audit_model(
             spec, out_dir=out_dir, eval_images=eval_images, eval_labels=eval_labels, eval_dicom=eval_dicom,
             eval_scores=eval_scores, default_eval=default_eval, review_db=review_db, weights_dir=weights_dir,
-            device=device, batch_size=batch_size, options=options, eval_limit=eval_limit,
+            device=device, batch_size=batch_size, options=options, eval_limit=eval_limit, data_root=data_root,
         )
     return written
 
@@ -129,13 +141,14 @@ def audit_model(
     eval_labels=None,
     eval_dicom=None,
     eval_scores=None,
-    default_eval: str | None = "fracatlas-validation",
+    default_eval: str | None = "auto",
     review_db=None,
     weights_dir: Path,
     device: str = "auto",
     batch_size: int = 16,
     options: AuditOptions = AuditOptions(),
     eval_limit: int | None = None,
+    data_root=None,
 ) -> list[Path]:
     """One model's card: evaluate, analyse, render; returns the files written."""
     from medassist.models.registry import choose_device, load_model, verify_weights
@@ -153,7 +166,7 @@ def audit_model(
 
     evaluation, problem = _evaluation_for(spec, model_loader, eval_images=eval_images, eval_labels=eval_labels,
                                           eval_dicom=eval_dicom, eval_scores=eval_scores, default_eval=default_eval,
-                                          batch_size=batch_size, eval_limit=eval_limit)
+                                          batch_size=batch_size, eval_limit=eval_limit, data_root=data_root)
     analysis = None
     if evaluation is not None:
         analysis = analyse(evaluation, spec.threshold, options,
@@ -165,10 +178,11 @@ def audit_model(
         chain = verify_review_log(review_db)
 
     localisation = _localisation(spec, out_dir)
+    normal_volumes = _report(spec, out_dir, "normal_volumes") if spec.input_kind == "volume" else None
     narrative = load_narrative(spec.name, (out_dir / "templates", *TEMPLATE_DIRS))
     card = build_card(spec, evaluation=evaluation, analysis=analysis, review=review, review_chain_problems=chain,
                       localisation=localisation, narrative=narrative, options=options, weights_check=weights_check,
-                      evaluation_problem=problem)
+                      evaluation_problem=problem, normal_volumes=normal_volumes)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
@@ -195,23 +209,52 @@ def audit_model(
 
 
 def _evaluation_for(spec, model_loader, *, eval_images, eval_labels, eval_dicom, eval_scores, default_eval,
-                    batch_size, eval_limit) -> tuple[EvalSet | None, str]:
+                    batch_size, eval_limit, data_root=None) -> tuple[EvalSet | None, str]:
     if eval_images is not None:
         return eval_from_images(spec, model_loader, eval_images, eval_labels, batch_size=batch_size), ""
     if eval_dicom is not None:
         return eval_from_dicom(spec, model_loader, eval_dicom, eval_labels, batch_size=batch_size), ""
     if eval_scores is not None:
         return eval_from_scores(spec, eval_scores), ""
-    if default_eval == "fracatlas-validation":
-        if not is_fracatlas_model(spec):
-            return None, f"no evaluation set given, and {spec.name} has no default one"
-        root = find_fracatlas(spec)
-        if root is None:
-            log.warning("audit: FracAtlas not found; the card of %s carries no evaluation", spec.name)
-            return None, ("no evaluation set given, and the FracAtlas data (default for this model) was not found "
-                          "(looked in $MEDASSIST_DATA/fracatlas, the training config's data root and ../shared/data)")
-        return eval_from_fracatlas(spec, model_loader, root, batch_size=batch_size, limit=eval_limit), ""
-    return None, "no evaluation set given"
+    if default_eval in (None, "none"):
+        return None, "no evaluation set given"
+    defaults = {  # name: (applies to the model, finder, evaluator, what the data is, where it was looked for)
+        "fracatlas-validation": (is_fracatlas_model, find_fracatlas, eval_from_fracatlas, "the FracAtlas data",
+                                 "$MEDASSIST_DATA/fracatlas, the training config's data root and ../shared/data"),
+        "brain-tumor-validation": (is_brain_tumor_model, find_brain_tumor, eval_from_brain_tumor,
+                                   "the brain-tumour data",
+                                   "$MEDASSIST_DATA/brain_tumor, the training config's data root and ../shared/data"),
+    }
+    names = list(defaults) if default_eval == "auto" else [default_eval]
+    name = next((n for n in names if defaults[n][0](spec)), None)
+    if name is None:
+        return None, f"no evaluation set given, and {spec.name} has no default one"
+    _, finder, evaluator, what, where = defaults[name]
+    root = Path(data_root) if data_root is not None else finder(spec)
+    if root is None:
+        log.warning("audit: %s not found; the card of %s carries no evaluation", what, spec.name)
+        return None, f"no evaluation set given, and {what} (default for this model) was not found (looked in {where})"
+    return evaluator(spec, model_loader, root, batch_size=batch_size, limit=eval_limit), ""
+
+
+def _report(spec: ModelSpec, out_dir: Path, kind: str) -> dict | None:
+    """A JSON report ``<model>_<kind>.json`` (e.g. the tumour model's normal volumes) from ``out_dir``
+    or model_cards/, with a note when it was made for another version or threshold."""
+    for candidate in (out_dir / f"{spec.name}_{kind}.json", REPO_ROOT / "model_cards" / f"{spec.name}_{kind}.json"):
+        if candidate.is_file():
+            try:
+                report = sanitise(json.loads(candidate.read_text()))
+            except (OSError, ValueError) as exc:
+                log.warning("audit: %s unreadable (%s); left out of the card", candidate, exc)
+                return None
+            report["source"] = _shown_path(candidate)
+            made_for = (report.get("version"), report.get("threshold"))
+            if made_for[0] not in (None, spec.version) or (
+                    made_for[1] is not None and abs(float(made_for[1]) - float(spec.threshold)) > 1e-6):
+                report["mismatch"] = (f"This report was made for version {made_for[0]} at threshold {made_for[1]}, "
+                                      f"not the shipped {spec.version} at {spec.threshold}: regenerate it.")
+            return report
+    return None
 
 
 def _localisation(spec: ModelSpec, out_dir: Path) -> dict | None:
@@ -233,6 +276,14 @@ def _localisation(spec: ModelSpec, out_dir: Path) -> dict | None:
                     f"{spec.sha256[:12]}...: regenerate them.")
             return report
     return None
+
+
+def _shown_path(path: Path) -> str:
+    """A path as a card shows it: relative to the repository when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _write(path: Path, text: str) -> Path:

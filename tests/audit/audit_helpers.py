@@ -110,3 +110,88 @@ def decision(series: str, flagged: int, decision: str, *, version: str = "0.1.0"
             "finding": "fracture", "score": score if score is not None else (0.8 if flagged else 0.2),
             "threshold": 0.5, "model_flagged": flagged, "decision": decision, "corrected_finding": corrected,
             "location": location, "comment": None, "reviewer": reviewer, "decided_at": f"{day}T09:00:00Z"}
+
+
+# --- the tumour model: a throwaway volume model and a brain-tumour-shaped data folder ---------------
+
+TUMOUR_SPLIT = {"block_size": 10, "n_folds": 2, "val_fold": 1}  # numbers 10-19, 30-39, ... are validation
+TUMOUR_TYPES = ("glioma", "meningioma", "pituitary")
+
+
+def make_tumour_model(weights_dir: Path, *, name: str = "toy_tumour", version: str = "0.1.0",
+                      threshold: float = 0.5, input_size: int = 64, split: dict | None = None) -> ModelSpec:
+    """A random 4-output LocalisingResNet as a volume model (presence + 3 types, cell_max head)."""
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(1)
+    args = {"widen_factor": 0.25, "num_outputs": 4}
+    net = build_network("localising_resnet", args)
+    path = weights_dir / f"{name}.pt"
+    torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, path)
+    spec = ModelSpec(
+        name=name, version=version, finding="brain_tumor", labels=("no_tumor", "tumor"), threshold=threshold,
+        weights=path.name, sha256=hashlib.sha256(path.read_bytes()).hexdigest(), network="localising_resnet",
+        network_args=args, preprocess=PreprocessSpec(input_size=input_size), modalities=("MR",),
+        body_parts=("BRAIN", "HEAD", ""), score_head="cell_max", input_kind="volume",
+        training_data="synthetic brain slices", licence="test only",
+        training_command=f"medassist train configs/{name}.yaml",
+        validation={
+            "validation": {"n": 30, "n_positive": 12, "auroc": 0.9, "sensitivity": 0.8, "specificity": 0.7,
+                           "ppv": 0.6, "npv": 0.9, "threshold": threshold},
+            "split": dict(split or TUMOUR_SPLIT, root="synthetic"),
+            "inference": {"type_labels": list(TUMOUR_TYPES),
+                          "aggregation": {"rule": "max_window_mean_sidak", "extent_mm": 10.0},
+                          "null_logit": {"mean": -1.0, "std": 1.5}},
+            "study_rule_calibration": {"threshold": threshold, "extent_mm": 10.0,
+                                       "negatives": {"n5_1mm": {"shipped_rule": 0.01, "window_only": 0.05,
+                                                                "max_rule": 0.2}},
+                                       "positives": {"run_plus_0_normal_slices": {"n_runs": 3, "flagged": 0.9}}},
+        },
+    )
+    (weights_dir / f"{name}.json").write_text(spec.to_json())
+    return spec
+
+
+def synthetic_head(shape: tuple[int, int], blob: tuple[int, int] | None, seed: int, *,
+                   blob_radius: int = 7) -> np.ndarray:
+    """A symmetric grey 'head' (ellipse with a darker midline 'ventricle') on a noisy background, with
+    an optional bright round 'tumour' centred at ``blob`` (row, col); uint8."""
+    rng = np.random.default_rng(seed)
+    rows, cols = shape
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    img = rng.normal(6, 2, shape)
+    head = ((yy - rows / 2) / (rows * 0.42)) ** 2 + ((xx - cols / 2) / (cols * 0.36)) ** 2 <= 1
+    img[head] = 110 + 10 * np.cos(yy[head] / 6.0)  # left-right symmetric texture
+    img[head & (np.abs(xx - cols / 2) < cols * 0.05) & (np.abs(yy - rows / 2) < rows * 0.15)] = 60
+    if blob is not None:
+        img[np.hypot(yy - blob[0], xx - blob[1]) <= blob_radius] = 240
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def fake_brain_tumor(root: Path) -> dict[str, list[int]]:
+    """A brain-tumour-shaped folder (glioma/ meningioma/ pituitary/ no_tumor/, <number>.jpg, a YOLO box
+    .txt beside each tumour slice). Validation (TUMOUR_SPLIT): 4 glioma, 3 meningioma, 3 pituitary
+    (numbers 10-19, 96 x 96 grey) and 4 no_tumor (30-33, 80 x 100 RGB, like Br35H); numbers 0-7 and
+    20-21 are training slices. Tumours sit off the midline so mirror negatives can be made.
+    Returns the validation numbers per class."""
+    from PIL import Image as PILImage
+
+    layout = {"glioma": [0, 1, 10, 11, 12, 13], "meningioma": [2, 3, 14, 15, 16], "pituitary": [4, 5, 17, 18, 19],
+              "no_tumor": [6, 7, 20, 21, 30, 31, 32, 33]}
+    val: dict[str, list[int]] = {}
+    for folder, numbers in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for number in numbers:
+            if folder == "no_tumor":
+                gray = synthetic_head((80, 100), None, number)
+                PILImage.fromarray(np.stack([gray] * 3, axis=-1)).save(root / folder / f"{number}.jpg", quality=90)
+            else:
+                side = 1 if number % 2 else -1
+                centre = (40 + 2 * (number % 5), int(48 + side * 20))
+                PILImage.fromarray(synthetic_head((96, 96), centre, number)).save(root / folder / f"{number}.jpg",
+                                                                                  quality=95)
+                cls = TUMOUR_TYPES.index(folder)
+                (root / folder / f"{number}.txt").write_text(
+                    f"{cls} {centre[1] / 96:.4f} {centre[0] / 96:.4f} {16 / 96:.4f} {16 / 96:.4f}\n")
+            if (number // TUMOUR_SPLIT["block_size"]) % TUMOUR_SPLIT["n_folds"] == TUMOUR_SPLIT["val_fold"]:
+                val.setdefault(folder, []).append(number)
+    return val
