@@ -260,3 +260,21 @@ def test_label_shortcut_risks_flag_a_factor_that_determines_the_label():
                  scores=rng.random(300), factors={"hardware": list(hardware), "region": list(region)})
     risks = label_shortcut_risks(ev)
     assert [(r["factor"], r["level"]) for r in risks] == [("hardware", "present")]
+
+
+def test_unreadable_images_are_left_out_with_their_labels(tmp_path, shipped):
+    weights_dir, spec = shipped
+    rng = np.random.default_rng(1)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(6):
+        _write_png(images / f"im{i}.png", 80 + 20 * i, rng)
+    (images / "im6.png").write_bytes(b"not a png")
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("image,label\n" + "".join(f"im{i}.png,{i % 2}\n" for i in range(7)))
+    out = tmp_path / "cards"
+    run_audit(models=[spec.name], eval_images=images, eval_labels=labels_csv, weights_dir=weights_dir,
+              out_dir=out, options=FAST, device="cpu")
+    data = json.loads((out / f"{spec.name}.json").read_text())["evaluation_data"]
+    assert (data["n"], data["n_positive"]) == (6, 3)
+    assert any("could not be read" in n for n in data["notes"])
