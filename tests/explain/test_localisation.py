@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medassist.explain.localisation import (
     LocalisationCase,
@@ -185,3 +186,162 @@ def test_report_merge_adds_a_method_for_the_same_weights(tmp_path):
     assert merged["data"]["method_limits"] == {"occlusion": 1}
     assert merged["sanity_randomisation"]["signed"]["n"] == 4
     assert json.loads(out.read_text()) == merged
+
+
+# --- brain-tumour slices (the tumour model) -------------------------------------------------------
+
+TUMOUR_SPLIT = {"block_size": 10, "n_folds": 2, "val_fold": 1}
+
+
+def _mri_slice(shape=(120, 100), disc=(50, 35), radius=9, seed=0) -> np.ndarray:
+    """A grey head (0.35) on a noisy dark background with a bright disc (1.0), float 0..1."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.indices(shape)
+    img = np.abs(rng.normal(0.0, 0.01, shape))
+    head = ((rows - shape[0] / 2) / (shape[0] * 0.42)) ** 2 + ((cols - shape[1] / 2) / (shape[1] * 0.4)) ** 2 <= 1
+    img[head] = 0.35
+    img[(rows - disc[0]) ** 2 + (cols - disc[1]) ** 2 <= radius**2] = 1.0
+    return img.astype(np.float32)
+
+
+def volume_model(input_size: int = 128):
+    """The dev model as a volume model: slices prepared by tumor.prepare_slice, the test split."""
+    from dataclasses import replace
+
+    model = signal_model(input_size=input_size)
+    model.spec = replace(model.spec, input_kind="volume", validation={"split": dict(TUMOUR_SPLIT)})
+    return model
+
+
+def fake_brain_tumor(root: Path) -> Path:
+    """Validation (block 1 of 2): glioma 10, 11; meningioma 12; pituitary 13; no_tumor 30. Training: 0, 1, 20."""
+    from PIL import Image as PILImage
+
+    for folder, numbers in {"glioma": [0, 10, 11], "meningioma": [12], "pituitary": [1, 13],
+                            "no_tumor": [20, 30]}.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for number in numbers:
+            disc = (50 + number % 3, 30 + 2 * (number % 4))
+            image = _mri_slice(disc=disc, seed=number) if folder != "no_tumor" else _mri_slice(radius=0, seed=number)
+            PILImage.fromarray((image * 255).astype(np.uint8)).save(root / folder / f"{number}.jpg", quality=95)
+            if folder != "no_tumor":
+                (root / folder / f"{number}.txt").write_text(
+                    f"0 {disc[1] / 100:.4f} {disc[0] / 120:.4f} {20 / 100:.4f} {20 / 120:.4f}\n")
+    return root
+
+
+def test_yolo_box_mask_covers_the_pixel_centres_in_the_box():
+    from medassist.explain.localisation import yolo_box_mask
+
+    mask = yolo_box_mask((0.5, 0.25, 0.4, 0.5), (8, 10))  # x 3..7, y 0..4 in pixel-edge coordinates
+    np.testing.assert_array_equal(np.argwhere(mask.any(1)).ravel(), [0, 1, 2, 3])
+    np.testing.assert_array_equal(np.argwhere(mask.any(0)).ravel(), [3, 4, 5, 6])
+    assert mask.sum() == 16
+    assert not yolo_box_mask((2.0, 2.0, 0.1, 0.1), (8, 10)).any()  # off the slice
+
+
+def test_mri_slice_maps_go_back_through_the_head_crop():
+    from medassist.explain.localisation import prepare_mri_slice
+    from medassist.models.spec import PreprocessSpec
+    from medassist.models.tumor import prepare_slice
+
+    image = _mri_slice()
+    pre = PreprocessSpec(input_size=64)
+    tensor, to_source, support = prepare_mri_slice(image, pre)
+    expected, frame = prepare_slice(image, pre)
+    assert torch.equal(tensor, expected)
+    r0, r1, c0, c1 = frame.crop
+    assert support.sum() == (r1 - r0) * (c1 - c0) < image.size  # the noisy background is cropped away
+    peak = np.unravel_index(int(np.argmax(tensor[0].numpy())), (64, 64))
+    one_hot = np.zeros((64, 64), np.float32)
+    one_hot[peak] = 1.0
+    back = to_source(one_hot)
+    assert back.shape == image.shape and not back[~support].any()
+    r, c = np.unravel_index(int(np.argmax(back)), back.shape)
+    assert image[r, c] == 1.0  # the input's brightest pixel (the disc) maps back onto the disc
+
+
+def test_evaluate_localisation_on_synthetic_mri_slices():
+    """Slices go through prepare_slice and their maps back through the head crop: each row equals
+    the metrics of saliency_map -> SliceFrame.to_source computed by hand."""
+    from medassist.explain.localisation import yolo_box_mask
+    from medassist.explain.saliency import saliency_map
+    from medassist.models.tumor import prepare_slice
+
+    model = volume_model()
+    cases = []
+    for i, disc in enumerate([(45, 30), (70, 68)]):
+        image = _mri_slice(disc=disc, seed=i)
+        cases.append(LocalisationCase(f"disc{i}", image, yolo_box_mask((disc[1] / 100, disc[0] / 120, 0.3, 0.25),
+                                                                      image.shape)))
+        cases.append(LocalisationCase(f"corner{i}", image, yolo_box_mask((0.02, 0.02, 0.02, 0.02), image.shape)))
+    result = evaluate_localisation(model, cases, ["gradcam"], keep_per_image=True, batch_size=3)["gradcam"]
+    assert result["n_images"] == 4
+    for case, row in zip(cases, result["per_image"]):
+        tensor, frame = prepare_slice(case.image, model.spec.preprocess)
+        source = np.maximum(frame.to_source(saliency_map(model, tensor[None])[0], case.image.shape), 0)
+        assert row["case_id"] == case.case_id
+        assert row["hit"] == pointing_game_hit(source, case.mask)
+        assert row["energy_inside"] == pytest.approx(energy_inside(source, case.mask), rel=1e-4, abs=1e-6)
+        r0, r1, c0, c1 = frame.crop
+        assert row["area_fraction_support"] == pytest.approx(case.mask[r0:r1, c0:c1].mean())
+        if case.case_id.startswith("corner"):  # outside the head crop: the map is zero there
+            assert not case.mask[r0:r1, c0:c1].any() and row["energy_inside"] == 0.0 and not row["hit"]
+    pg, ei = result["pointing_game"], result["energy_inside"]
+    # the map only reaches the head crop: a random peak there hits more often than on the whole slice
+    assert pg["baseline_random_peak_in_support"] > pg["baseline_random_peak"] > 0
+    assert ei["baseline_uniform_map_in_support"] == pg["baseline_random_peak_in_support"]
+
+
+def test_write_localisation_report_for_the_tumour_model(tmp_path):
+    from medassist.explain.localisation import TUMOUR_METHOD_LIMITS, write_localisation_report
+
+    root = fake_brain_tumor(tmp_path / "brain_tumor")
+    out = tmp_path / "loc.json"
+    model = volume_model(input_size=64)
+    report = write_localisation_report(model, root, out, methods=["gradcam", "occlusion"], sanity_images=1,
+                                       method_limits={"occlusion": 1})
+    assert json.loads(out.read_text()) == report
+    data = report["data"]
+    assert data["dataset"].startswith("Brain-tumour validation split")
+    assert data["split"] == TUMOUR_SPLIT
+    assert (data["validation_slices"], data["tumour_slices"], data["tumour_slices_with_box"]) == (5, 4, 4)
+    assert data["by_type"] == {"glioma": 2, "meningioma": 1, "pituitary": 1}
+    assert data["method_options"] == {"occlusion": {"window": 32, "stride": 32}}
+    assert report["methods"]["gradcam"]["n_images"] == 4 and report["methods"]["occlusion"]["n_images"] == 1
+    assert report["methods"]["occlusion"]["options"] == {"window": 32, "stride": 32}
+    assert report["sanity_randomisation"]["images"] == 1
+    assert set(TUMOUR_METHOD_LIMITS) == {"integrated_gradients", "occlusion"}
+
+
+def test_tumour_cases_come_class_interleaved(tmp_path):
+    from medassist.explain.localisation import tumour_validation_cases
+
+    root = fake_brain_tumor(tmp_path / "brain_tumor")
+    cases = list(tumour_validation_cases(root, TUMOUR_SPLIT))
+    assert [c.case_id for c in cases] == ["glioma/10", "meningioma/12", "pituitary/13", "glioma/11"]
+    assert all(c.image.shape == c.mask.shape == (120, 100) and 0 < c.mask.mean() < 0.1 for c in cases)
+
+
+@pytest.mark.skipif(not (DATA / "brain_tumor" / "glioma").is_dir(), reason="brain tumour data not present")
+def test_real_tumour_validation_cases_are_val_tumours_with_box_masks():
+    from medassist.explain.localisation import tumour_validation_cases
+    from medassist.models.tumor import split_of
+
+    split = {"block_size": 100, "n_folds": 5, "val_fold": 1}
+    cases = list(tumour_validation_cases(DATA / "brain_tumor", split, limit=3))
+    assert [c.case_id.split("/")[0] for c in cases] == ["glioma", "meningioma", "pituitary"]
+    for case in cases:
+        assert split_of(int(case.case_id.split("/")[1]), **split) == "val"
+        assert case.image.shape == case.mask.shape and 0 < area_fraction(case.mask) < 0.3
+
+
+def test_tumour_localisation_is_also_reported_by_type(tmp_path):
+    from medassist.explain.localisation import evaluate_tumour_localisation
+
+    root = fake_brain_tumor(tmp_path / "brain_tumor")
+    result = evaluate_tumour_localisation(volume_model(input_size=64), root, ["gradcam"])["gradcam"]
+    groups = result["by_group"]
+    assert {g: r["n_images"] for g, r in groups.items()} == {"glioma": 2, "meningioma": 1, "pituitary": 1}
+    hits = sum(r["pointing_game"]["hits"] for r in groups.values())
+    assert hits == result["pointing_game"]["hits"]
