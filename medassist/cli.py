@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     triage.add_argument("--send", metavar="TARGET", help="send SR + saliency captures back: a DICOMweb URL "
                         "(STOW-RS) or dicom://AET@host:port (C-STORE)")
     triage.add_argument("--send-seg", action="store_true", help="also send saliency maps as DICOM SEG")
+    triage.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local: this machine (default); ray: decode and score on a Ray cluster")
+    triage.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join ('auto': this machine's); "
+                        "default: start one on this machine")
+    triage.add_argument("--ray-actors", type=positive_int, metavar="N", help="model actors (default: one per GPU, else 1)")
     add_models_dir(triage)
     triage.set_defaults(func=cmd_triage)
 
@@ -223,16 +228,21 @@ def cmd_triage(args: argparse.Namespace) -> int:
     )
     if args.series_timeout is not None:  # else run_triage's default (DEFAULT_SERIES_TIMEOUT)
         options["series_timeout"] = args.series_timeout
+    triage = run_triage
+    if args.backend == "ray":
+        from medassist.triage.ray_backend import run_triage_ray as triage
+
+        options.update(ray_address=args.ray_address, actors=args.ray_actors)
     password = pacs_password(args)
     if args.pacs:
         from medassist.pacs.dicomweb import triage_from_pacs
 
         _, summary = triage_from_pacs(
             args.pacs, args.out, username=args.pacs_user, password=password, date_from=args.date_from,
-            date_to=args.date_to, modality=args.modality_filter, **options,
+            date_to=args.date_to, modality=args.modality_filter, triage=triage, **options,
         )
     else:
-        summary = run_triage(args.inputs, args.out, **options)
+        summary = triage(args.inputs, args.out, **options)
     print(f"medassist triage: {summary.line()}; worklist: {summary.worklist_csv}")
     if args.send:
         from medassist.pacs.send import send_results
