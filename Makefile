@@ -65,6 +65,7 @@ test: install
 	$(BIN)/pytest -q
 
 bench: install
+	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_triage.py
 	$(BIN)/python benchmarks/bench_review.py
 
