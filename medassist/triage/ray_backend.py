@@ -387,8 +387,9 @@ def decode_row(row: dict, *, specs: dict[str, ModelSpec], stage: StageOptions) -
     """One job decoded: the row with a ``payload`` (pickled) for the model stage.
 
     Radiographs: the ``Prepared`` network inputs (or error) from the local backend's ``JobDataset``.
-    Volumes: ("image", Image) or ("error", the exception), which ``score_volume_jobs`` turns into a
-    score or an error row on the model stage exactly as when it decodes itself.
+    Volumes: ("image", Image with only the spec's source array) or ("error", the exception), which
+    ``score_volume_jobs`` turns into a score or an error row on the model stage exactly as when it
+    decodes itself.
     """
     enter_driver_cwd(stage.cwd)
     spec = specs[row["spec"]]
@@ -396,7 +397,10 @@ def decode_row(row: dict, *, specs: dict[str, ModelSpec], stage: StageOptions) -
     if spec.input_kind == "volume":
         try:
             with time_limit(stage.series_timeout):
-                payload: tuple = ("image", series.load())
+                image = series.load()
+            # scoring reads only the spec's source array (and the geometry): the other one stays here
+            source = getattr(image, spec.preprocess.source)
+            payload: tuple = ("image", dataclasses.replace(image, pixels=source, display=source))
         except (Exception, DecodeTimeout) as exc:  # becomes the job's error row on the model stage
             payload = ("error", exc)
     else:
@@ -441,19 +445,21 @@ class ModelStage:
             model = self.model(name)
             jobs = [Job(series_from_ref(ref), model.spec) for _, _, ref, _ in group]
             if model.spec.input_kind == "volume":
-                # the decode stage's image (or error) stands in for the decode; explain reuses it too
-                jobs = [preloaded(job, payload) for job, (_, _, _, payload) in zip(jobs, group)]
-                scored = score_volume_jobs(model, jobs, self.stage.series_timeout)
+                # the decode stage's image (or error) stands in for the decode when scoring; a map
+                # decodes the series again, as the local backend's does
+                scoring = [preloaded(job, payload) for job, (_, _, _, payload) in zip(jobs, group)]
+                scored = score_volume_jobs(model, scoring, self.stage.series_timeout)
             else:
+                scoring = jobs
                 scored = score_prepared(model, jobs, [payload[1] for _, _, _, payload in group], self.stage.batch_size)
-            position = {id(job): entry[0] for job, entry in zip(jobs, group)}
+            position = {id(job): (entry[0], original) for job, entry, original in zip(scoring, group, jobs)}
             for job, score, slices, error, inputs, features in scored:
+                key, original = position[id(job)]
                 saliency = ""
                 if wants_saliency(self.stage.explain, model.spec, score):
-                    saliency = explain_job(model, job, inputs, slices, Path(self.stage.out_dir),
+                    saliency = explain_job(model, original, inputs, slices, Path(self.stage.out_dir),
                                            self.stage.explain_method, features=features)
-                results[position[id(job)]] = (math.nan if score is None else float(score),
-                                              " ".join(map(str, slices)), error, saliency)
+                results[key] = (math.nan if score is None else float(score), " ".join(map(str, slices)), error, saliency)
         order = [entry[0] for entry in entries]
         return {
             "job": np.array(order, dtype=np.int64),
