@@ -65,7 +65,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--explain", default="flagged", choices=("flagged", "all", "none"),
                         help="saliency policy of the end-to-end runs (default: flagged, as triage)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray backend")
-    parser.add_argument("--object-store-mb", type=int, default=1024, help="Ray object store (default 1024 MB)")
+    parser.add_argument("--object-store-mb", type=int, default=4096,
+                        help="Ray object store (default 4096 MB; with 1 GB the decoded MR volume waits ~20 s "
+                        "in Ray Data's backpressure)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where pipeline.md/.json go")
     return parser.parse_args()
 
