@@ -47,11 +47,10 @@ from types import ModuleType
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from medassist.datamodel import Image, IngestProblem, Series
 from medassist.errors import MedassistError
-from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, load_model, shipped_specs
+from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, load_model
 from medassist.models.spec import ModelSpec
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
@@ -63,21 +62,17 @@ from medassist.triage.inputs import (
     kind_of,
     time_limit,
 )
-from medassist.triage.journal import JOURNAL_NAME, Journal, run_lock
 from medassist.triage.run import (
-    EXPLAIN_CHOICES,
-    Rows,
+    Finished,
     TriageSummary,
-    check_inputs,
+    discover,
     explain_job,
-    plan,
-    prepare_out_dir,
+    prepare_run,
+    record_run,
     score_inputs_with_features,
     score_volume_jobs,
-    summarise,
     wants_saliency,
 )
-from medassist.triage.worklist import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +188,7 @@ def run_triage_ray(
 
     ``options`` are those of ``triage_series_ray``.
     """
-    paths = check_inputs(inputs)
-    from medassist.ingest import discover_series  # imported late: ingest pulls in the decoders
-
-    series, problems = discover_series(paths, modality_override=modality_override)
-    log.info("found %d series and %d unreadable files in %d inputs", len(series), len(problems), len(paths))
+    series, problems = discover(inputs, modality_override)
     return triage_series_ray(series, problems, out_dir, **options)
 
 
@@ -229,36 +220,22 @@ def triage_series_ray(
     device = str(device)  # "auto", "cpu", "cuda" or a torch.device
     if batch_size < 1 or checkpoint_every < 1 or (actors is not None and actors < 1):
         raise ValueError("batch_size, checkpoint_every and actors must be >= 1")
-    if explain not in EXPLAIN_CHOICES:
-        raise MedassistError(f"--explain {explain!r}: choose one of {', '.join(EXPLAIN_CHOICES)}")
-    out = prepare_out_dir(out_dir)
-    specs = shipped_specs(Path(weights_dir))
-    if not specs:
-        log.warning("no shipped models in %s: every series will be 'not applicable'", weights_dir)
+    out, specs = prepare_run(out_dir, weights_dir, explain)
     stage = StageOptions(
         weights_dir=str(Path(weights_dir).resolve()), batch_size=batch_size, out_dir=str(out.resolve()),
         explain=explain, explain_method=explain_method, series_timeout=series_timeout, cwd=os.getcwd(),
     )
 
-    with run_lock(out), Journal(out / JOURNAL_NAME) as journal:
-        remove_stale_temporaries(out)
-        rows = Rows(journal, out)
-        jobs = [job for _, group in plan(series, problems, specs, rows) for job in group]
-        rows.checkpoint()
-        bar = tqdm(total=len(jobs), desc="triage (ray)", unit="series", file=sys.stderr,
-                   disable=not (progress and sys.stderr.isatty()), leave=False)
-        try:
-            if jobs:
-                with ray_session(ray_address) as ray:
-                    for index, score, slices, error, saliency in run_pipeline(ray, jobs, stage, device, actors, progress):
-                        rows.finish(jobs[index], score, slices, error, saliency)
-                        bar.update(1)
-                        if rows.finished_now % checkpoint_every == 0:
-                            rows.checkpoint()
-        finally:
-            bar.close()
-            csv_path, json_path = rows.checkpoint()
-    return summarise(rows.records.values(), len(series), rows.resumed, csv_path, json_path)
+    def produce(pending: list[tuple[ModelSpec, list[Job]]]) -> Iterator[Finished]:
+        jobs = [job for _, group in pending for job in group]
+        if not jobs:  # everything decided already: no cluster to start
+            return
+        with ray_session(ray_address) as ray:
+            for index, score, slices, error, saliency in run_pipeline(ray, jobs, stage, device, actors, progress):
+                yield jobs[index], score, slices, error, saliency
+
+    return record_run(series, problems, out, specs, produce, progress=progress,
+                      checkpoint_every=checkpoint_every, desc="triage (ray)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import logging
 import math
 import multiprocessing
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,16 +117,23 @@ def run_triage(
     unreadable files, undecodable series and series out of time become error rows instead, and
     are listed in ``out_dir``/quarantine.csv.
     """
-    paths = check_inputs(inputs)
-    from medassist.ingest import discover_series  # imported late: ingest pulls in the decoders
-
-    series, problems = discover_series(paths, modality_override=modality_override)
-    log.info("found %d series and %d unreadable files in %d inputs", len(series), len(problems), len(paths))
+    series, problems = discover(inputs, modality_override)
     return triage_series(
         series, problems, out_dir, device=device, batch_size=batch_size, num_workers=num_workers,
         weights_dir=weights_dir, progress=progress, checkpoint_every=checkpoint_every,
         explain=explain, explain_method=explain_method, series_timeout=series_timeout,
     )
+
+
+def discover(inputs: Sequence[str | Path], modality_override: str | None = None
+             ) -> tuple[list[Series], list[IngestProblem]]:
+    """The series under ``inputs`` and the files that could not be read (inputs checked first)."""
+    paths = check_inputs(inputs)
+    from medassist.ingest import discover_series  # imported late: ingest pulls in the decoders
+
+    series, problems = discover_series(paths, modality_override=modality_override)
+    log.info("found %d series and %d unreadable files in %d inputs", len(series), len(problems), len(paths))
+    return series, problems
 
 
 def check_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -170,37 +177,66 @@ def triage_series(
     """Score already-discovered series (see ``run_triage``) and write the worklist."""
     if batch_size < 1 or num_workers < 0 or checkpoint_every < 1:
         raise ValueError("batch_size and checkpoint_every must be >= 1, num_workers >= 0")
+    out, specs = prepare_run(out_dir, weights_dir, explain)
+    torch_device = choose_device(device) if isinstance(device, str) else device
+
+    def produce(pending: list[tuple[ModelSpec, list[Job]]]) -> Iterator[Finished]:
+        for spec, jobs in pending:
+            model = load_model(spec, torch_device, Path(weights_dir))
+            if spec.input_kind == "volume":
+                results = score_volume_jobs(model, jobs, series_timeout)
+            else:
+                results = score_jobs(model, jobs, batch_size, num_workers, series_timeout)
+            for job, score, slices, error, inputs, features in results:
+                saliency = ""
+                if wants_saliency(explain, model.spec, score):
+                    saliency = explain_job(model, job, inputs, slices, out, explain_method, features=features)
+                yield job, score, slices, error, saliency
+
+    return record_run(series, problems, out, specs, produce, progress=progress, checkpoint_every=checkpoint_every)
+
+
+def prepare_run(out_dir: str | Path, weights_dir: str | Path, explain: str) -> tuple[Path, list[ModelSpec]]:
+    """Check ``explain``, create the output folder, read the shipped specs (warning when none)."""
     if explain not in EXPLAIN_CHOICES:
         raise MedassistError(f"--explain {explain!r}: choose one of {', '.join(EXPLAIN_CHOICES)}")
     out = prepare_out_dir(out_dir)
-    torch_device = choose_device(device) if isinstance(device, str) else device
     specs = shipped_specs(Path(weights_dir))
     if not specs:
         log.warning("no shipped models in %s: every series will be 'not applicable'", weights_dir)
+    return out, specs
 
+
+Finished = tuple[Job, "float | None", tuple[int, ...], str, str]  # (job, score, slices, error, saliency path)
+
+
+def record_run(
+    series: Sequence[Series],
+    problems: Sequence[IngestProblem],
+    out: Path,
+    specs: list[ModelSpec],
+    produce: Callable[[list[tuple[ModelSpec, list[Job]]]], Iterable[Finished]],
+    *,
+    progress: bool,
+    checkpoint_every: int,
+    desc: str = "triage",
+) -> TriageSummary:
+    """The writer every backend shares: lock ``out``, plan the jobs left (``plan``), journal each
+    job ``produce(pending)`` finishes, rewrite the worklist atomically every ``checkpoint_every``
+    jobs and at the end, and count the rows."""
     with run_lock(out), Journal(out / JOURNAL_NAME) as journal:
         remove_stale_temporaries(out)
         rows = Rows(journal, out)
         pending = plan(series, problems, specs, rows)
         rows.checkpoint()
-        total = sum(len(jobs) for _, jobs in pending)
-        bar = tqdm(total=total, desc="triage", unit="series", file=sys.stderr,
+        bar = tqdm(total=sum(len(jobs) for _, jobs in pending), desc=desc, unit="series", file=sys.stderr,
                    disable=not (progress and sys.stderr.isatty()), leave=False)
         try:
-            for spec, jobs in pending:
-                model = load_model(spec, torch_device, Path(weights_dir))
-                if spec.input_kind == "volume":
-                    results = score_volume_jobs(model, jobs, series_timeout)
-                else:
-                    results = score_jobs(model, jobs, batch_size, num_workers, series_timeout)
-                for job, score, slices, error, inputs, features in results:
-                    saliency = ""
-                    if wants_saliency(explain, model.spec, score):
-                        saliency = explain_job(model, job, inputs, slices, out, explain_method, features=features)
-                    rows.finish(job, score, slices, error, saliency)
-                    bar.update(1)
-                    if rows.finished_now % checkpoint_every == 0:
-                        rows.checkpoint()
+            for job, score, slices, error, saliency in produce(pending):
+                rows.finish(job, score, slices, error, saliency)
+                bar.update(1)
+                if rows.finished_now % checkpoint_every == 0:
+                    rows.checkpoint()
         finally:
             bar.close()
             csv_path, json_path = rows.checkpoint()
