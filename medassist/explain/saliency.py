@@ -42,18 +42,27 @@ OCCLUSION_STRIDE = 16
 OCCLUSION_FORWARD_BATCH = 32  # images per forward pass while occluding (batch x perturbations)
 
 
+SCORE_HEADS = ("image", "cell_max", "mean")
+
+
+def check_score_head(score_head: str) -> str:
+    """``score_head`` when it names a head ``finding_logit`` knows; ValueError otherwise."""
+    if score_head not in SCORE_HEADS:
+        raise ValueError(f"unknown score_head {score_head!r}; expected one of {', '.join(SCORE_HEADS)}")
+    return score_head
+
+
 def finding_logit(image_logits: torch.Tensor, cells: torch.Tensor, score_head: str) -> torch.Tensor:
     """The (N, 1) logit a score head attributes: the image logit, the largest cell logit, or
     (``mean``, whose score averages the two probabilities) the mean of those two logits."""
+    check_score_head(score_head)
     image = image_logits[:, :1]
     cell = cells.amax(dim=(1, 2, 3))[:, None]
     if score_head == "image":
         return image
     if score_head == "cell_max":
         return cell
-    if score_head == "mean":
-        return (image + cell) / 2
-    raise ValueError(f"unknown score_head {score_head!r}; expected 'image', 'cell_max' or 'mean'")
+    return (image + cell) / 2
 
 
 class FindingLogit(nn.Module):
@@ -64,9 +73,8 @@ class FindingLogit(nn.Module):
 
     def __init__(self, network: nn.Module, score_head: str = "image") -> None:
         super().__init__()
-        finding_logit(torch.zeros(1, 1), torch.zeros(1, 1, 1, 1), score_head)  # validates the name
         self.network = network
-        self.score_head = score_head
+        self.score_head = check_score_head(score_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return finding_logit(*self.network.forward_all(x), self.score_head)
@@ -82,9 +90,8 @@ class FindingFromFeatures(nn.Module):
 
     def __init__(self, network: nn.Module, score_head: str = "image") -> None:
         super().__init__()
-        finding_logit(torch.zeros(1, 1), torch.zeros(1, 1, 1, 1), score_head)
         self.network = network
-        self.score_head = score_head
+        self.score_head = check_score_head(score_head)
         self.feature_map = nn.Identity()
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:

@@ -411,9 +411,9 @@ def explain_job(
         display = image.display[slice_index]
         box = letterbox_for(source.shape, model.spec.preprocess.input_size)
         stem = saliency_stem(job.series.series_uid, model.spec.name, slice_index)
-        extra = {"features": features[position : position + 1]} if method == "gradcam" and features is not None else {}
+        job_features = None if features is None else features[position : position + 1]
         npy, _png = explain_and_write(model, inputs[position : position + 1], [box], [display],
-                                      out_dir / SALIENCY_DIR, [stem], method=method, **extra)[0]
+                                      out_dir / SALIENCY_DIR, [stem], method=method, features=job_features)[0]
     except Exception as exc:  # a map is an aid; its failure must not lose the finding
         log.warning("%s: no saliency map (%s: %s)", job.series.source_path, type(exc).__name__, exc)
         return ""
