@@ -18,6 +18,9 @@ import numpy as np
 
 OVERLAY_CMAP = "jet"
 OVERLAY_ALPHA = 0.5  # opacity where the map is at its maximum; zero where the map is zero
+# zlib level 1: a 450 x 300 overlay encodes in ~8 ms instead of ~41 ms at PIL's default 6, about as
+# small (lossless either way); triage writes one per flagged finding on the cores the model uses
+PNG_COMPRESS_LEVEL = 1
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z._-]+")
 
@@ -138,7 +141,7 @@ def _write_pair(sal: np.ndarray, rgb: np.ndarray, out_dir: str | Path, stem: str
     npy_buf = io.BytesIO()
     np.save(npy_buf, sal, allow_pickle=False)
     png_buf = io.BytesIO()
-    PILImage.fromarray(rgb).save(png_buf, format="PNG", optimize=False)
+    PILImage.fromarray(rgb).save(png_buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
     npy_path, png_path = out / f"{stem}.npy", out / f"{stem}.png"
     atomic_write_bytes(npy_path, npy_buf.getvalue())

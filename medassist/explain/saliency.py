@@ -100,22 +100,25 @@ class FindingFromFeatures(nn.Module):
 
 @contextmanager
 def frozen(network: nn.Module) -> Iterator[nn.Module]:
-    """Parameters without gradients and the network in eval mode, restored afterwards.
+    """Parameters without gradients and the network in eval mode, restored afterwards (only what
+    had to change is touched: triage calls this per flagged finding).
 
     With no parameter requiring a gradient, autograd builds no graph through the layers below the
     one a method attributes to, and never computes parameter gradients.
     """
-    flags = [(p, p.requires_grad) for p in network.parameters()]
+    thawed = [p for p in network.parameters() if p.requires_grad]  # a loaded model has none
     was_training = network.training
-    for p, _ in flags:
+    for p in thawed:
         p.requires_grad_(False)
-    network.eval()
+    if was_training:
+        network.eval()
     try:
         yield network
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        network.train(was_training)
+        for p in thawed:
+            p.requires_grad_(True)
+        if was_training:
+            network.train()
 
 
 def _as_batch(inputs: torch.Tensor, size: int | None) -> torch.Tensor:

@@ -37,6 +37,7 @@ from medassist.ingest.dicom import (
     quiet_pydicom,
     size_limit_problem,
 )
+from medassist.ingest.percentiles import percentile
 
 logger = logging.getLogger(__name__)
 
@@ -404,7 +405,7 @@ def percentile_scale(values: np.ndarray, percentiles: tuple[float, float] = DISP
     """Scale the given percentile range to 0..1 (a constant image maps to 0)."""
     flat = values.reshape(-1)
     step = max(1, math.ceil(flat.size / _PERCENTILE_SAMPLE))
-    low, high = np.percentile(flat[::step], percentiles)
+    low, high = percentile(flat[::step], percentiles)
     if not high > low:
         return np.zeros(values.shape, dtype=np.float32)
     return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)

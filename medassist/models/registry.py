@@ -102,7 +102,8 @@ class LoadedModel:
 
 
 def load_model(spec: ModelSpec, device: torch.device, weights_dir: Path = WEIGHTS_DIR) -> LoadedModel:
-    """Verify the weights' sha256, load them with weights_only=True, return the model in eval mode."""
+    """Verify the weights' sha256, load them with weights_only=True, return the model in eval mode
+    with frozen parameters (inference only: saliency needs gradients of activations, not weights)."""
     path = verify_weights(spec, weights_dir)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -113,7 +114,7 @@ def load_model(spec: ModelSpec, device: torch.device, weights_dir: Path = WEIGHT
         network.load_state_dict(state)
     except RuntimeError as exc:
         raise MedassistError(f"{path}: weights do not fit network {spec.network} ({exc})") from exc
-    network = network.to(device).eval()
+    network = network.to(device).eval().requires_grad_(False)
     if device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
     return LoadedModel(spec=spec, network=network, device=device)

@@ -1,14 +1,14 @@
-"""medassist.preprocess.transforms: the numpy percentile scaling gives MONAI's numbers."""
+"""medassist.preprocess.transforms: the numpy/torch chain gives the numbers MONAI's transforms give."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from monai.transforms import ScaleIntensityRangePercentiles
+from monai.transforms import Resize, ScaleIntensityRangePercentiles, SpatialPad
 
 from medassist.models.spec import PreprocessSpec
-from medassist.preprocess.transforms import PercentileScale, prepare_2d
+from medassist.preprocess.transforms import PercentileScale, apply_letterbox, letterbox_for, prepare_2d
 
 
 @pytest.mark.parametrize("shape,seed", [((454, 373), 0), ((64, 900), 1), ((2140, 1760), 2), ((7, 5), 3)])
@@ -29,3 +29,25 @@ def test_constant_image_scales_to_zeros_and_prepare_2d_pads_with_zeros():
     assert tensor.shape == (1, 40, 40) and box.resized_shape == (20, 40) and box.pad_before == (10, 0)
     assert float(tensor.min()) == 0.0 and float(tensor.max()) == pytest.approx(1.0)
     assert not tensor[0, :10].any() and not tensor[0, 30:].any()
+
+
+@pytest.mark.parametrize("shape", [(454, 373), (373, 454), (64, 900), (2140, 1760), (448, 448), (7, 5), (301, 300)])
+def test_letterbox_matches_monai_resize_and_pad(shape):
+    image = np.random.default_rng(sum(shape)).random(shape, dtype=np.float32)
+    monai = SpatialPad(spatial_size=(448, 448), mode="constant")(
+        Resize(spatial_size=448, size_mode="longest", mode="area")(torch.as_tensor(image)[None]))
+    ours = apply_letterbox(image, letterbox_for(shape, 448))
+    assert ours.shape == (1, 448, 448) and ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.numpy(), np.asarray(monai), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(454, 373), (64, 900), (7, 5)])
+def test_letterbox_to_source_matches_monai_bilinear_resize(shape):
+    box = letterbox_for(shape, 448)
+    heatmap = np.random.default_rng(1).random((448, 448), dtype=np.float32)
+    (top, left), (rows, cols) = box.pad_before, box.resized_shape
+    crop = heatmap[top : top + rows, left : left + cols]
+    monai = Resize(spatial_size=shape, mode="bilinear", anti_aliasing=False)(crop[None])
+    back = box.to_source(heatmap)
+    assert back.shape == shape
+    np.testing.assert_allclose(back, np.asarray(monai)[0], atol=1e-6)
