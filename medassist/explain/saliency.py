@@ -162,8 +162,7 @@ def saliency_map(
         raise ValueError(f"unknown saliency method {method!r}; known: {', '.join(METHODS)}")
     network = model.network
     x = _as_batch(inputs, model.spec.preprocess.input_size).to(model.device)
-    if model.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)  # the loaded network's layout (load_model)
     size = x.shape[-1]
     forward = FindingLogit(network, model.spec.score_head)
     with frozen(network):
