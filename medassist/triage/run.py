@@ -223,7 +223,9 @@ def record_run(
 ) -> TriageSummary:
     """The writer every backend shares: lock ``out``, plan the jobs left (``plan``), journal each
     job ``produce(pending)`` finishes, rewrite the worklist atomically every ``checkpoint_every``
-    jobs and at the end, and count the rows."""
+    jobs (or every tenth of the rows so far, if more: each rewrite renders every row, and a fixed
+    interval would make a 10,000-series run spend seconds per minute rewriting) and at the end,
+    and count the rows."""
     with run_lock(out), Journal(out / JOURNAL_NAME) as journal:
         remove_stale_temporaries(out)
         rows = Rows(journal, out)
@@ -235,7 +237,7 @@ def record_run(
             for job, score, slices, error, saliency in produce(pending):
                 rows.finish(job, score, slices, error, saliency)
                 bar.update(1)
-                if rows.finished_now % checkpoint_every == 0:
+                if rows.since_checkpoint >= max(checkpoint_every, len(rows.records) // 10):
                     rows.checkpoint()
         finally:
             bar.close()
@@ -252,6 +254,7 @@ class Rows:
         self.records: dict[Key, Record] = {}
         self.resumed = 0
         self.finished_now = 0
+        self.since_checkpoint = 0
 
     def add(self, key: Key, record: Record, status: str = "done") -> None:
         """Journal a row and put it in the worklist."""
@@ -287,9 +290,11 @@ class Rows:
             )
             self.add(key, row.as_record())
         self.finished_now += 1
+        self.since_checkpoint += 1
 
     def checkpoint(self) -> tuple[Path, Path]:
         """Atomically rewrite the worklist with the rows decided so far."""
+        self.since_checkpoint = 0
         return write_worklist(self.out_dir, self.records.values())
 
 

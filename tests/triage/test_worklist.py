@@ -205,3 +205,23 @@ def test_new_model_version_rescores(tmp_path, model_dir, series_factory):
     rows = rows_of(out)
     assert summary.n_resumed == 0
     assert len(rows) == 3 and {r["model_version"] for r in rows} == {"0.0.2-test"}
+
+
+def test_checkpoints_space_out_as_the_worklist_grows(tmp_path, model_dir, series_factory, monkeypatch):
+    import medassist.triage.run as triage_run
+
+    sizes: list[int] = []
+    real_write = triage_run.write_worklist
+
+    def counting_write(out_dir, records):
+        records = list(records)
+        sizes.append(len(records))
+        return real_write(out_dir, records)
+
+    monkeypatch.setattr(triage_run, "write_worklist", counting_write)
+    series = [series_factory(i) for i in range(60)]
+    run(series, tmp_path / "out", model_dir, checkpoint_every=2)
+    gaps = [b - a for a, b in zip(sizes[1:], sizes[2:-1])]  # after the plan's first write, before the last
+    assert sizes[-1] == 60 and len(rows_of(tmp_path / "out")) == 60
+    assert gaps and all(gap >= max(2, size // 10) for gap, size in zip(gaps, sizes[2:-1]))
+    assert len(sizes) < 2 + 60 // 2, "a fixed interval of 2 would have written 30 times"
