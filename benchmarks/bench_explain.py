@@ -17,9 +17,12 @@ CPU time is the steadier of the two.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the medassist CLI does, before torch loads OpenMP
 
 import torch
 

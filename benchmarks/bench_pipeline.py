@@ -38,6 +38,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the medassist CLI does, before torch loads OpenMP
+
 import numpy as np
 import torch
 

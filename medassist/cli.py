@@ -22,6 +22,13 @@ from medassist.errors import MedassistError
 if TYPE_CHECKING:
     from medassist.models.spec import ModelSpec
 
+# Before torch loads OpenMP (the heavy imports below are inside the commands): torch's threads
+# should sleep, not spin, while they wait. Triage's decode workers share the cores with them, and
+# spinning threads burned the workers' cycles: on the 2-core machine end-to-end triage went from
+# 67% to 73% of the model's throughput, and the model alone got no slower (benchmarks/README).
+# An OMP_WAIT_POLICY already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def default_workers() -> int:
     """Decode worker processes: leave a core for inference, at most 4."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -73,3 +74,13 @@ def test_models_lists_name_version_threshold_and_sha(capsys, models):
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("fracture_xray"))
     assert "0.0.1-test" in line and "0.5000" in line and spec_sha in line and "DX,CR,RG" in line
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_cli_asks_openmp_to_sleep_before_torch_loads_unless_told_otherwise(preset):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import os, sys, medassist.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [preset or "PASSIVE", "False"]
