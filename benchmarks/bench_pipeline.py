@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cr", type=int, default=12, help="16-bit 2,000 px CR files (default 12)")
     parser.add_argument("--mr", type=int, default=1, help="512x512x150 MR series (default 1)")
     parser.add_argument("--mr-slices", type=int, default=150, help="slices per MR series (default 150)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8, help="model batch (default 8, as the triage command)")
     parser.add_argument("--workers", type=int, default=1, help="decode worker processes of the local backend")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--explain", default="flagged", choices=("flagged", "all", "none"),

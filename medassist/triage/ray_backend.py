@@ -198,7 +198,7 @@ def triage_series_ray(
     out_dir: str | Path,
     *,
     device: str | torch.device = "auto",
-    batch_size: int = 16,
+    batch_size: int = 8,
     num_workers: int = 1,
     weights_dir: str | Path = WEIGHTS_DIR,
     progress: bool = True,
