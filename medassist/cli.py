@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # Before torch loads OpenMP (the heavy imports below are inside the commands): torch's threads
 # should sleep, not spin, while they wait. Triage's decode workers share the cores with them, and
 # spinning threads burned the workers' cycles: on the 2-core machine end-to-end triage went from
-# 67% to 73% of the model's throughput, and the model alone got no slower (benchmarks/README).
+# 69% to 74% of the model's throughput, and the model alone got no slower (README, Speed).
 # An OMP_WAIT_POLICY already in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
