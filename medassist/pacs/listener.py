@@ -8,7 +8,8 @@
   ``<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` (spool defaults to ``out_dir/spool``);
 * a study is complete when no instance of it has arrived for ``idle_seconds``; it is then
   triaged (``medassist.triage.run_triage``) into ``out_dir/studies/<StudyInstanceUID>/``, and
-  ``out_dir/worklist.csv`` is rewritten with the rows of every study triaged so far;
+  ``out_dir/worklist.{csv,json}`` is rewritten with the rows of every study there (a restarted
+  listener keeps the earlier ones), highest priority first across studies;
 * instances that arrive for a study after it was triaged make it due again: it is re-triaged
   once idle, on all its instances.
 
@@ -18,7 +19,7 @@ UIDs from the network are checked (digits and dots) before they become file name
 
 from __future__ import annotations
 
-import csv
+import json
 import logging
 import os
 import re
@@ -90,6 +91,7 @@ class StudyListener:
         self.studies: dict[str, StudyState] = {}
         self.triaged: list[TriagedStudy] = []
         self._lock = threading.Lock()
+        self._merge_lock = threading.Lock()  # one merged-worklist write at a time
         self._stop = threading.Event()
         self._server = None
         self._watcher: threading.Thread | None = None
@@ -204,21 +206,25 @@ class StudyListener:
         return done
 
     def _merge_worklists(self) -> None:
-        """``out_dir/worklist.csv``: every triaged study's rows, in triage order (atomic)."""
-        from medassist.datamodel import WORKLIST_COLUMNS
+        """``out_dir/worklist.{csv,json}`` and ``quarantine.csv``: the rows of every study folder
+        under ``out_dir/studies/`` (earlier runs' too), in priority order across studies, written
+        by triage's own atomic writer. Saliency paths are made relative to ``out_dir``."""
+        from medassist.triage.worklist import write_worklist
 
-        rows: list[dict] = []
-        for done in list(self.triaged):
-            path = done.out_dir / "worklist.csv"
-            if path.is_file():
-                with path.open(newline="") as fh:
-                    rows.extend(csv.DictReader(fh))
-        tmp = self.out_dir / ".worklist.csv.part"
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(WORKLIST_COLUMNS), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.out_dir / "worklist.csv")
+        records: list[dict] = []
+        for path in sorted((self.out_dir / "studies").glob("*/worklist.json")):
+            folder = path.parent.relative_to(self.out_dir)
+            try:
+                rows = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                logger.error("listener: %s left out of the merged worklist: %s", path, exc)
+                continue
+            for record in rows:
+                if record.get("saliency_path"):
+                    record["saliency_path"] = str(folder / record["saliency_path"])
+                records.append(record)
+        with self._merge_lock:
+            write_worklist(self.out_dir, records)
 
     # ------------------------------------------------------------------ stopping
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 from types import SimpleNamespace
 
 import pydicom
@@ -137,3 +138,37 @@ def test_listen_sends_each_studys_results_back_to_the_pacs(orthanc_loaded, tmp_p
         thread.join(timeout=60)
     assert not thread.is_alive()
     assert worklist_studies(tmp_path / "worklist.csv") == [study]
+
+
+def test_merged_worklist_is_in_priority_order_across_studies_and_survives_a_restart(tmp_path):
+    import json
+
+    import numpy as np
+
+    from medassist.datamodel import WorklistRow
+    from medassist.triage.worklist import write_worklist
+
+    scores = {"1.2.3": 0.30, "1.2.4": 0.95, "1.2.5": 0.60}
+
+    def triage(inputs, out_dir, **kwargs):  # one scored row per study, with a saliency map
+        study, out = Path(inputs[0]).name, Path(out_dir)
+        (out / "saliency").mkdir(parents=True, exist_ok=True)
+        np.save(out / "saliency" / "map.npy", np.ones((2, 2), np.float32))
+        row = WorklistRow(study_uid=study, series_uid=f"{study}.1", patient_id="P", accession="A", modality="DX",
+                          body_part="HAND", model="m", model_version="1", finding="fracture", score=scores[study],
+                          threshold=0.5, flagged=scores[study] >= 0.5, source_path=str(inputs[0]),
+                          saliency_path="saliency/map.npy")
+        write_worklist(out, [row.as_record()])
+
+    first = StudyListener("MEDASSIST", free_port(), tmp_path, triage=triage)
+    first.triage_study("1.2.3")
+    first.triage_study("1.2.4")
+    restarted = StudyListener("MEDASSIST", free_port(), tmp_path, triage=triage)
+    restarted.triage_study("1.2.5")
+
+    assert worklist_studies(tmp_path / "worklist.csv") == ["1.2.4", "1.2.5", "1.2.3"]  # flagged, then by score
+    records = json.loads((tmp_path / "worklist.json").read_text())
+    assert [r["study_uid"] for r in records] == ["1.2.4", "1.2.5", "1.2.3"]
+    for record in records:
+        assert record["saliency_path"] == f"studies/{record['study_uid']}/saliency/map.npy"
+        assert (tmp_path / record["saliency_path"]).is_file()
