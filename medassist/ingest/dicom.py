@@ -412,13 +412,16 @@ def size_limit_problem(rows: int, columns: int, samples: int, n_frames: int, bit
 def native_length_problem(found: int, rows: int, columns: int, samples: int, n_frames: int, bits: int) -> str | None:
     """Why uncompressed pixel data of ``found`` bytes does not match the declared layout, or None.
 
-    One pad byte beyond the declared size is allowed (values are padded to an even length).
+    Trailing bytes short of one more frame are padding (the even-length pad byte, or vendor
+    padding that pydicom trims with a warning) and are accepted. A frame's worth or more means a
+    header value is wrong: the image would be read with the wrong shape.
     """
     expected = expected_pixel_bytes(rows, columns, samples, n_frames, bits)
     layout = describe_layout(rows, columns, samples, n_frames, bits)
     if found < expected:
         return f"pixel data truncated: expected {expected} bytes ({layout}), found {found}"
-    if found > expected + 1:
+    one_frame = max(2, expected // max(1, n_frames))
+    if found - expected >= one_frame:
         return (
             f"pixel data holds {found} bytes, {found - expected} more than the header declares ({layout}): "
             "Rows, Columns, NumberOfFrames, SamplesPerPixel or BitsAllocated is wrong"

@@ -205,8 +205,9 @@ def _layout(ds: Dataset, path: str) -> tuple[int, int, int, int, int]:
 def _check_declared_size(ds: Dataset, path: str, syntax: UID) -> None:
     """Refuse headers whose image size the pixel data does not hold, or that we will not allocate.
 
-    Uncompressed: the data must be exactly the declared size (plus one pad byte). Encapsulated:
-    at least one fragment per declared frame (a decoder allocates all frames before finding out).
+    Uncompressed: the data must hold the declared size, plus less than one frame of padding.
+    Encapsulated: at least one fragment per declared frame (a decoder allocates all frames before
+    finding out).
     """
     rows, columns, samples, n_frames, bits = _layout(ds, path)
     problem = size_limit_problem(rows, columns, samples, n_frames, bits)

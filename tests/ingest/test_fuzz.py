@@ -165,6 +165,20 @@ def test_more_pixel_data_than_the_header_declares_is_refused(tmp_path, write_dic
     assert str(raised.value) == f"{path}: {problem.reason}"
 
 
+def test_trailing_padding_short_of_a_frame_is_accepted(tmp_path, write_dicom):
+    image = np.arange(16 * 16, dtype=np.uint16).reshape(16, 16)
+    path = write_dicom(tmp_path / "padded.dcm", image)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData + b"\0" * 100  # vendor padding: 100 bytes past a 512-byte frame
+    ds.save_as(path)
+
+    series, problems = discover_series([path])
+    assert problems == [] and len(series) == 1
+    decoded = decode_file(str(path))
+    assert decoded.values.shape == (1, 16, 16)
+    np.testing.assert_array_equal(decoded.values[0], image)
+
+
 def test_compressed_image_with_lying_rows_is_a_specific_error(tmp_path, dicom_data):
     path = tmp_path / "jpeg.dcm"
     shutil.copy(dicom_data / "pylibjpeg-data/JPEGBaseline_1s_1f_u_08_08.dcm", path)
