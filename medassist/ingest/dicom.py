@@ -334,7 +334,8 @@ def _classify(path: str, ds: Dataset, pixel: PixelElement | None, file_size: int
         return IngestProblem(path, layout)
     rows, columns, samples, n_frames, bits = layout
     syntax = str(meta.get("TransferSyntaxUID", ""))
-    reason = _pixel_data_problem(pixel, syntax, rows, columns, samples, n_frames, bits)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    reason = _pixel_data_problem(pixel, syntax, rows, columns, samples, n_frames, bits, photometric)
     if reason:
         return IngestProblem(path, reason)
     return _header(path, ds, syntax, rows, columns, samples, n_frames)
@@ -378,9 +379,12 @@ def _image_layout(ds: Dataset, meta: Dataset) -> tuple[int, int, int, int, int] 
     )
 
 
-def expected_pixel_bytes(rows: int, columns: int, samples: int, n_frames: int, bits: int) -> int:
-    """Bytes of uncompressed pixel data the header promises."""
-    return (rows * columns * samples * n_frames * bits + 7) // 8
+def expected_pixel_bytes(rows: int, columns: int, samples: int, n_frames: int, bits: int,
+                         photometric: str = "") -> int:
+    """Bytes of uncompressed pixel data the header promises. YBR_FULL_422 stores two values per
+    pixel, not three (Y for each pixel, Cb and Cr shared by pairs: PS3.3 C.7.6.3.1.2)."""
+    values = 2 if photometric == "YBR_FULL_422" and samples == 3 else samples
+    return (rows * columns * values * n_frames * bits + 7) // 8
 
 
 def describe_layout(rows: int, columns: int, samples: int, n_frames: int, bits: int) -> str:
@@ -409,14 +413,15 @@ def size_limit_problem(rows: int, columns: int, samples: int, n_frames: int, bit
     )
 
 
-def native_length_problem(found: int, rows: int, columns: int, samples: int, n_frames: int, bits: int) -> str | None:
+def native_length_problem(found: int, rows: int, columns: int, samples: int, n_frames: int, bits: int,
+                          photometric: str = "") -> str | None:
     """Why uncompressed pixel data of ``found`` bytes does not match the declared layout, or None.
 
     Trailing bytes short of one more frame are padding (the even-length pad byte, or vendor
     padding that pydicom trims with a warning) and are accepted. A frame's worth or more means a
     header value is wrong: the image would be read with the wrong shape.
     """
-    expected = expected_pixel_bytes(rows, columns, samples, n_frames, bits)
+    expected = expected_pixel_bytes(rows, columns, samples, n_frames, bits, photometric)
     layout = describe_layout(rows, columns, samples, n_frames, bits)
     if found < expected:
         return f"pixel data truncated: expected {expected} bytes ({layout}), found {found}"
@@ -430,7 +435,8 @@ def native_length_problem(found: int, rows: int, columns: int, samples: int, n_f
 
 
 def _pixel_data_problem(
-    pixel: PixelElement, syntax: str, rows: int, columns: int, samples: int, n_frames: int, bits: int
+    pixel: PixelElement, syntax: str, rows: int, columns: int, samples: int, n_frames: int, bits: int,
+    photometric: str = "",
 ) -> str | None:
     """Truncated or lying pixel data, found from the element header and file size alone."""
     too_large = size_limit_problem(rows, columns, samples, n_frames, bits)
@@ -445,7 +451,7 @@ def _pixel_data_problem(
     compressed = bool(syntax) and UID(syntax).is_compressed
     if compressed:
         return None
-    return native_length_problem(pixel.length, rows, columns, samples, n_frames, bits)
+    return native_length_problem(pixel.length, rows, columns, samples, n_frames, bits, photometric)
 
 
 def _header(

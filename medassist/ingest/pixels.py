@@ -212,7 +212,8 @@ def _check_declared_size(ds: Dataset, path: str, syntax: UID) -> None:
     rows, columns, samples, n_frames, bits = _layout(ds, path)
     problem = size_limit_problem(rows, columns, samples, n_frames, bits)
     if problem is None and not syntax.is_compressed:
-        problem = native_length_problem(len(ds.PixelData), rows, columns, samples, n_frames, bits)
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+        problem = native_length_problem(len(ds.PixelData), rows, columns, samples, n_frames, bits, photometric)
     if problem is None and syntax.is_compressed and n_frames > 1:
         n_fragments = _fragment_count(ds.PixelData)
         if n_fragments < n_frames:
