@@ -7,10 +7,12 @@ as another kind: one input per slice, scores aggregated (e.g. max) with the cont
 indices reported in the worklist's ``slices`` column. A spec chooses its kind with an
 ``input_kind`` attribute; specs without one are ``"image2d"``.
 
-Decoding happens in ``JobDataset.__getitem__``, so with ``num_workers > 0`` it runs in worker
-processes and overlaps inference. A job that fails to decode comes back as an error string, and
-``collate_prepared`` keeps those apart from the tensors. A series whose decoding and preprocessing
-take longer than the series time limit (``time_limit``) comes back as an error too.
+Decoding happens in ``JobDataset.__getitem__`` (radiographs: network inputs) and
+``VolumeDataset.__getitem__`` (volumes: the whole series, reduced to the array the model scores),
+so with ``num_workers > 0`` it runs in worker processes and overlaps inference. A job that fails
+to decode comes back as an error string (``failure_message``), and ``collate_prepared`` keeps those
+apart from the tensors. A series whose decoding takes longer than the series time limit
+(``time_limit``) comes back as an error too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -47,6 +49,17 @@ class DecodeTimeout(BaseException):
 def timeout_message(source_path: str, seconds: float) -> str:
     """The error row's text for a series that ran out of time."""
     return f"{source_path}: decoding took longer than {seconds:g} s (--series-timeout)"
+
+
+def failure_message(source_path: str, exc: BaseException, series_timeout: float | None, action: str) -> str:
+    """The error row's text for what decoding or scoring a series raised: the timeout message for
+    DecodeTimeout, a MedassistError's own text, else "<path>: could not <action> (<Type>: <reason>)"."""
+    if isinstance(exc, DecodeTimeout):
+        return timeout_message(source_path, series_timeout or 0)
+    if isinstance(exc, MedassistError):
+        return str(exc)
+    reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return f"{source_path}: could not {action} ({reason})"
 
 
 @contextlib.contextmanager
@@ -175,13 +188,9 @@ class JobDataset(Dataset):
             with time_limit(self.series_timeout):
                 image = job.series.load()
                 inputs, slices = self.kind.prepare(image, job.spec)
-        except DecodeTimeout:
-            return Prepared(index, None, error=timeout_message(job.series.source_path, self.series_timeout or 0))
-        except MedassistError as exc:
-            return Prepared(index, None, error=str(exc))
-        except Exception as exc:  # one undecodable series must not stop the run
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            return Prepared(index, None, error=f"{job.series.source_path}: could not prepare image ({reason})")
+        except (Exception, DecodeTimeout) as exc:  # one undecodable series must not stop the run
+            message = failure_message(job.series.source_path, exc, self.series_timeout, "prepare image")
+            return Prepared(index, None, error=message)
         return Prepared(index, inputs.float(), slices)
 
 
@@ -192,3 +201,53 @@ def collate_prepared(items: list[Prepared]) -> Batch:
     inputs = torch.cat([item.inputs for item in good]) if good else None  # type: ignore[misc]
     owners = [(item.index, int(item.inputs.shape[0]), item.slices) for item in good]  # type: ignore[union-attr]
     return Batch(inputs, owners, errors)
+
+
+VOLUME_FAILURE = "score volume"  # a volume job's error rows say "could not score volume (...)"
+
+
+@dataclass
+class DecodedVolume:
+    """A decoded volume job with only what scoring reads: the spec's source array, as a tensor
+    (DataLoader moves tensors through shared memory; numpy arrays it pickles through a pipe), and
+    the image's other fields (geometry, window); or the error row's text."""
+
+    index: int
+    source: torch.Tensor | None = None
+    image: Image | None = None  # pixels and display empty: the source travels as ``source``
+    error: str = ""
+
+    @classmethod
+    def of(cls, index: int, image: Image, spec: ModelSpec) -> DecodedVolume:
+        """The image reduced to the spec's source array (the other array stays behind)."""
+        source = np.ascontiguousarray(getattr(image, spec.preprocess.source))
+        empty = np.empty((0, 0, 0), dtype=source.dtype)
+        return cls(index, torch.from_numpy(source), replace(image, pixels=empty, display=empty))
+
+    def scoring_image(self) -> Image:
+        """The image to score: the source array (no copy) as both ``pixels`` and ``display``."""
+        if self.source is None or self.image is None:
+            raise ValueError(f"no image to score: {self.error}")
+        source = self.source.numpy()
+        return replace(self.image, pixels=source, display=source)
+
+
+class VolumeDataset(Dataset):
+    """Decode the series of volume jobs whole (held to the series time limit) for scoring."""
+
+    def __init__(self, jobs: list[Job], series_timeout: float | None = None) -> None:
+        self.jobs = jobs
+        self.series_timeout = series_timeout
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> DecodedVolume:
+        job = self.jobs[index]
+        try:
+            with time_limit(self.series_timeout):
+                image = job.series.load()
+            return DecodedVolume.of(index, image, job.spec)
+        except (Exception, DecodeTimeout) as exc:  # one undecodable volume must not stop the run
+            message = failure_message(job.series.source_path, exc, self.series_timeout, VOLUME_FAILURE)
+            return DecodedVolume(index, error=message)

@@ -7,10 +7,11 @@ One Ray Data dataset per run, in three stages plus the driver:
    earlier run are decided here, never sent to the cluster);
 2. decode stage, CPU tasks (``decode_row``): the series is rebuilt from plain data (``series_ref``)
    and decoded and preprocessed by the local backend's own ``JobDataset``; a volume series
-   (``input_kind="volume"``) is decoded whole, its slices are cut and scored by the model stage;
+   (``input_kind="volume"``) is decoded whole by its ``VolumeDataset``, its slices are cut and
+   scored by the model stage;
 3. model stage, a pool of actors (``ModelStage``; one GPU each when the cluster has GPUs): each
    model is loaded once per actor, batches are scored with ``score_inputs_with_features`` (radiographs)
-   or ``score_volume_jobs`` (volumes), and the saliency maps the ``explain`` policy asks for are
+   or ``score_decoded_volume`` (volumes), and the saliency maps the ``explain`` policy asks for are
    written with ``explain_job``;
 4. writer stage, on the driver: each result is journaled (fsynced) as it arrives and the worklist
    rewritten atomically every ``checkpoint_every`` results and at the end (``Rows``), so a run
@@ -54,13 +55,12 @@ from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, l
 from medassist.models.spec import ModelSpec
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
-    DecodeTimeout,
     Job,
     JobDataset,
     Prepared,
+    VolumeDataset,
     collate_prepared,
     kind_of,
-    time_limit,
 )
 from medassist.triage.run import (
     Finished,
@@ -69,8 +69,8 @@ from medassist.triage.run import (
     explain_job,
     prepare_run,
     record_run,
+    score_decoded_volume,
     score_inputs_with_features,
-    score_volume_jobs,
     wants_saliency,
 )
 
@@ -361,34 +361,19 @@ def enter_driver_cwd(cwd: str) -> None:
 
 
 def decode_row(row: dict, *, specs: dict[str, ModelSpec], stage: StageOptions) -> dict:
-    """One job decoded: the row with a ``payload`` (pickled) for the model stage.
-
-    Radiographs: the ``Prepared`` network inputs (or error) from the local backend's ``JobDataset``.
-    Volumes: ("image", Image with only the spec's source array) or ("error", the exception), which
-    ``score_volume_jobs`` turns into a score or an error row on the model stage exactly as when it
-    decodes itself.
+    """One job decoded by the local backend's own datasets: the row with a ``payload`` (pickled)
+    for the model stage. Radiographs: the ``Prepared`` network inputs (or error) from ``JobDataset``.
+    Volumes: the ``DecodedVolume`` (the spec's source array only, or the error row's text) from
+    ``VolumeDataset``, which ``score_decoded_volume`` scores on the model stage.
     """
     enter_driver_cwd(stage.cwd)
     spec = specs[row["spec"]]
-    series = series_from_ref(row["ref"])
+    jobs = [Job(series_from_ref(row["ref"]), spec)]
     if spec.input_kind == "volume":
-        try:
-            with time_limit(stage.series_timeout):
-                image = series.load()
-            # scoring reads only the spec's source array (and the geometry): the other one stays here
-            source = getattr(image, spec.preprocess.source)
-            payload: tuple = ("image", dataclasses.replace(image, pixels=source, display=source))
-        except (Exception, DecodeTimeout) as exc:  # becomes the job's error row on the model stage
-            payload = ("error", exc)
+        payload: tuple = ("volume", VolumeDataset(jobs, stage.series_timeout)[0])
     else:
-        payload = ("prepared", JobDataset([Job(series, spec)], kind_of(spec), stage.series_timeout)[0])
-    try:
-        data = pickle.dumps(payload, protocol=5)
-    except Exception:  # an exception object that does not pickle: keep its text
-        exc = payload[1]
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        data = pickle.dumps(("error", MedassistError(f"{series.source_path}: could not score volume ({reason})")))
-    return {"job": row["job"], "spec": row["spec"], "ref": row["ref"], "payload": data}
+        payload = ("prepared", JobDataset(jobs, kind_of(spec), stage.series_timeout)[0])
+    return {"job": row["job"], "spec": row["spec"], "ref": row["ref"], "payload": pickle.dumps(payload, protocol=5)}
 
 
 # --- model stage (Ray actors) -------------------------------------------------------------------
@@ -421,20 +406,17 @@ class ModelStage:
             group = [entry for entry in entries if entry[1] == name]
             model = self.model(name)
             jobs = [Job(series_from_ref(ref), model.spec) for _, _, ref, _ in group]
-            if model.spec.input_kind == "volume":
-                # the decode stage's image (or error) stands in for the decode when scoring; a map
-                # decodes the series again, as the local backend's does
-                scoring = [preloaded(job, payload) for job, (_, _, _, payload) in zip(jobs, group)]
-                scored = score_volume_jobs(model, scoring, self.stage.series_timeout)
+            decoded = [payload[1] for _, _, _, payload in group]
+            if model.spec.input_kind == "volume":  # a map decodes the series again, as the local backend's does
+                scored = (score_decoded_volume(model, job, volume) for job, volume in zip(jobs, decoded))
             else:
-                scoring = jobs
-                scored = score_prepared(model, jobs, [payload[1] for _, _, _, payload in group], self.stage.batch_size)
-            position = {id(job): (entry[0], original) for job, entry, original in zip(scoring, group, jobs)}
+                scored = score_prepared(model, jobs, decoded, self.stage.batch_size)
+            position = {id(job): entry[0] for job, entry in zip(jobs, group)}
             for job, score, slices, error, inputs, features in scored:
-                key, original = position[id(job)]
+                key = position[id(job)]
                 saliency = ""
                 if wants_saliency(self.stage.explain, model.spec, score):
-                    saliency = explain_job(model, original, inputs, slices, Path(self.stage.out_dir),
+                    saliency = explain_job(model, job, inputs, slices, Path(self.stage.out_dir),
                                            self.stage.explain_method, features=features)
                 results[key] = (math.nan if score is None else float(score), " ".join(map(str, slices)), error, saliency)
         order = [entry[0] for entry in entries]
@@ -445,18 +427,6 @@ class ModelStage:
             "error": np.array([results[i][2] for i in order], dtype=object),
             "saliency": np.array([results[i][3] for i in order], dtype=object),
         }
-
-
-def preloaded(job: Job, payload: tuple) -> Job:
-    """The job with a series whose loader hands back the decode stage's image (or raises its error)."""
-    kind, value = payload
-
-    def load() -> Image:
-        if kind == "error":
-            raise value
-        return value
-
-    return Job(dataclasses.replace(job.series, loader=load), job.spec)
 
 
 def score_prepared(

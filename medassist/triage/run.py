@@ -21,9 +21,10 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from medassist.datamodel import IngestProblem, Series, WorklistRow
@@ -40,14 +41,15 @@ from medassist.models.registry import (
 from medassist.models.spec import ModelSpec
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
-    DecodeTimeout,
+    VOLUME_FAILURE,
+    DecodedVolume,
     InputKind,
     Job,
     JobDataset,
+    VolumeDataset,
     collate_prepared,
+    failure_message,
     kind_of,
-    time_limit,
-    timeout_message,
 )
 from medassist.triage.journal import (
     JOURNAL_NAME,
@@ -184,7 +186,7 @@ def triage_series(
         for spec, jobs in pending:
             model = load_model(spec, torch_device, Path(weights_dir))
             if spec.input_kind == "volume":
-                results = score_volume_jobs(model, jobs, series_timeout)
+                results = score_volume_jobs(model, jobs, series_timeout, num_workers)
             else:
                 results = score_jobs(model, jobs, batch_size, num_workers, series_timeout)
             for job, score, slices, error, inputs, features in results:
@@ -351,31 +353,35 @@ def score_jobs(
 
 
 def score_volume_jobs(
-    model: LoadedModel, jobs: list[Job], series_timeout: float | None = DEFAULT_SERIES_TIMEOUT
+    model: LoadedModel, jobs: list[Job], series_timeout: float | None = DEFAULT_SERIES_TIMEOUT, num_workers: int = 0,
 ) -> Iterator[ScoredJob]:
-    """(job, study score, flagged slice indices, error, None, None) per volume job, one series at a time.
+    """(job, study score, flagged slice indices, error, None, None) per volume job, in order.
 
-    Slices are streamed through the network in batches inside ``score_volume``, so memory stays
-    bounded by one decoded series plus one batch. Decoding is held to ``series_timeout``.
+    Each series is decoded whole (held to ``series_timeout``) in ``num_workers`` processes (0: in
+    this process) while this process scores the previous one; each worker holds at most one
+    decoded volume beyond the one being scored. Slices are streamed through the network in batches
+    inside ``score_volume``. A lone volume, with nothing to overlap, is decoded here (no worker to
+    start, no copy to make).
     """
+    workers = num_workers if len(jobs) > 1 else 0
+    loader = ordered_loader(VolumeDataset(jobs, series_timeout), workers, prefetch_factor=1, batch_size=None)
+    for decoded in loader:
+        scored = score_decoded_volume(model, jobs[decoded.index], decoded)
+        del decoded  # the volume is freed before the caller's work on the result (e.g. a saliency map)
+        yield scored
+
+
+def score_decoded_volume(model: LoadedModel, job: Job, decoded: DecodedVolume) -> ScoredJob:
+    """``score_volume_jobs``'s tuple for one decoded volume (or its decoding error)."""
     from medassist.models.tumor import score_volume
 
-    for job in jobs:
-        try:
-            with time_limit(series_timeout):
-                image = job.series.load()
-            result = score_volume(model.network, model.spec, image)
-        except DecodeTimeout:
-            yield job, None, (), timeout_message(job.series.source_path, series_timeout or 0), None, None
-            continue
-        except MedassistError as exc:
-            yield job, None, (), str(exc), None, None
-            continue
-        except Exception as exc:  # one unscorable volume must not stop the run
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            yield job, None, (), f"{job.series.source_path}: could not score volume ({reason})", None, None
-            continue
-        yield job, round(float(result["score"]), 6), tuple(result["slices"]), "", None, None
+    if decoded.error:
+        return job, None, (), decoded.error, None, None
+    try:
+        result = score_volume(model.network, model.spec, decoded.scoring_image())
+    except Exception as exc:  # one unscorable volume must not stop the run
+        return job, None, (), failure_message(job.series.source_path, exc, None, VOLUME_FAILURE), None, None
+    return job, round(float(result["score"]), 6), tuple(result["slices"]), "", None, None
 
 
 EXPLAIN_CHOICES = ("flagged", "all", "none")
@@ -462,21 +468,22 @@ def make_loader(
     series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
 ) -> DataLoader:
     """A DataLoader decoding ``jobs`` in ``num_workers`` processes (0: in this process), in order."""
-    workers = min(num_workers, len(jobs))
+    return ordered_loader(
+        JobDataset(jobs, kind, series_timeout), num_workers, prefetch_factor=2,
+        batch_size=kind.jobs_per_batch(batch_size), collate_fn=collate_prepared, pin_memory=device.type == "cuda",
+    )
+
+
+def ordered_loader(dataset: Dataset, num_workers: int, *, prefetch_factor: int, **options: Any) -> DataLoader:
+    """A DataLoader over ``dataset`` in order, its items made in ``num_workers`` processes (0: in
+    this one; never more than there are items), each worker at most ``prefetch_factor`` batches ahead."""
+    workers = min(num_workers, len(dataset))  # type: ignore[arg-type]
     extra: dict = {}
     if workers > 0:
         methods = multiprocessing.get_all_start_methods()
         # fork: workers inherit the series' loaders (closures need not be picklable)
-        extra = {"prefetch_factor": 2, "multiprocessing_context": "fork" if "fork" in methods else None}
-    return DataLoader(
-        JobDataset(jobs, kind, series_timeout),
-        batch_size=kind.jobs_per_batch(batch_size),
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_prepared,
-        pin_memory=device.type == "cuda",
-        **extra,
-    )
+        extra = {"prefetch_factor": prefetch_factor, "multiprocessing_context": "fork" if "fork" in methods else None}
+    return DataLoader(dataset, shuffle=False, num_workers=workers, **options, **extra)
 
 
 def summarise(
