@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -352,6 +353,22 @@ def score_jobs(
                 yield jobs[index], None, (), message, None, None
 
 
+# A volume decoded in a worker reaches this process through shared memory (/dev/shm): 157 MB for
+# a 512 x 512 x 150 float32 source array, 315 MB at 300 slices. Containers often mount 64 MB there,
+# where a worker's copy fails with a bus error and stops the whole run: volumes are decoded in
+# process unless there is room for one such volume per worker plus the one being scored.
+SHARED_MEMORY_DIR = "/dev/shm"
+VOLUME_SHARED_MEMORY = 512 * 2**20
+
+
+def shared_memory_free() -> int:
+    """Free bytes in ``SHARED_MEMORY_DIR`` (0 when it cannot be read)."""
+    try:
+        return shutil.disk_usage(SHARED_MEMORY_DIR).free
+    except OSError:
+        return 0
+
+
 def score_volume_jobs(
     model: LoadedModel, jobs: list[Job], series_timeout: float | None = DEFAULT_SERIES_TIMEOUT, num_workers: int = 0,
 ) -> Iterator[ScoredJob]:
@@ -361,9 +378,13 @@ def score_volume_jobs(
     this process) while this process scores the previous one; each worker holds at most one
     decoded volume beyond the one being scored. Slices are streamed through the network in batches
     inside ``score_volume``. A lone volume, with nothing to overlap, is decoded here (no worker to
-    start, no copy to make).
+    start, no copy to make), and so is every volume when shared memory is short (``shared_memory_free``).
     """
     workers = num_workers if len(jobs) > 1 else 0
+    if workers and shared_memory_free() < (workers + 1) * VOLUME_SHARED_MEMORY:
+        log.info("decoding volumes in this process: %s has under %d MiB free for worker copies",
+                 SHARED_MEMORY_DIR, (workers + 1) * VOLUME_SHARED_MEMORY // 2**20)
+        workers = 0
     loader = ordered_loader(VolumeDataset(jobs, series_timeout), workers, prefetch_factor=1, batch_size=None)
     for decoded in loader:
         scored = score_decoded_volume(model, jobs[decoded.index], decoded)

@@ -145,3 +145,16 @@ def test_volumes_decode_in_a_worker_process(tmp_path):
         pid = int(rows["pid"]["error"].split()[-1])
         assert (pid == os.getpid()) == (workers == 0)
         assert rows["SER1"]["flagged"] is True
+
+
+@needs_tumour_model
+def test_volumes_decode_in_process_when_shared_memory_is_short(tmp_path, monkeypatch):
+    import medassist.triage.run as triage_run
+
+    monkeypatch.setattr(triage_run, "shared_memory_free", lambda: 64 * 2**20)  # a container's default /dev/shm
+    (tumour,), _ = discover_series([TUMOUR_SERIES])
+    triage_series([mr_series("pid", _decoder_pid), tumour], [], tmp_path, device="cpu", num_workers=2,
+                  progress=False, explain="none")
+    rows = {Path(r["source_path"]).name: r for r in json.loads((tmp_path / "worklist.json").read_text())}
+    assert int(rows["pid"]["error"].split()[-1]) == os.getpid()
+    assert rows["SER1"]["flagged"] is True
