@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -790,8 +789,50 @@ def score_slices(network: nn.Module, spec: ModelSpec, slices: np.ndarray, device
     return torch.sigmoid(presence.float()).cpu().numpy(), torch.softmax(logits[:, 1:4].float(), 1).cpu().numpy()
 
 
+@dataclass
+class PreparedVolume:
+    """A volume cut into network inputs, with what the study score needs: made where the volume
+    is decoded (a triage worker), scored where the model is (``score_prepared_volume``)."""
+
+    inputs: torch.Tensor  # (k, 1, S, S): the slices with enough foreground to score
+    scored: np.ndarray  # (k,) their indices along the plane (canonical order)
+    fractions: np.ndarray  # (n,) foreground fraction of every slice along the plane
+    axis: int  # the plane's canonical axis
+    spacing_mm: float  # between slices along the plane
+    stored_index: tuple[int | None, ...]  # stored slice index of each canonical slice (None: a reformat)
+
+
+def prepare_volume(spec: ModelSpec, image, *, axis: int | None = None, batch: int = 16) -> PreparedVolume:
+    """Reorient ``image`` to the canonical frame, pick the acquisition plane (or ``axis``), measure
+    every slice's foreground and prepare those with enough of it (``prepare_slice``), ``batch``
+    slices copied at a time."""
+    settings = inference_settings(spec)
+    volume, axes = vol.reorient_canonical(image, spec.preprocess.source)
+    axis = vol.acquisition_plane(axes) if axis is None else axis
+    n = volume.shape[axis]
+    ref = vol.intensity_reference(volume)
+    fractions = np.zeros(n)
+    inputs: list[torch.Tensor] = []
+    for idx, chunk in vol.iter_slices(volume, axis, batch):
+        fractions[idx] = [vol.brain_fraction(s, ref) for s in chunk]
+        inputs += [prepare_slice(s, spec.preprocess)[0] for s in chunk[fractions[idx] >= settings["min_brain_fraction"]]]
+    scored = np.flatnonzero(fractions >= settings["min_brain_fraction"])
+    size = spec.preprocess.input_size
+    return PreparedVolume(
+        inputs=torch.stack(inputs) if inputs else torch.zeros((0, 1, size, size)),
+        scored=scored, fractions=fractions, axis=axis, spacing_mm=float(axes.spacing[axis]),
+        stored_index=tuple(axes.source_slice_index(axis, i) for i in range(n)),
+    )
+
+
 def score_volume(network: nn.Module, spec: ModelSpec, image, *, batch: int = 16, axis: int | None = None) -> dict:
-    """Score an Image slice by slice across its acquisition plane and aggregate to one study score.
+    """Score an Image slice by slice across its acquisition plane and aggregate to one study score
+    (``prepare_volume`` then ``score_prepared_volume``)."""
+    return score_prepared_volume(network, spec, prepare_volume(spec, image, axis=axis, batch=batch), batch=batch)
+
+
+def score_prepared_volume(network: nn.Module, spec: ModelSpec, prepared: PreparedVolume, *, batch: int = 16) -> dict:
+    """The study score of a prepared volume.
 
     Returns score, flagged, the flagged slice indices (in the stored slice order when the plane is
     the stored slice axis, else canonical indices, with ``indices_are`` saying which), per-slice
@@ -799,31 +840,30 @@ def score_volume(network: nn.Module, spec: ModelSpec, image, *, batch: int = 16,
     plane and window settings.
     """
     settings = inference_settings(spec)
-    volume, axes = vol.reorient_canonical(image, spec.preprocess.source)
-    axis = vol.acquisition_plane(axes) if axis is None else axis
-    n = volume.shape[axis]
-    ref = vol.intensity_reference(volume)
-    fractions = np.zeros(n)
+    n, axis = prepared.fractions.size, prepared.axis
     slice_scores = np.zeros(n)
     type_probs = np.zeros((n, len(TYPE_LABELS)))
-    for idx, chunk in vol.iter_slices(volume, axis, batch):
-        fractions[idx] = [vol.brain_fraction(s, ref) for s in chunk]
-        ok = fractions[idx] >= settings["min_brain_fraction"]
-        if ok.any():
-            p, t = score_slices(network, spec, chunk[ok])
-            slice_scores[idx[ok]] = p
-            type_probs[idx[ok]] = t
-    inside = vol.in_brain(fractions, min_fraction=settings["min_brain_fraction"],
+    device = next(network.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(prepared.scored), batch):
+            x = prepared.inputs[start : start + batch].to(device).contiguous(memory_format=torch.channels_last)
+            logits, cells = network.forward_all(x)
+            presence = cells.amax(dim=(1, 2, 3)) if spec.score_head == "cell_max" else logits[:, 0]
+            idx = prepared.scored[start : start + batch]
+            slice_scores[idx] = torch.sigmoid(presence.float()).cpu().numpy()
+            type_probs[idx] = torch.softmax(logits[:, 1:4].float(), 1).cpu().numpy()
+    inside = vol.in_brain(prepared.fractions, min_fraction=settings["min_brain_fraction"],
                           min_relative=settings["min_relative_brain_fraction"] if n > 1 else 0.0)
     slice_scores = np.where(inside, slice_scores, 0.0)
     threshold = float(spec.threshold)
     null = settings.get("null_logit")
+    extent = settings["aggregation"]["extent_mm"]
     score, flagged_idx = vol.aggregate_study_score(
-        slice_scores, n, spacing_mm=axes.spacing[axis], extent_mm=settings["aggregation"]["extent_mm"],
+        slice_scores, n, spacing_mm=prepared.spacing_mm, extent_mm=extent,
         null=vol.NullModel(null["mean"], null["std"]) if null else None, threshold=threshold)
     flagged = score >= threshold
     types = type_probs[list(flagged_idx)].mean(0) if flagged_idx else type_probs[int(np.argmax(slice_scores))]
-    source_idx = [axes.source_slice_index(axis, i) for i in flagged_idx]
+    source_idx = [prepared.stored_index[i] for i in flagged_idx]
     use_source = all(i is not None for i in source_idx)
     return {
         "score": float(score), "threshold": threshold, "flagged": bool(flagged),
@@ -831,8 +871,8 @@ def score_volume(network: nn.Module, spec: ModelSpec, image, *, batch: int = 16,
         "indices_are": "stored" if use_source else "canonical",
         "slice_scores": slice_scores, "in_brain": inside,
         "type": dict(zip(settings["type_labels"], (float(v) for v in types))),
-        "plane": vol.PLANES[axis], "spacing_mm": float(axes.spacing[axis]),
-        "window_slices": vol.window_length(n, axes.spacing[axis], settings["aggregation"]["extent_mm"]),
+        "plane": vol.PLANES[axis], "spacing_mm": prepared.spacing_mm,
+        "window_slices": vol.window_length(n, prepared.spacing_mm, extent),
     }
 
 

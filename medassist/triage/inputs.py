@@ -21,8 +21,8 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from medassist.datamodel import Image, Series
 from medassist.errors import MedassistError
 from medassist.models.spec import ModelSpec
 from medassist.preprocess.transforms import prepare_2d
+
+if TYPE_CHECKING:
+    from medassist.models.tumor import PreparedVolume
 
 
 # Seconds one series may spend in decoding and preprocessing before it becomes an error row.
@@ -208,32 +211,24 @@ VOLUME_FAILURE = "score volume"  # a volume job's error rows say "could not scor
 
 @dataclass
 class DecodedVolume:
-    """A decoded volume job with only what scoring reads: the spec's source array, as a tensor
-    (DataLoader moves tensors through shared memory; numpy arrays it pickles through a pipe), and
-    the image's other fields (geometry, window); or the error row's text."""
+    """A volume job decoded and cut into network inputs where it was decoded (``PreparedVolume``:
+    the inputs travel as a tensor, which DataLoader moves through shared memory), or the error
+    row's text."""
 
     index: int
-    source: torch.Tensor | None = None
-    image: Image | None = None  # pixels and display empty: the source travels as ``source``
+    prepared: PreparedVolume | None = None
     error: str = ""
 
     @classmethod
     def of(cls, index: int, image: Image, spec: ModelSpec) -> DecodedVolume:
-        """The image reduced to the spec's source array (the other array stays behind)."""
-        source = np.ascontiguousarray(getattr(image, spec.preprocess.source))
-        empty = np.empty((0, 0, 0), dtype=source.dtype)
-        return cls(index, torch.from_numpy(source), replace(image, pixels=empty, display=empty))
+        """Prepare ``image`` for ``spec`` (reorientation, plane, foreground, slice inputs)."""
+        from medassist.models.tumor import prepare_volume
 
-    def scoring_image(self) -> Image:
-        """The image to score: the source array (no copy) as both ``pixels`` and ``display``."""
-        if self.source is None or self.image is None:
-            raise ValueError(f"no image to score: {self.error}")
-        source = self.source.numpy()
-        return replace(self.image, pixels=source, display=source)
+        return cls(index, prepare_volume(spec, image))
 
 
 class VolumeDataset(Dataset):
-    """Decode the series of volume jobs whole (held to the series time limit) for scoring."""
+    """Decode and prepare the series of volume jobs (held, together, to the series time limit)."""
 
     def __init__(self, jobs: list[Job], series_timeout: float | None = None) -> None:
         self.jobs = jobs
@@ -246,8 +241,7 @@ class VolumeDataset(Dataset):
         job = self.jobs[index]
         try:
             with time_limit(self.series_timeout):
-                image = job.series.load()
-            return DecodedVolume.of(index, image, job.spec)
+                return DecodedVolume.of(index, job.series.load(), job.spec)
         except (Exception, DecodeTimeout) as exc:  # one undecodable volume must not stop the run
             message = failure_message(job.series.source_path, exc, self.series_timeout, VOLUME_FAILURE)
             return DecodedVolume(index, error=message)

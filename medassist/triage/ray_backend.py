@@ -7,7 +7,7 @@ One Ray Data dataset per run, in three stages plus the driver:
    earlier run are decided here, never sent to the cluster);
 2. decode stage, CPU tasks (``decode_row``): the series is rebuilt from plain data (``series_ref``)
    and decoded and preprocessed by the local backend's own ``JobDataset``; a volume series
-   (``input_kind="volume"``) is decoded whole by its ``VolumeDataset``, its slices are cut and
+   (``input_kind="volume"``) is decoded and cut into slice inputs by its ``VolumeDataset`` and
    scored by the model stage;
 3. model stage, a pool of actors (``ModelStage``; one GPU each when the cluster has GPUs): each
    model is loaded once per actor, batches are scored with ``score_inputs_with_features`` (radiographs)
@@ -363,8 +363,8 @@ def enter_driver_cwd(cwd: str) -> None:
 def decode_row(row: dict, *, specs: dict[str, ModelSpec], stage: StageOptions) -> dict:
     """One job decoded by the local backend's own datasets: the row with a ``payload`` (pickled)
     for the model stage. Radiographs: the ``Prepared`` network inputs (or error) from ``JobDataset``.
-    Volumes: the ``DecodedVolume`` (the spec's source array only, or the error row's text) from
-    ``VolumeDataset``, which ``score_decoded_volume`` scores on the model stage.
+    Volumes: the ``DecodedVolume`` (its network inputs, ``tumor.PreparedVolume``, or the error
+    row's text) from ``VolumeDataset``, which ``score_decoded_volume`` scores on the model stage.
     """
     enter_driver_cwd(stage.cwd)
     spec = specs[row["spec"]]

@@ -353,10 +353,10 @@ def score_jobs(
                 yield jobs[index], None, (), message, None, None
 
 
-# A volume decoded in a worker reaches this process through shared memory (/dev/shm): 157 MB for
-# a 512 x 512 x 150 float32 source array, 315 MB at 300 slices. Containers often mount 64 MB there,
-# where a worker's copy fails with a bus error and stops the whole run: volumes are decoded in
-# process unless there is room for one such volume per worker plus the one being scored.
+# A volume prepared in a worker reaches this process through shared memory (/dev/shm): its network
+# inputs, 256 KiB per slice at 256 px (39 MB for 150 slices, 160 MB for 600 thin ones). Containers
+# often mount 64 MB there, where a worker's copy fails with a bus error and stops the whole run:
+# volumes are prepared in process unless there is room for one per worker plus the one being scored.
 SHARED_MEMORY_DIR = "/dev/shm"
 VOLUME_SHARED_MEMORY = 512 * 2**20
 
@@ -374,15 +374,15 @@ def score_volume_jobs(
 ) -> Iterator[ScoredJob]:
     """(job, study score, flagged slice indices, error, None, None) per volume job, in order.
 
-    Each series is decoded whole (held to ``series_timeout``) in ``num_workers`` processes (0: in
-    this process) while this process scores the previous one; each worker holds at most one
-    decoded volume beyond the one being scored. Slices are streamed through the network in batches
-    inside ``score_volume``. A lone volume, with nothing to overlap, is decoded here (no worker to
-    start, no copy to make), and so is every volume when shared memory is short (``shared_memory_free``).
+    Each series is decoded and cut into network inputs (``tumor.prepare_volume``, held to
+    ``series_timeout``) in ``num_workers`` processes (0: in this process) while this process scores
+    the previous one; each worker holds at most one prepared volume beyond the one being scored.
+    A lone volume, with nothing to overlap, is prepared here (no worker to start, no copy to make),
+    and so is every volume when shared memory is short (``shared_memory_free``).
     """
     workers = num_workers if len(jobs) > 1 else 0
     if workers and shared_memory_free() < (workers + 1) * VOLUME_SHARED_MEMORY:
-        log.info("decoding volumes in this process: %s has under %d MiB free for worker copies",
+        log.info("preparing volumes in this process: %s has under %d MiB free for worker copies",
                  SHARED_MEMORY_DIR, (workers + 1) * VOLUME_SHARED_MEMORY // 2**20)
         workers = 0
     loader = ordered_loader(VolumeDataset(jobs, series_timeout), workers, prefetch_factor=1, batch_size=None)
@@ -393,13 +393,13 @@ def score_volume_jobs(
 
 
 def score_decoded_volume(model: LoadedModel, job: Job, decoded: DecodedVolume) -> ScoredJob:
-    """``score_volume_jobs``'s tuple for one decoded volume (or its decoding error)."""
-    from medassist.models.tumor import score_volume
+    """``score_volume_jobs``'s tuple for one prepared volume (or its decoding error)."""
+    from medassist.models.tumor import score_prepared_volume
 
-    if decoded.error:
+    if decoded.error or decoded.prepared is None:
         return job, None, (), decoded.error, None, None
     try:
-        result = score_volume(model.network, model.spec, decoded.scoring_image())
+        result = score_prepared_volume(model.network, model.spec, decoded.prepared)
     except Exception as exc:  # one unscorable volume must not stop the run
         return job, None, (), failure_message(job.series.source_path, exc, None, VOLUME_FAILURE), None, None
     return job, round(float(result["score"]), 6), tuple(result["slices"]), "", None, None

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from medassist.datamodel import Image, Series
 from medassist.errors import MedassistError
@@ -115,14 +116,16 @@ def test_each_worker_decodes_at_most_one_volume_ahead_of_scoring(tmp_path, monke
     log.touch()
     scored: list[tuple[int, int, str]] = []
 
-    def fake_score_volume(network, spec, image: Image) -> dict:
-        time.sleep(0.3)  # scoring slower than decoding: the workers run ahead as far as allowed
-        value = int(image.display[0, 0, 0])
-        assert image.pixels is image.display, "only the model's source array travels"
-        scored.append((value, len(log.read_text().split()), type(image.display).__name__))
-        return {"score": value / 10, "slices": (value,)}
+    def fake_prepare_volume(spec, image: Image) -> SimpleNamespace:  # runs where the volume is decoded
+        return SimpleNamespace(inputs=torch.from_numpy(image.display[:, None]), value=int(image.display[0, 0, 0]))
 
-    monkeypatch.setattr(tumor, "score_volume", fake_score_volume)
+    def fake_score_prepared_volume(network, spec, prepared) -> dict:
+        time.sleep(0.3)  # scoring slower than decoding: the workers run ahead as far as allowed
+        scored.append((prepared.value, len(log.read_text().split()), type(prepared.inputs).__name__))
+        return {"score": prepared.value / 10, "slices": (prepared.value,)}
+
+    monkeypatch.setattr(tumor, "prepare_volume", fake_prepare_volume)
+    monkeypatch.setattr(tumor, "score_prepared_volume", fake_score_prepared_volume)
     spec = SimpleNamespace(preprocess=SimpleNamespace(source="display"))
     jobs = [Job(mr_series(f"v{i}", functools.partial(_recorded_image, log, i)), spec) for i in range(6)]  # type: ignore[arg-type]
     model = SimpleNamespace(network=None, spec=spec)
@@ -131,7 +134,7 @@ def test_each_worker_decodes_at_most_one_volume_ahead_of_scoring(tmp_path, monke
            [(f"/data/v{i}", i / 10, (i,), "") for i in range(6)]
     assert [value for value, _, _ in scored] == list(range(6))
     for value, decoded, kind in scored:  # decoded so far: this one, plus at most one per worker
-        assert value + 1 <= decoded <= value + 1 + workers and kind == "ndarray"
+        assert value + 1 <= decoded <= value + 1 + workers and kind == "Tensor"
 
 
 @needs_tumour_model
