@@ -296,7 +296,8 @@ class Rows:
         self.since_checkpoint += 1
 
     def checkpoint(self) -> tuple[Path, Path]:
-        """Atomically rewrite the worklist with the rows decided so far."""
+        """Atomically rewrite the worklist with the rows decided so far (journal synced first)."""
+        self.journal.sync()
         self.since_checkpoint = 0
         return write_worklist(self.out_dir, self.records.values())
 

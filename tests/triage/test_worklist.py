@@ -225,3 +225,23 @@ def test_checkpoints_space_out_as_the_worklist_grows(tmp_path, model_dir, series
     assert sizes[-1] == 60 and len(rows_of(tmp_path / "out")) == 60
     assert gaps and all(gap >= max(2, size // 10) for gap, size in zip(gaps, sizes[2:-1]))
     assert len(sizes) < 2 + 60 // 2, "a fixed interval of 2 would have written 30 times"
+
+
+def test_journal_lines_reach_the_file_at_once_and_are_fsynced_in_groups(tmp_path, monkeypatch):
+    import medassist.triage.journal as journal_module
+
+    synced: list[int] = []
+    real_fsync = journal_module.os.fsync
+    monkeypatch.setattr(journal_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    path = tmp_path / JOURNAL_NAME
+    with Journal(path, sync_interval_s=3600) as journal:
+        for i in range(100):
+            journal.record(result_key(f"1.{i}", "m", "1"), {"score": i / 100})
+            assert len(path.read_text().splitlines()) == i + 1, "each line is flushed before the run goes on"
+        assert synced == []
+        journal.sync()
+        assert len(synced) == 1
+    assert len(synced) == 2  # and once more on close
+    with Journal(path, sync_interval_s=0.0) as journal:  # an interval of 0: every line is fsynced
+        journal.record(result_key("2.1", "m", "1"), {"score": 0.5})
+    assert len(synced) == 4
