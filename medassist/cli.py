@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         "weights, sha256 and spec into the shipped models folder.",
     )
     train.add_argument("config", type=Path, metavar="CONFIG", help="training config (YAML)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="auto (default): CUDA when present, else the CPU")
     train.set_defaults(func=cmd_train)
 
     models = commands.add_parser(
@@ -297,7 +299,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise MedassistError(f"{args.config}: no such config file")
     from medassist.models.train import train_from_config
 
-    spec = train_from_config(args.config)
+    spec = train_from_config(args.config, device=args.device)
     print(f"medassist train: {spec.name} {spec.version}, threshold {spec.threshold}, "
           f"weights {spec.weights} (sha256 {spec.sha256[:12]})")
     return 0

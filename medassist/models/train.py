@@ -86,15 +86,16 @@ def cell_targets(masks: torch.Tensor, cell_shape: tuple[int, int]) -> torch.Tens
 
 @torch.no_grad()
 def predict_scores(net: nn.Module, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    """Image-head and cell-max probabilities for uint8 (N, S, S) inputs."""
+    """Image-head and cell-max probabilities for uint8 (N, S, S) inputs (on the network's device)."""
     net.eval()
+    device = next(net.parameters()).device
     image_p, cell_p = [], []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(images[start : start + batch_size]).float().div_(255.0)[:, None]
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
         logits, cells = net.forward_all(x)
-        image_p.append(torch.sigmoid(logits[:, 0]).numpy())
-        cell_p.append(torch.sigmoid(cells.amax(dim=(1, 2, 3))).numpy())
+        image_p.append(torch.sigmoid(logits[:, 0]).cpu().numpy())
+        cell_p.append(torch.sigmoid(cells.amax(dim=(1, 2, 3))).cpu().numpy())
     image = np.concatenate(image_p)
     cell = np.concatenate(cell_p)
     return {"image": image, "cell_max": cell, "mean": (image + cell) / 2}
@@ -131,8 +132,11 @@ def one_cycle(opt: torch.optim.Optimizer, cycle: dict, steps_per_epoch: int):
     )
 
 
-def train_fracture(config: dict) -> ModelSpec:
-    """Train the fracture model end to end from its config; returns the written ModelSpec."""
+def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> ModelSpec:
+    """Train the fracture model end to end from its config; returns the written ModelSpec.
+
+    ``config["train"]["max_steps"]`` (optional) stops each epoch early: for smoke runs only.
+    """
     from medassist.models import fracatlas
 
     cfg_train = config["train"]
@@ -163,11 +167,14 @@ def train_fracture(config: dict) -> ModelSpec:
     log.info("train %d images (%d fractured), validation %d (%d fractured)",
              len(train_idx), labels[train_idx].sum(), len(val_idx), labels[val_idx].sum())
 
+    log.info("training on %s", device)
     net = build_network(config["network"]["name"], config["network"]["args"])
-    net = net.to(memory_format=torch.channels_last)
+    net = net.to(device).to(memory_format=torch.channels_last)
     cycles = lr_cycles(cfg_train)
     epochs, batch_size = sum(c["epochs"] for c in cycles), cfg_train["batch_size"]
     steps_per_epoch = len(train_idx) // batch_size
+    if cfg_train.get("max_steps"):  # smoke runs only: each epoch stops early
+        steps_per_epoch = min(steps_per_epoch, int(cfg_train["max_steps"]))
     opt = torch.optim.AdamW(net.parameters(), lr=cycles[0]["learning_rate"], weight_decay=cfg_train["weight_decay"])
     sched = one_cycle(opt, cycles[0], steps_per_epoch)
     ckpt_dir = resolve(config["output"]["checkpoints"])
@@ -188,7 +195,7 @@ def train_fracture(config: dict) -> ModelSpec:
 
     gen = torch.Generator().manual_seed(cfg_train["seed"])
     images_u8, masks_u8 = cache["images"], cache["masks"]
-    cell_bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg_train["cell_pos_weight"]))
+    cell_bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg_train["cell_pos_weight"], device=device))
     image_bce = nn.BCEWithLogitsLoss()
     for epoch in range(start_epoch, epochs):
         cycle, first = cycle_of(epoch, cycles)
@@ -202,8 +209,9 @@ def train_fracture(config: dict) -> ModelSpec:
             idx = np.sort(order[step * batch_size : (step + 1) * batch_size])
             x = torch.from_numpy(images_u8[idx]).float().div_(255.0)[:, None]
             m = torch.from_numpy(masks_u8[idx]).float()[:, None]
-            x, m = augment_batch(x, m, cfg_train["augment"], gen)
-            y = torch.from_numpy(labels[idx]).float()
+            x, m = augment_batch(x, m, cfg_train["augment"], gen)  # on the CPU, from the seeded generator
+            x, m = x.to(device, non_blocking=True), m.to(device, non_blocking=True)
+            y = torch.from_numpy(labels[idx]).float().to(device)
             logits, cells = net.forward_all(x.contiguous(memory_format=torch.channels_last))
             loss = image_bce(logits[:, 0], y) + cfg_train["cell_loss_weight"] * cell_bce(
                 cells, cell_targets(m, cells.shape[-2:])
@@ -212,7 +220,7 @@ def train_fracture(config: dict) -> ModelSpec:
             loss.backward()
             opt.step()
             sched.step()
-            running += float(loss)
+            running += loss.item()
             if step % 20 == 0:
                 log.info("epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch, step, steps_per_epoch,
                          running / (step + 1), (step + 1) * batch_size / (time.time() - t0))
@@ -286,10 +294,11 @@ def write_shipped_model(config: dict, net: nn.Module, pre: PreprocessSpec, *, th
     return spec
 
 
-def train_from_config(path: str | Path) -> ModelSpec:
-    """Dispatch a config to the trainer for its task."""
+def train_from_config(path: str | Path, device: str = "auto") -> ModelSpec:
+    """Dispatch a config to the trainer for its task, on ``device`` (auto: CUDA when present)."""
+    from medassist.models.registry import choose_device
     from medassist.models.tumor import train_tumor
 
     trainers = {"fracture": train_fracture, "tumor": train_tumor}
     config = load_config(path)
-    return trainers[config["task"]](config)
+    return trainers[config["task"]](config, device=choose_device(device))

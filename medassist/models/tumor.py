@@ -456,15 +456,17 @@ def _preprocess_spec(config: dict) -> PreprocessSpec:
 
 @torch.no_grad()
 def predict_all(net: nn.Module, images_u8: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Presence probabilities from both heads and type probabilities, for uint8 (N, S, S) inputs."""
+    """Presence probabilities from both heads and type probabilities, for uint8 (N, S, S) inputs
+    (on the network's device)."""
     net.eval()
+    device = next(net.parameters()).device
     image_p, cell_p, type_p = [], [], []
     for start in range(0, len(images_u8), batch_size):
         x = torch.from_numpy(images_u8[start : start + batch_size]).float().div_(255.0)[:, None]
-        logits, cells = net.forward_all(x.contiguous(memory_format=torch.channels_last))
-        image_p.append(torch.sigmoid(logits[:, 0]).numpy())
-        cell_p.append(torch.sigmoid(cells.amax(dim=(1, 2, 3))).numpy())
-        type_p.append(torch.softmax(logits[:, 1:4], dim=1).numpy())
+        logits, cells = net.forward_all(x.to(device).contiguous(memory_format=torch.channels_last))
+        image_p.append(torch.sigmoid(logits[:, 0]).cpu().numpy())
+        cell_p.append(torch.sigmoid(cells.amax(dim=(1, 2, 3))).cpu().numpy())
+        type_p.append(torch.softmax(logits[:, 1:4], dim=1).cpu().numpy())
     return {"image": np.concatenate(image_p), "cell_max": np.concatenate(cell_p),
             "types": np.concatenate(type_p)}
 
@@ -534,7 +536,7 @@ def epoch_sampler(labels: np.ndarray, kinds: np.ndarray, positive_fraction: floa
     return torch.multinomial(torch.as_tensor(weights), len(labels), replacement=True, generator=gen)
 
 
-def train_tumor(config: dict) -> ModelSpec:
+def train_tumor(config: dict, device: torch.device = torch.device("cpu")) -> ModelSpec:
     """Train the tumour model end to end from its config; returns the written ModelSpec.
 
     ``config["train"]["max_steps"]`` (optional) stops each epoch early: for smoke runs only.
@@ -555,7 +557,9 @@ def train_tumor(config: dict) -> ModelSpec:
              len(data.train_idx), labels[data.train_idx].sum(), kinds[data.train_idx].sum(),
              len(data.val_idx), labels[data.val_idx].sum(), kinds[data.val_idx].sum())
 
-    net = build_network(config["network"]["name"], config["network"]["args"]).to(memory_format=torch.channels_last)
+    log.info("training on %s", device)
+    net = build_network(config["network"]["name"], config["network"]["args"])
+    net = net.to(device).to(memory_format=torch.channels_last)
     epochs, batch_size = cfg["epochs"], cfg["batch_size"]
     steps_per_epoch = len(data.train_idx) // batch_size
     if cfg.get("max_steps"):
@@ -589,7 +593,7 @@ def train_tumor(config: dict) -> ModelSpec:
 
     gen = torch.Generator().manual_seed(cfg["seed"])
     image_bce = nn.BCEWithLogitsLoss()
-    cell_bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg["cell_pos_weight"]))
+    cell_bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg["cell_pos_weight"], device=device))
     type_ce = nn.CrossEntropyLoss()
     tr = data.train_idx
     for epoch in range(start_epoch, epochs):
@@ -602,9 +606,10 @@ def train_tumor(config: dict) -> ModelSpec:
             idx = np.sort(order[step * batch_size : (step + 1) * batch_size])
             x = torch.from_numpy(data.images[idx]).float().div_(255.0)[:, None]
             m = torch.from_numpy(data.masks[idx]).float()[:, None]
-            x, m = augment_tumor_batch(x, m, cfg["augment"], gen)
-            y = torch.from_numpy(labels[idx]).float()
-            t = torch.from_numpy(types[idx])
+            x, m = augment_tumor_batch(x, m, cfg["augment"], gen)  # on the CPU, from the seeded generator
+            x, m = x.to(device, non_blocking=True), m.to(device, non_blocking=True)
+            y = torch.from_numpy(labels[idx]).float().to(device)
+            t = torch.from_numpy(types[idx]).to(device)
             logits, cells = net.forward_all(x.contiguous(memory_format=torch.channels_last))
             loss = image_bce(logits[:, 0], y) + cfg["cell_loss_weight"] * cell_bce(cells, cell_targets(m, cells.shape[-2:]))
             if (t >= 0).any():

@@ -203,3 +203,24 @@ def test_evaluate_normal_volumes_reports_every_variant(tmp_path):
     for v in entry.values():
         assert 0 <= v["fraction_slices_flagged"] <= 1 and isinstance(v["flagged"], bool)
     assert report["all_clear"] == (not any(v["flagged"] for v in entry.values()))
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="shared brain tumour data not available")
+def test_training_smoke_run_writes_a_loadable_model(tmp_path):
+    """Two steps of one epoch through the whole trainer (data, augmentation, loss, validation,
+    threshold, weights with sha256, spec), on the device ``choose_device`` picks."""
+    from medassist.models.registry import choose_device, load_model
+    from medassist.models.spec import read_spec
+
+    config = load_config(CONFIG)
+    config["data"]["root"] = str(DATA)
+    config["train"].update(epochs=1, max_steps=2)
+    config["output"].update(weights_dir=str(tmp_path / "weights"), model_card=str(tmp_path / "card.md"),
+                            checkpoints=str(tmp_path / "checkpoints"))
+    if not (REPO / config["output"]["cache"]).is_file():
+        pytest.skip("slice cache not built here (medassist train builds it: minutes)")
+    spec = tumor.train_tumor(config, device=choose_device("auto"))
+    assert 0.0 < spec.threshold < 1.0 and len(spec.sha256) == 64
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    model = load_model(read_spec(tmp_path / "weights" / "tumor_mri.json"), torch.device("cpu"), tmp_path / "weights")
+    assert model.network.training is False
