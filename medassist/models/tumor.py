@@ -784,12 +784,16 @@ def inference_settings(spec: ModelSpec) -> dict:
 
 
 @torch.no_grad()
-def score_slices(network: nn.Module, spec: ModelSpec, slices: np.ndarray, device: torch.device | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def score_slices(network: nn.Module, spec: ModelSpec, slices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Presence probabilities (n,) and type probabilities (n, 3) for float slices (n, rows, cols)."""
-    device = device or next(network.parameters()).device
-    batch = torch.stack([prepare_slice(s, spec.preprocess)[0] for s in slices]).to(device)
-    logits, cells = network.forward_all(batch)
+    return slice_probabilities(network, spec, torch.stack([prepare_slice(s, spec.preprocess)[0] for s in slices]))
+
+
+@torch.no_grad()
+def slice_probabilities(network: nn.Module, spec: ModelSpec, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Presence (the spec's score head) and type probabilities of (k, 1, S, S) network inputs."""
+    device = next(network.parameters()).device
+    logits, cells = network.forward_all(inputs.to(device).contiguous(memory_format=torch.channels_last))
     presence = cells.amax(dim=(1, 2, 3)) if spec.score_head == "cell_max" else logits[:, 0]
     return torch.sigmoid(presence.float()).cpu().numpy(), torch.softmax(logits[:, 1:4].float(), 1).cpu().numpy()
 
@@ -848,15 +852,9 @@ def score_prepared_volume(network: nn.Module, spec: ModelSpec, prepared: Prepare
     n, axis = prepared.fractions.size, prepared.axis
     slice_scores = np.zeros(n)
     type_probs = np.zeros((n, len(TYPE_LABELS)))
-    device = next(network.parameters()).device
-    with torch.no_grad():
-        for start in range(0, len(prepared.scored), batch):
-            x = prepared.inputs[start : start + batch].to(device).contiguous(memory_format=torch.channels_last)
-            logits, cells = network.forward_all(x)
-            presence = cells.amax(dim=(1, 2, 3)) if spec.score_head == "cell_max" else logits[:, 0]
-            idx = prepared.scored[start : start + batch]
-            slice_scores[idx] = torch.sigmoid(presence.float()).cpu().numpy()
-            type_probs[idx] = torch.softmax(logits[:, 1:4].float(), 1).cpu().numpy()
+    for start in range(0, len(prepared.scored), batch):
+        idx = prepared.scored[start : start + batch]
+        slice_scores[idx], type_probs[idx] = slice_probabilities(network, spec, prepared.inputs[start : start + batch])
     inside = vol.in_brain(prepared.fractions, min_fraction=settings["min_brain_fraction"],
                           min_relative=settings["min_relative_brain_fraction"] if n > 1 else 0.0)
     slice_scores = np.where(inside, slice_scores, 0.0)
