@@ -256,7 +256,6 @@ class Rows:
         self.out_dir = out_dir
         self.records: dict[Key, Record] = {}
         self.resumed = 0
-        self.finished_now = 0
         self.since_checkpoint = 0
 
     def add(self, key: Key, record: Record, status: str = "done") -> None:
@@ -292,7 +291,6 @@ class Rows:
                 saliency_path=saliency_path,
             )
             self.add(key, row.as_record())
-        self.finished_now += 1
         self.since_checkpoint += 1
 
     def checkpoint(self) -> tuple[Path, Path]:
