@@ -17,12 +17,13 @@ CPU time is the steadier of the two.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the medassist CLI does, before torch loads OpenMP
+from medassist.cli import prefer_sleeping_threads
+
+prefer_sleeping_threads()  # as the medassist command does, before torch loads OpenMP
 
 import torch
 

@@ -38,7 +38,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the medassist CLI does, before torch loads OpenMP
+from medassist.cli import prefer_sleeping_threads
+
+prefer_sleeping_threads()  # as the medassist command does, before torch loads OpenMP
 
 import numpy as np
 import torch
@@ -48,7 +50,7 @@ from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, l
 from medassist.triage import run_triage
 from medassist.triage.inputs import Job, JobDataset, kind_of
 from medassist.triage.run import score_inputs_with_features
-from medassist.triage.testing import synthetic_radiograph, write_dicom_image
+from medassist.triage.testing import new_file_dataset, synthetic_radiograph, write_dicom_image
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
@@ -81,18 +83,7 @@ def write_16bit(path: Path, pixels: np.ndarray, *, modality: str, sop_class: str
                 study: str, series: str, number: int, index: int, geometry: dict | None = None,
                 window: tuple[float, float] | None = None) -> None:
     """One uncompressed 16-bit (12 bits stored) MONOCHROME2 file with the given UIDs and geometry."""
-    from pydicom import Dataset
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds = new_file_dataset(sop_class)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.PatientName, ds.PatientID, ds.AccessionNumber = f"BENCH^{index:04d}", f"BENCH-{index:04d}", f"B{index:04d}"
     ds.Modality, ds.BodyPartExamined = modality, body_part

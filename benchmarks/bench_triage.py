@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the medassist CLI does, before torch loads OpenMP
+from medassist.cli import prefer_sleeping_threads
+
+prefer_sleeping_threads()  # as the medassist command does, before torch loads OpenMP
 
 import torch
 

@@ -59,6 +59,24 @@ def write_throwaway_model(
     return spec
 
 
+def new_file_dataset(sop_class: str):
+    """An empty pydicom Dataset of ``sop_class`` with its file meta (Explicit VR Little Endian) and
+    a fresh SOP Instance UID, ready for the image's attributes and ``save_as``."""
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def write_dicom_image(
     path: Path,
     pixels: np.ndarray,
@@ -69,21 +87,10 @@ def write_dicom_image(
     index: int = 1,
 ) -> Path:
     """Write an 8-bit MONOCHROME2 single-frame DICOM file (uncompressed) with fresh UIDs."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
-    from pydicom import Dataset
+    from pydicom.uid import generate_uid
 
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    sop_class = US_SOP_CLASS if modality == "US" else DX_SOP_CLASS
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = new_file_dataset(US_SOP_CLASS if modality == "US" else DX_SOP_CLASS)
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientName = f"TEST^{index:04d}"
