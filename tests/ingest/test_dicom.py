@@ -349,27 +349,12 @@ def test_modality_override_fills_only_a_missing_dicom_modality(tmp_path, write_d
     assert sorted((s.series_uid, s.modality) for s in series) == [("1.1", "CT"), ("1.2", "MR")]
 
 
-def test_uncompressed_ybr_full_422_is_sized_as_two_values_per_pixel(tmp_path):
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality, ds.PatientID = generate_uid(), generate_uid(), "OT", "X"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PlanarConfiguration = 4, 4, 3, 0
-    ds.PhotometricInterpretation = "YBR_FULL_422"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
+def test_uncompressed_ybr_full_422_is_sized_as_two_values_per_pixel(tmp_path, write_dicom):
     luma = np.arange(16, dtype=np.uint8).reshape(4, 4) * 10
     pairs = [bytes([luma[r, c], luma[r, c + 1], 128, 128]) for r in range(4) for c in (0, 2)]  # Y1 Y2 Cb Cr
-    ds.PixelData = b"".join(pairs)  # 32 bytes, two thirds of 4 x 4 x 3
-    path = tmp_path / "ybr422.dcm"
-    ds.save_as(path, enforce_file_format=True)
+    path = write_dicom(tmp_path / "ybr422.dcm", luma, sop_class="1.2.840.10008.5.1.4.1.1.7", modality="OT",
+                       photometric="YBR_FULL_422", SamplesPerPixel=3, PlanarConfiguration=0, BitsAllocated=8,
+                       BitsStored=8, HighBit=7, PixelData=b"".join(pairs))  # 32 bytes: two thirds of 4 x 4 x 3
 
     series, problems = discover_series([path])
     assert problems == [] and len(series) == 1
