@@ -22,11 +22,15 @@ class PreprocessSpec:
     ``input_size``: the square side in pixels after an aspect-preserving resize of the longest side
     and a centred zero pad.
     ``percentiles``: per-image intensity scaling, these percentiles of the image map to 0 and 1 (clipped).
+    ``equalize``: after the letterbox, histogram-equalise the non-zero pixels of the input (zeros,
+    the padding and clipped background, stay 0), so the grey-level distribution a source habitually
+    produces no longer reaches the network (``medassist.preprocess.transforms.equalize_nonzero``).
     """
 
     input_size: int
     source: str = "display"
     percentiles: tuple[float, float] = (0.5, 99.5)
+    equalize: bool = False
 
 
 @dataclass(frozen=True)

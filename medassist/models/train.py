@@ -6,10 +6,10 @@ validation metrics into the model card. Checkpoints each epoch so an interrupted
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -19,9 +19,12 @@ import yaml
 from torch import nn
 from torch.nn import functional as F
 
-from medassist.audit.metrics import binary_metrics, threshold_for_sensitivity, youden_threshold
+from medassist.audit.metrics import binary_metrics, metrics_with_ci, threshold_for_sensitivity, youden_threshold
+from medassist.models.augment import augment_batch
+from medassist.models.fracture_external import prepare_external, read_external, score_inputs
 from medassist.models.networks import build_network
 from medassist.models.spec import ModelSpec, PreprocessSpec
+from medassist.preprocess.transforms import equalize_nonzero
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,35 +50,6 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-# --- augmentation: batch-wise on tensors, the same warp for images and masks -----------------
-
-
-def random_affine_grid(batch: int, size: int, aug: dict, gen: torch.Generator) -> torch.Tensor:
-    """Sampling grids for random rotation, scale, translation and horizontal flip."""
-    angle = (torch.rand(batch, generator=gen) * 2 - 1) * math.radians(aug.get("rotate_deg", 0))
-    low, high = aug.get("scale", [1.0, 1.0])
-    scale = low + torch.rand(batch, generator=gen) * (high - low)
-    shift = (torch.rand(batch, 2, generator=gen) * 2 - 1) * aug.get("translate", 0.0) * 2
-    flip = torch.where(torch.rand(batch, generator=gen) < (0.5 if aug.get("hflip") else 0.0), -1.0, 1.0)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.zeros(batch, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1], theta[:, 0, 2] = cos * flip, -sin, shift[:, 0]
-    theta[:, 1, 0], theta[:, 1, 1], theta[:, 1, 2] = sin * flip, cos, shift[:, 1]
-    return F.affine_grid(theta, [batch, 1, size, size], align_corners=False)
-
-
-def augment_batch(images: torch.Tensor, masks: torch.Tensor, aug: dict, gen: torch.Generator):
-    """Warp images (bilinear) and masks (nearest) identically, then jitter contrast and gamma."""
-    grid = random_affine_grid(images.shape[0], images.shape[-1], aug, gen)
-    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    n = images.shape[0]
-    contrast = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * aug.get("contrast", 0.0)
-    gamma = torch.exp((torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * aug.get("gamma", 0.0))
-    images = ((images.clamp(0, 1) ** gamma) * contrast).clamp(0, 1)
-    return images, masks
-
-
 # --- the loop ------------------------------------------------------------------------------------
 
 
@@ -84,21 +58,16 @@ def cell_targets(masks: torch.Tensor, cell_shape: tuple[int, int]) -> torch.Tens
     return F.adaptive_max_pool2d(masks, cell_shape)
 
 
-@torch.no_grad()
-def predict_scores(net: nn.Module, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    """Image-head and cell-max probabilities for uint8 (N, S, S) inputs (on the network's device)."""
-    net.eval()
-    device = next(net.parameters()).device
-    image_p, cell_p = [], []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start : start + batch_size]).float().div_(255.0)[:, None]
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        logits, cells = net.forward_all(x)
-        image_p.append(torch.sigmoid(logits[:, 0]).cpu().numpy())
-        cell_p.append(torch.sigmoid(cells.amax(dim=(1, 2, 3))).cpu().numpy())
-    image = np.concatenate(image_p)
-    cell = np.concatenate(cell_p)
-    return {"image": image, "cell_max": cell, "mean": (image + cell) / 2}
+def predict_scores(net: nn.Module, images: np.ndarray, batch_size: int, *,
+                   equalize: bool = False) -> dict[str, np.ndarray]:
+    """Image-head, cell-max and mean probabilities for uint8 (N, S, S) cached inputs.
+
+    ``equalize``: histogram-equalise each input first, as the spec's preprocessing does.
+    """
+    inputs = torch.from_numpy(images).float().div_(255.0)
+    if equalize:
+        inputs = equalize_nonzero(inputs)
+    return score_inputs(net, inputs.numpy(), batch_size)
 
 
 def balanced_sampler(labels: np.ndarray, positive_fraction: float, gen: torch.Generator):
@@ -146,11 +115,19 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
         input_size=config["preprocess"]["input_size"],
         source=config["preprocess"]["source"],
         percentiles=tuple(config["preprocess"]["percentiles"]),
+        equalize=bool(config["preprocess"].get("equalize", False)),
     )
     data_root = resolve(config["data"]["root"])
     records = fracatlas.read_records(data_root)
     polygons = fracatlas.read_polygons(data_root)
-    cache = fracatlas.build_cache(records, polygons, pre, resolve(config["output"]["cache"]))
+    # caches hold the percentile-scaled letterbox only: equalisation follows augmentation
+    unequalized = dataclasses.replace(pre, equalize=False)
+    cache = fracatlas.build_cache(records, polygons, unequalized, resolve(config["output"]["cache"]))
+    train_size = int(cfg_train.get("cache_size", pre.input_size))  # augmentation samples from this
+    train_cache = cache if train_size == pre.input_size else fracatlas.build_cache(
+        records, polygons, dataclasses.replace(unequalized, input_size=train_size),
+        resolve(config["output"]["train_cache"]))
+    external = external_inputs(config, pre)
     split = np.array(
         [
             fracatlas.split_of(
@@ -194,7 +171,8 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
         log.info("resuming after epoch %d", start_epoch)
 
     gen = torch.Generator().manual_seed(cfg_train["seed"])
-    images_u8, masks_u8 = cache["images"], cache["masks"]
+    images_u8, masks_u8 = train_cache["images"], train_cache["masks"]
+    has_mask = masks_u8.reshape(len(masks_u8), -1).max(axis=1) > 0
     cell_bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg_train["cell_pos_weight"], device=device))
     image_bce = nn.BCEWithLogitsLoss()
     for epoch in range(start_epoch, epochs):
@@ -209,9 +187,15 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
             idx = np.sort(order[step * batch_size : (step + 1) * batch_size])
             x = torch.from_numpy(images_u8[idx]).float().div_(255.0)[:, None]
             m = torch.from_numpy(masks_u8[idx]).float()[:, None]
-            x, m = augment_batch(x, m, cfg_train["augment"], gen)  # on the CPU, from the seeded generator
-            x, m = x.to(device, non_blocking=True), m.to(device, non_blocking=True)
-            y = torch.from_numpy(labels[idx]).float().to(device)
+            # on the CPU, from the seeded generator
+            x, m = augment_batch(x, m, cfg_train["augment"], gen, out_size=pre.input_size)
+            y = torch.from_numpy(labels[idx]).float()
+            if cfg_train.get("label_from_mask"):  # a crop that lost every fracture pixel shows none
+                kept = m.amax(dim=(1, 2, 3)) > 0
+                y = torch.where(torch.from_numpy(has_mask[idx]) & ~kept, 0.0, y)
+            if pre.equalize:
+                x = equalize_nonzero(x)
+            x, m, y = x.to(device, non_blocking=True), m.to(device, non_blocking=True), y.to(device)
             logits, cells = net.forward_all(x.contiguous(memory_format=torch.channels_last))
             loss = image_bce(logits[:, 0], y) + cfg_train["cell_loss_weight"] * cell_bce(
                 cells, cell_targets(m, cells.shape[-2:])
@@ -224,38 +208,101 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
             if step % 20 == 0:
                 log.info("epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch, step, steps_per_epoch,
                          running / (step + 1), (step + 1) * batch_size / (time.time() - t0))
-        val = predict_scores(net, images_u8[val_idx], batch_size=32)
+        val = predict_scores(net, cache["images"][val_idx], batch_size=32, equalize=pre.equalize)
         aurocs = {k: binary_metrics(labels[val_idx], v, 0.5)["auroc"] for k, v in val.items()}
-        history.append({"epoch": epoch, "loss": running / steps_per_epoch, "val_auroc": aurocs,
-                        "seconds": time.time() - t0})
-        log.info("epoch %d done: loss %.4f val AUROC %s (%.0f s)", epoch, running / steps_per_epoch,
-                 {k: round(v, 4) for k, v in aurocs.items()}, time.time() - t0)
+        entry = {"epoch": epoch, "loss": running / steps_per_epoch, "val_auroc": aurocs}
+        if external is not None:
+            ext = score_inputs(net, external.inputs)
+            entry["external_dev_auroc"] = {k: binary_metrics(external.labels, v, 0.5)["auroc"] for k, v in ext.items()}
+        entry["seconds"] = time.time() - t0
+        history.append(entry)
+        log.info("epoch %d done: loss %.4f val AUROC %s external-dev AUROC %s (%.0f s)", epoch,
+                 running / steps_per_epoch, {k: round(v, 4) for k, v in aurocs.items()},
+                 {k: round(v, 4) for k, v in entry.get("external_dev_auroc", {}).items()}, time.time() - t0)
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "epoch": epoch}, ckpt_dir / "last.tmp")
         (ckpt_dir / "last.tmp").replace(last)
         (ckpt_dir / "history.json").write_text(json.dumps(history, indent=1))
 
-    return finish_fracture(config, net, pre, cache, train_idx, val_idx, history)
+    return finish_fracture(config, net, pre, cache, train_idx, val_idx, history, external)
 
 
-def finish_fracture(config, net, pre, cache, train_idx, val_idx, history) -> ModelSpec:
-    """Choose head and threshold on validation, write weights + spec + card."""
+@dataclasses.dataclass(frozen=True)
+class ExternalInputs:
+    """The other-source set prepared once: inputs (N, S, S) float32, labels and regions."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    regions: np.ndarray
+
+
+def external_inputs(config: dict, pre: PreprocessSpec) -> ExternalInputs | None:
+    """``data.external_dev`` prepared as inference prepares it, or None when the config has none."""
+    root = config["data"].get("external_dev")
+    if not root or not resolve(root).exists():
+        return None
+    records = read_external(resolve(root))
+    return ExternalInputs(prepare_external(records, pre), np.array([r.fractured for r in records]),
+                          np.array([r.region for r in records]))
+
+
+def threshold_across_sources(sources: dict[str, tuple[np.ndarray, np.ndarray]], sensitivity: float) -> float:
+    """The highest threshold at which every source (labels, scores) keeps at least ``sensitivity``."""
+    return min(threshold_for_sensitivity(y, s, sensitivity) for y, s in sources.values())
+
+
+def external_report(external: ExternalInputs, scores: np.ndarray, threshold: float) -> dict:
+    """Other-source metrics with bootstrap intervals, overall and per fracture region (a region's
+    fractured images against every image without an annotated fracture)."""
+    report = {"overall": metrics_with_ci(external.labels, scores, threshold)}
+    negatives = external.labels == 0
+    for region in sorted(set(external.regions[external.labels == 1])):
+        keep = negatives | (external.regions == region)
+        report[region] = metrics_with_ci(external.labels[keep], scores[keep], threshold, n_resamples=300)
+    return report
+
+
+def finish_fracture(config, net, pre, cache, train_idx, val_idx, history, external=None) -> ModelSpec:
+    """Choose head and threshold, write weights + spec + card.
+
+    Head: the best validation AUROC, or with an external-dev set the best mean of validation and
+    external-dev AUROC. Threshold: ``train.threshold_sensitivity`` set, the highest one that keeps
+    that sensitivity on validation and on the external-dev set both; else validation's Youden point.
+    """
     labels = cache["labels"]
-    val = predict_scores(net, cache["images"][val_idx], batch_size=32)
-    head = max(val, key=lambda k: binary_metrics(labels[val_idx], val[k], 0.5)["auroc"])
+    y_val = labels[val_idx]
+    val = predict_scores(net, cache["images"][val_idx], batch_size=32, equalize=pre.equalize)
+    ext = score_inputs(net, external.inputs) if external is not None else None
+
+    def choice(head: str) -> float:
+        auroc = binary_metrics(y_val, val[head], 0.5)["auroc"]
+        return auroc if ext is None else (auroc + binary_metrics(external.labels, ext[head], 0.5)["auroc"]) / 2
+
+    head = max(val, key=choice)
     scores = val[head]
-    threshold = youden_threshold(labels[val_idx], scores)
-    val_metrics = binary_metrics(labels[val_idx], scores, threshold)
+    target = config["train"].get("threshold_sensitivity")
+    if target:
+        sources = {"validation": (y_val, scores)}
+        if ext is not None:
+            sources["external_dev"] = (external.labels, ext[head])
+        threshold = threshold_across_sources(sources, float(target))
+    else:
+        threshold = youden_threshold(y_val, scores)
+    val_metrics = binary_metrics(y_val, scores, threshold)
     train_sub = train_idx[:: max(1, len(train_idx) // 800)]
-    train_metrics = binary_metrics(labels[train_sub], predict_scores(net, cache["images"][train_sub], 32)[head], threshold)
+    train_scores = predict_scores(net, cache["images"][train_sub], 32, equalize=pre.equalize)[head]
+    train_metrics = binary_metrics(labels[train_sub], train_scores, threshold)
     operating_points = {
-        f"sensitivity_{int(s * 100)}": threshold_for_sensitivity(labels[val_idx], scores, s) for s in (0.9, 0.95, 0.99)
+        f"sensitivity_{int(s * 100)}": threshold_for_sensitivity(y_val, scores, s) for s in (0.9, 0.95, 0.99)
     }
-    return write_shipped_model(
-        config, net, pre, threshold=threshold, score_head=head,
-        validation={"validation": val_metrics, "training_subset": train_metrics,
-                    "operating_points": operating_points, "history": history},
-    )
+    validation = {"validation": val_metrics, "training_subset": train_metrics,
+                  "operating_points": operating_points, "history": history}
+    if ext is not None:
+        validation["external_dev"] = external_report(external, ext[head], threshold)
+        validation["head_choice"] = {k: {"validation_auroc": binary_metrics(y_val, val[k], 0.5)["auroc"],
+                                         "external_dev_auroc": binary_metrics(external.labels, ext[k], 0.5)["auroc"]}
+                                     for k in val}
+    return write_shipped_model(config, net, pre, threshold=threshold, score_head=head, validation=validation)
 
 
 def write_shipped_model(config: dict, net: nn.Module, pre: PreprocessSpec, *, threshold: float,

@@ -432,7 +432,7 @@ def degrade(x: torch.Tensor, aug: dict, gen: torch.Generator) -> torch.Tensor:
 def augment_tumor_batch(x: torch.Tensor, m: torch.Tensor, aug: dict, gen: torch.Generator):
     """Skull-strip simulation -> geometric and intensity jitter (train.augment_batch) -> degrade
     -> grey-level inversion."""
-    from medassist.models.train import augment_batch
+    from medassist.models.augment import augment_batch
 
     x, m = simulate_skull_strip(x, m, aug.get("skull_strip_p", 0.0), gen)
     x, m = augment_batch(x, m, aug, gen)

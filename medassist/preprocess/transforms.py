@@ -92,9 +92,35 @@ def apply_letterbox(image: np.ndarray, box: Letterbox) -> torch.Tensor:
     return F.pad(x[0], (left, size - cols - left, top, size - rows - top))
 
 
+EQUALIZE_BINS = 256
+
+
+def equalize_nonzero(images: torch.Tensor, bins: int = EQUALIZE_BINS) -> torch.Tensor:
+    """Histogram-equalise each image of (..., S, S) values in 0..1 over its non-zero pixels.
+
+    Each value becomes the share of the image's non-zero pixels at or below it (values binned to
+    ``bins`` levels), so any monotonic grey-level mapping of a source gives the same output. Zeros
+    (letterbox padding, background clipped by the percentile scaling) stay 0. The training loop
+    applies it to augmented batches, inference to each prepared input: one definition for both.
+    """
+    shape = images.shape
+    flat = images.reshape(-1, shape[-2] * shape[-1]).clamp(0, 1)
+    levels = (flat * (bins - 1)).round().long()
+    hist = torch.zeros(flat.shape[0], bins, dtype=torch.float32, device=images.device)
+    hist.scatter_add_(1, levels, torch.ones_like(flat))
+    hist[:, 0] = 0
+    cdf = hist.cumsum(1)
+    lut = cdf / cdf[:, -1:].clamp(min=1.0)
+    lut[:, 0] = 0
+    return torch.gather(lut, 1, levels).reshape(shape).to(images.dtype)
+
+
 def prepare_2d(image: np.ndarray, spec: PreprocessSpec) -> tuple[torch.Tensor, Letterbox]:
     """One (rows, cols) image -> a (1, S, S) float32 network input and its Letterbox."""
     if image.ndim != 2:
         raise ValueError(f"expected a 2D image, got shape {image.shape}")
     box = letterbox_for(image.shape, spec.input_size)
-    return apply_letterbox(intensity_transform(spec)(image), box), box
+    tensor = apply_letterbox(intensity_transform(spec)(image), box)
+    if spec.equalize:
+        tensor = equalize_nonzero(tensor)
+    return tensor, box

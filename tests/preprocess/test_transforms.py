@@ -51,3 +51,33 @@ def test_letterbox_to_source_matches_monai_bilinear_resize(shape):
     back = box.to_source(heatmap)
     assert back.shape == shape
     np.testing.assert_allclose(back, np.asarray(monai)[0], atol=1e-6)
+
+
+# --- histogram equalisation of the non-zero pixels (fracture_xray 2.0.0's input normalisation) ---
+
+
+def test_equalize_nonzero_ignores_a_sources_grey_level_mapping():
+    from medassist.preprocess.transforms import equalize_nonzero
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(1, 256, size=(1, 64, 64)).astype(np.float32) / 255.0
+    image[:, :8] = 0  # padding
+    x = torch.from_numpy(image)
+    remapped = torch.where(x > 0, x ** 2.2, x)  # a monotonic grey-level habit of another source
+    a, b = equalize_nonzero(x), equalize_nonzero(remapped)
+    assert torch.equal(a[:, :8], torch.zeros_like(a[:, :8]))  # padding stays black
+    assert float(a.max()) == 1.0
+    assert float((a - b).abs().mean()) < 0.04  # the same picture (up to 256-level binning)
+    assert float((x - remapped).abs().mean()) > 0.1
+
+
+def test_prepare_2d_equalizes_only_when_the_spec_asks():
+    from medassist.models.spec import PreprocessSpec
+    from medassist.preprocess.transforms import prepare_2d
+
+    image = np.linspace(0, 1, 40 * 30, dtype=np.float32).reshape(40, 30) ** 3
+    plain, _ = prepare_2d(image, PreprocessSpec(input_size=32))
+    equalized, _ = prepare_2d(image, PreprocessSpec(input_size=32, equalize=True))
+    assert not torch.allclose(plain, equalized)
+    inside = equalized[equalized > 0]
+    assert abs(float(inside.mean()) - 0.5) < 0.05  # uniform after equalisation

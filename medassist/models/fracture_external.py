@@ -1,0 +1,73 @@
+"""The other-source radiographs in ``../shared/data/fracture_external_dev`` (MURA-like upper limb).
+
+Used to measure how a fracture model trained on FracAtlas holds up on another hospital's images
+and to choose between candidates; never for training (its images appear to derive from MURA,
+whose terms allow research use only), never copied into the repo.
+
+Labels are YOLO files, one per image (classes in ``data.yaml``): an image with any fracture class
+is fractured, with the region its class names; an empty or missing label file, or the ``humerus``
+anatomy box alone (class 4), is an image without an annotated fracture, region unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medassist.ingest.images import load_jpeg_grayscale
+from medassist.models.spec import PreprocessSpec
+from medassist.preprocess.transforms import prepare_2d
+
+FRACTURE_REGIONS = {0: "elbow", 1: "fingers", 2: "forearm", 3: "humerus", 5: "shoulder", 6: "wrist"}
+ANATOMY_ONLY = 4  # "humerus": an anatomy box, not a fracture
+
+
+@dataclass(frozen=True)
+class ExternalRecord:
+    """One other-source radiograph: its file, whether a fracture is annotated, and where."""
+
+    path: Path
+    fractured: int
+    region: str
+
+
+def read_external(root: str | Path) -> list[ExternalRecord]:
+    """Every image of the set with its label, sorted by file name."""
+    root = Path(root)
+    records = []
+    for image in sorted((root / "images").glob("*.jpg")):
+        label_file = root / "labels" / f"{image.stem}.txt"
+        classes = set()
+        if label_file.exists():
+            classes = {int(line.split()[0]) for line in label_file.read_text().splitlines() if line.split()}
+        regions = sorted(FRACTURE_REGIONS[c] for c in classes if c in FRACTURE_REGIONS)
+        records.append(ExternalRecord(image, int(bool(regions)), "+".join(regions) if regions else "unknown"))
+    return records
+
+
+def prepare_external(records: list[ExternalRecord], spec: PreprocessSpec) -> np.ndarray:
+    """The network inputs (N, S, S) float32, prepared exactly as inference prepares a radiograph."""
+    inputs = np.zeros((len(records), spec.input_size, spec.input_size), dtype=np.float32)
+    for i, rec in enumerate(records):
+        grey = load_jpeg_grayscale(rec.path).astype(np.float32)
+        inputs[i] = prepare_2d(grey, spec)[0][0].numpy()
+    return inputs
+
+
+@torch.no_grad()
+def score_inputs(net: nn.Module, inputs: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Image-head, cell-max and mean probabilities for prepared (N, S, S) float inputs."""
+    net.eval()
+    device = next(net.parameters()).device
+    image_p, cell_p = [], []
+    for start in range(0, len(inputs), batch_size):
+        x = torch.from_numpy(inputs[start : start + batch_size])[:, None].to(device)
+        logits, cells = net.forward_all(x.contiguous(memory_format=torch.channels_last))
+        image_p.append(torch.sigmoid(logits[:, 0]).cpu().numpy())
+        cell_p.append(torch.sigmoid(cells.amax(dim=(1, 2, 3))).cpu().numpy())
+    image, cell = np.concatenate(image_p), np.concatenate(cell_p)
+    return {"image": image, "cell_max": cell, "mean": (image + cell) / 2}

@@ -1,0 +1,54 @@
+"""Training augmentation: shapes, ranges, determinism, and the warp shared by images and masks."""
+
+import torch
+
+from medassist.models.augment import augment_batch, photometric
+
+STRONG = {"rotate_deg": 25, "rotate_any": 0.5, "scale": [0.8, 2.4], "translate": 0.25, "hflip": True,
+          "vflip": True, "contrast": 0.3, "gamma": 0.5, "invert": 0.5, "unsharp": 1.5, "blur": 2.0,
+          "downsample": 3.0, "noise": 0.04, "jpeg": 0.5, "borders": 0.5, "markers": 0.5}
+
+
+def _batch(n: int = 6, size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(3))
+    masks = torch.zeros(n, 1, size, size)
+    masks[:, :, 40:56, 40:56] = 1
+    return images, masks
+
+
+def test_strong_augmentation_keeps_range_and_resamples_to_the_output_size():
+    images, masks = _batch()
+    out, out_masks = augment_batch(images, masks, STRONG, torch.Generator().manual_seed(0), out_size=64)
+    assert out.shape == (6, 1, 64, 64) and out_masks.shape == (6, 1, 64, 64)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert set(torch.unique(out_masks).tolist()) <= {0.0, 1.0}  # nearest: masks stay binary
+
+
+def test_same_seed_same_batch_other_seed_other_batch():
+    images, masks = _batch()
+    a, _ = augment_batch(images, masks, STRONG, torch.Generator().manual_seed(1))
+    b, _ = augment_batch(images, masks, STRONG, torch.Generator().manual_seed(1))
+    c, _ = augment_batch(images, masks, STRONG, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_identity_config_changes_nothing():
+    images, masks = _batch()
+    out, out_masks = augment_batch(images, masks, {}, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, images, atol=1e-5)
+    assert torch.equal(out_masks, masks)
+
+
+def test_invert_everything_gives_the_negative():
+    images, _ = _batch()
+    out = photometric(images, {"invert": 1.0}, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, 1.0 - images)
+
+
+def test_black_borders_and_markers_touch_only_the_chosen_images():
+    images = torch.full((4, 1, 80, 80), 0.5)
+    out = photometric(images, {"borders": 1.0}, torch.Generator().manual_seed(5))
+    assert (out == 0).any() and float(out.max()) == 0.5
+    marked = photometric(images, {"markers": 1.0}, torch.Generator().manual_seed(5))
+    assert all(float(marked[i].max()) >= 0.8 for i in range(4))
