@@ -304,6 +304,7 @@ def build_card(
             "epochs": len(history),
             "last_epoch": history[-1] if history else None,
         },
+        "external_validation": _external_validation(validation, narrative),
         "quantitative_analyses": {
             "evaluation": analysis,
             "human_ai_review": review,
@@ -323,6 +324,17 @@ def build_card(
     if evaluation and analysis and stored_val and evaluation.used_for_tuning:
         card["evaluation_data"]["consistency_with_training_run"] = _consistency(stored_val, analysis["overall"])
     return sanitise(card)
+
+
+def _external_validation(validation: dict, narrative: dict) -> dict | None:
+    """Other-source figures measured at training time (``validation["external_dev"]``), with the
+    narrative's notes on where the model fails; None when the training run measured none."""
+    external = validation.get("external_dev")
+    if not external:
+        return None
+    return {"sets": {"external_dev": external},
+            "head_choice": validation.get("head_choice"),
+            "notes": narrative.get("external_validation", {}).get("notes", [])}
 
 
 def _output_text(spec: ModelSpec) -> str:
@@ -526,6 +538,7 @@ def blocks(card: dict, figures: dict[str, Path]) -> list[tuple]:
 
     out += _evaluation_data_blocks(card["evaluation_data"])
     out += _training_blocks(card["training_data"])
+    out += _external_blocks(card.get("external_validation"))
     out += _quantitative_blocks(card["quantitative_analyses"], figures)
 
     out.append(("h", 2, "Ethical considerations"))
@@ -647,6 +660,25 @@ def _training_blocks(t: dict) -> list[tuple]:
     if t["operating_points_at_training_time"]:
         out.append(("p", "Thresholds chosen at training time: " + ", ".join(
             f"{k} = {_f(v, 4)}" for k, v in t["operating_points_at_training_time"].items()) + "."))
+    return out
+
+
+def _external_blocks(ext: dict | None) -> list[tuple]:
+    """The "External validation" section: other-source figures beside the same-source ones."""
+    if not ext:
+        return []
+    out: list[tuple] = [("h", 2, "External validation")]
+    out.append(("p", "Radiographs from another source than the training data, measured at training time at the "
+                     "shipped threshold. They were used to choose the score head and the threshold, never for "
+                     "training, so these figures flatter a little; independent hold-out sets check the model apart."))
+    for name, regions in ext["sets"].items():
+        rows = [_metric_row(f"{name}: {region}", m) for region, m in regions.items()]
+        out.append(("table", ["Set: subgroup", *METRIC_HEADERS], rows))
+    if ext.get("head_choice"):
+        out.append(("table", ["Score head", "Validation AUROC", "External-dev AUROC"],
+                    [[k, _f(v["validation_auroc"]), _f(v["external_dev_auroc"])] for k, v in ext["head_choice"].items()]))
+    if ext.get("notes"):
+        out.append(("ul", ext["notes"]))
     return out
 
 

@@ -278,3 +278,25 @@ def test_unreadable_images_are_left_out_with_their_labels(tmp_path, shipped):
     data = json.loads((out / f"{spec.name}.json").read_text())["evaluation_data"]
     assert (data["n"], data["n_positive"]) == (6, 3)
     assert any("could not be read" in n for n in data["notes"])
+
+
+def test_external_validation_section_shows_the_other_source_figures(tmp_path):
+    import dataclasses
+
+    from medassist.audit.card import build_card, render_markdown
+    from medassist.audit.metrics import metrics_with_ci
+
+    spec = make_shipped_model(tmp_path / "weights")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 120)
+    scores = np.clip(labels * 0.3 + rng.random(120) * 0.7, 0, 1)
+    overall = metrics_with_ci(labels, scores, 0.5, n_resamples=50)
+    validation = dict(spec.validation, external_dev={"overall": overall, "elbow": overall},
+                      head_choice={"image": {"validation_auroc": 0.81, "external_dev_auroc": 0.7}})
+    card = build_card(dataclasses.replace(spec, validation=validation),
+                      narrative={"external_validation": {"notes": ["fails on elbows"]}})
+    assert card["external_validation"]["sets"]["external_dev"]["overall"]["auroc"] == pytest.approx(overall["auroc"])
+    text = render_markdown(card)
+    section = text[text.index("## External validation"):]
+    assert f"{overall['auroc']:.3f}" in section and "external_dev: elbow" in section and "fails on elbows" in section
+    assert "External validation" not in render_markdown(build_card(spec))  # no other-source figures, no section
