@@ -345,3 +345,22 @@ def test_tumour_localisation_is_also_reported_by_type(tmp_path):
     assert {g: r["n_images"] for g, r in groups.items()} == {"glioma": 2, "meningioma": 1, "pituitary": 1}
     hits = sum(r["pointing_game"]["hits"] for r in groups.values())
     assert hits == result["pointing_game"]["hits"]
+
+
+def test_side_fraction_pointing_game_counts_a_peak_near_the_annotation():
+    """A peak 20 px off a mask in a 500 px image: a miss strictly, a hit within 5% of the side (25 px)."""
+    from medassist.explain.localisation import summarise
+
+    shape = (300, 500)
+    peak_map = np.zeros(shape, np.float32)
+    peak_map[150, 270] = 1.0
+    mask = box_mask(shape, 140, 160, 230, 250)
+    near = dilate(mask, 0.05 * max(shape))
+    row = {"case_id": "a", "hit": pointing_game_hit(peak_map, mask), "energy_inside": 0.0,
+           "area_fraction": float(mask.mean()), "centre_hit": False,
+           "hit_side": pointing_game_hit(peak_map, near), "area_fraction_side": float(near.mean()),
+           "centre_hit_side": False}
+    result = summarise([row])
+    assert result["pointing_game"]["hit_rate"] == 0.0
+    assert result["pointing_game_side"]["hit_rate"] == 1.0
+    assert result["pointing_game_side"]["tolerance_side_fraction"] == 0.05
