@@ -15,6 +15,7 @@ instances (sending them again to a PACS does not duplicate them).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, TM
 
 from medassist.datamodel import IngestProblem, Series, WorklistRow, read_worklist
 from medassist.errors import MedassistError
@@ -31,6 +33,10 @@ from medassist.errors import MedassistError
 logger = logging.getLogger(__name__)
 
 SALIENCY_KINDS = ("sc", "seg")
+# Patient and General Study attributes of type 2 (present, possibly empty) that highdicom copies
+# from a source image into every result; real exports often leave some of them out.
+TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                     "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 class SourceIndex:
@@ -165,6 +171,37 @@ def check_map_shape(saliency: np.ndarray, headers: Sequence[Dataset], what: str)
     expected = (frames, int(first.Rows), int(first.Columns))
     if tuple(saliency.shape) != expected:
         raise MedassistError(f"{what}: saliency map shape {tuple(saliency.shape)} does not match the source grid {expected}")
+
+
+def with_type2_attributes(ds: Dataset) -> Dataset:
+    """``ds`` ready to be a result's source: ``TYPE2_FROM_SOURCE`` attributes it lacks, or holds in
+    a form highdicom refuses (a malformed date or time, a sex other than M/F/O), present and empty.
+
+    Returns ``ds`` itself when nothing needs changing, else a copy (the caller's header is untouched).
+    """
+    fix = [k for k in TYPE2_FROM_SOURCE if k not in ds or not _acceptable(k, ds[k].value)]
+    if not fix:
+        return ds
+    out = copy.deepcopy(ds)
+    for keyword in fix:
+        setattr(out, keyword, None)
+    return out
+
+
+def _acceptable(keyword: str, value: object) -> bool:
+    """Whether highdicom takes ``value`` for ``keyword`` as it is (empty is always fine)."""
+    if value in (None, ""):
+        return True
+    if keyword == "PatientSex":
+        return str(value) in ("M", "F", "O")
+    parse = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}.get(keyword)
+    if parse is None:
+        return True
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _safe_name(uid: str) -> str:

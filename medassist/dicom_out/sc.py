@@ -20,7 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from medassist.dicom_out.results import check_map_shape
+from medassist.dicom_out.results import check_map_shape, with_type2_attributes
 from medassist.dicom_out.sr import MANUFACTURER, derived_uid, software_version
 
 SC_SERIES_NUMBER = 9902
@@ -63,7 +63,7 @@ def _capture(row, ref: Dataset, rgb: np.ndarray, slice_index: int, instance_numb
     orientation = tuple(str(v) for v in (ref.get("PatientOrientation") or []) if str(v))
     spacing = ref.get("PixelSpacing") or ref.get("ImagerPixelSpacing")
     kwargs = dict(
-        ref_dataset=ref,
+        ref_dataset=with_type2_attributes(ref),
         pixel_array=rgb,
         photometric_interpretation="RGB",
         bits_allocated=8,

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from medassist.dicom_out import codes as mcodes
-from medassist.dicom_out.results import check_map_shape
+from medassist.dicom_out.results import check_map_shape, with_type2_attributes
 from medassist.dicom_out.sr import MANUFACTURER, derived_uid, software_version
 
 SEG_SERIES_NUMBER = 9903
@@ -39,7 +39,7 @@ def build_saliency_seg(row, headers: Sequence[Dataset], saliency: np.ndarray) ->
         tracking_id=f"{row.model} {row.finding} saliency"[:64],
     )
     seg = hd.seg.Segmentation(
-        source_images=list(headers),
+        source_images=[with_type2_attributes(headers[0]), *headers[1:]],  # patient and study come from the first
         pixel_array=np.clip(saliency, 0.0, 1.0).astype(np.float32),
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
         segment_descriptions=[description],

@@ -24,6 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from medassist.dicom_out import codes as mcodes
+from medassist.dicom_out.results import with_type2_attributes
 
 MANUFACTURER = "medassist"
 SR_SERIES_NUMBER = 9901
@@ -84,6 +85,7 @@ def build_study_sr(rows: Sequence, sources: Mapping[str, Sequence[Dataset]]) -> 
     )
     evidence = [ds for row in rows for ds in sources[row.series_uid]]
     evidence = list({ds.SOPInstanceUID: ds for ds in evidence}.values())
+    evidence[0] = with_type2_attributes(evidence[0])  # highdicom copies patient and study from the first
     key = [study_uid, sorted((_row_key(r) for r in rows), key=json.dumps)]
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,

@@ -85,17 +85,24 @@ def write_dicom_image(
     body_part: str = "HAND",
     patient_id: str = "TEST-0001",
     index: int = 1,
+    identifiers: bool = True,
 ) -> Path:
-    """Write an 8-bit MONOCHROME2 single-frame DICOM file (uncompressed) with fresh UIDs."""
+    """Write an 8-bit MONOCHROME2 single-frame DICOM file (uncompressed) with fresh UIDs.
+
+    Patient birth date and sex, study date, time and ID and the referring physician are never
+    written (type 2 attributes real exports often leave out); ``identifiers=False`` leaves out
+    patient name, patient ID and accession number too.
+    """
     from pydicom.uid import generate_uid
 
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     ds = new_file_dataset(US_SOP_CLASS if modality == "US" else DX_SOP_CLASS)
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
-    ds.PatientName = f"TEST^{index:04d}"
-    ds.PatientID = patient_id
-    ds.AccessionNumber = f"ACC{index:04d}"
+    if identifiers:
+        ds.PatientName = f"TEST^{index:04d}"
+        ds.PatientID = patient_id
+        ds.AccessionNumber = f"ACC{index:04d}"
     ds.Modality = modality
     ds.BodyPartExamined = body_part
     ds.SeriesNumber = 1

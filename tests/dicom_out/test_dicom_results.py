@@ -244,3 +244,57 @@ def test_multi_slice_series_gives_multiframe_seg_and_one_capture_per_listed_slic
     assert seg.FrameOfReferenceUID == pydicom.dcmread(series.paths[0]).FrameOfReferenceUID
     row = dataclasses.replace(row, slices=(0, 2))
     assert len(write_dicom_results(tmp_path, tmp_path / "out2", rows=[row]).sc) == 2
+
+
+def _bare_radiograph(folder: Path, **overrides) -> Path:
+    """A DX file as a bare export writes it: none of the type 2 patient and study attributes
+    (``results.TYPE2_FROM_SOURCE``), or ``overrides`` (keyword -> value) in their place."""
+    from medassist.dicom_out.results import TYPE2_FROM_SOURCE
+    from medassist.triage.testing import synthetic_radiograph, write_dicom_image
+
+    path = write_dicom_image(folder / "bare.dcm", synthetic_radiograph(48, 40, 3), identifiers=False)
+    ds = pydicom.dcmread(path)
+    assert not any(keyword in ds for keyword in TYPE2_FROM_SOURCE)
+    for keyword, value in overrides.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's (dicom3tools) error lines for a file."""
+    import subprocess
+
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"PatientSex": "U", "PatientBirthDate": "1970-01-01", "StudyTime": "noon"}],
+                         ids=["missing", "malformed"])
+def test_results_from_a_source_without_type_2_attributes(tmp_path, overrides):
+    """Real exports leave out birth date, sex, study ID, accession...: SR, SC and SEG are still made,
+    with those attributes present and empty (type 2), and the SR is valid (dciodvfy, when installed)."""
+    import shutil
+
+    from medassist.dicom_out.results import TYPE2_FROM_SOURCE
+    from medassist.ingest import discover_series
+
+    source = _bare_radiograph(tmp_path, **overrides)
+    [series], _ = discover_series([source])
+    saliency = np.zeros((1, 48, 40), np.float32)
+    saliency[0, 10:20, 10:20] = 1.0
+    np.save(tmp_path / "map.npy", saliency)
+    row = WorklistRow(study_uid=series.study_uid, series_uid=series.series_uid, modality="DX", model="fracture_xray",
+                      model_version="1.0.0", finding="fracture", score=0.9, threshold=0.5, flagged=True,
+                      saliency_path=str(tmp_path / "map.npy"), source_path=series.source_path)
+    report = write_dicom_results(tmp_path, tmp_path / "dicom", saliency_as=("sc", "seg"), rows=[row])
+
+    assert report.problems == []
+    assert (len(report.sr), len(report.sc), len(report.seg)) == (1, 1, 1)
+    for path in report.paths:
+        ds = pydicom.dcmread(path)
+        for keyword in TYPE2_FROM_SOURCE:
+            assert keyword in ds and ds[keyword].value in (None, ""), (path.name, keyword)
+    assert all(k not in pydicom.dcmread(source) for k in TYPE2_FROM_SOURCE if k not in overrides)  # source untouched
+    if shutil.which("dciodvfy"):
+        assert _dciodvfy_errors(report.sr[0]) == []
