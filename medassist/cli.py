@@ -2,7 +2,9 @@
 
 Exit status: 0 when the command ran (even if some input files were unreadable: they are rows in the
 worklist), 2 for a usage error or a problem the user can fix (MedassistError: printed as
-``medassist: error: <message>``, no traceback), 130 when interrupted.
+``medassist: error: <message>``, no traceback), ``EXIT_RESULTS_FAILED`` (3) when ``triage --send``
+wrote the worklist but could not build or send every result, 130 when interrupted. Messages and
+log lines never show credentials given inside a URL (``sanitize.redact_credentials``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medassist.errors import MedassistError
+from medassist.sanitize import redact_credentials
 
 if TYPE_CHECKING:
     from medassist.models.spec import ModelSpec
@@ -35,6 +38,10 @@ def prefer_sleeping_threads() -> None:
 
 prefer_sleeping_threads()  # the heavy imports (torch) are inside the commands below
 
+
+# ``triage --send``: the worklist is written, but some result (an SR, a saliency capture or SEG) could not be
+# built or was not stored by the PACS; each is listed on stderr. Distinct from 2 (usage errors, argparse's too).
+EXIT_RESULTS_FAILED = 3
 
 # On the CPU the fracture network scores 40 images/s at batch 4-8, 38 at 16, 34 at 32 (2 cores).
 DEFAULT_BATCH = 8
@@ -264,16 +271,28 @@ def cmd_triage(args: argparse.Namespace) -> int:
     else:
         summary = triage(args.inputs, args.out, **options)
     print(f"medassist triage: {summary.line()}; worklist: {summary.worklist_csv}")
-    if args.send:
-        from medassist.pacs.send import send_results
+    return send_triage_results(args, password) if args.send else 0
 
+
+def send_triage_results(args: argparse.Namespace, password: str | None) -> int:
+    """``triage --send``: build the results and send them; EXIT_RESULTS_FAILED when any result could
+    not be built or sent (each is listed on stderr), else 0."""
+    from medassist.pacs.send import send_results
+
+    target = redact_credentials(args.send)
+    try:
         made, report = send_results(args.out, args.send, username=args.pacs_user, password=password,
                                     saliency_as=("sc", "seg") if args.send_seg else ("sc",))
-        print(f"medassist triage: sent {len(report.stored)} result object(s) to {args.send}, "
-              f"{len(report.failed)} failed")
-        for uid, reason in report.failed.items():
-            print(f"  not stored: {uid}: {reason}", file=sys.stderr)
-    return 0
+    except MedassistError as exc:  # PACS unreachable, or it refused everything: not all was sent
+        print(f"medassist: error: results not sent: {redact_credentials(exc)}", file=sys.stderr)
+        return EXIT_RESULTS_FAILED
+    failed = len(made.problems) + len(report.failed)
+    print(f"medassist triage: sent {len(report.stored)} result object(s) to {target}, {failed} failed")
+    for problem in made.problems:
+        print(f"  not built: {redact_credentials(problem)}", file=sys.stderr)
+    for uid, reason in report.failed.items():
+        print(f"  not stored: {uid}: {redact_credentials(reason)}", file=sys.stderr)
+    return EXIT_RESULTS_FAILED if failed else 0
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -367,11 +386,24 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class RedactingFilter(logging.Filter):
+    """A handler filter that takes credentials out of every record's message (any library's)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_credentials(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
 @contextlib.contextmanager
 def logging_configured(verbose: int) -> Iterator[None]:
-    """Warnings by default; pydicom kept quiet unless -vv (its messages can quote header values).
+    """Warnings by default; pydicom kept quiet unless -vv (its messages can quote header values);
+    credentials redacted from every line the root logger's handlers write.
 
-    Logger levels are restored afterwards, so calling ``main`` in-process leaves logging as it was.
+    Logger levels and handler filters are restored afterwards, so calling ``main`` in-process
+    leaves logging as it was.
     """
     import pydicom  # noqa: F401  (importing pydicom resets its logger's level: do it first)
 
@@ -381,11 +413,16 @@ def logging_configured(verbose: int) -> Iterator[None]:
     previous = {name: logging.getLogger(name).level for name in loggers}
     for name, value in loggers.items():
         logging.getLogger(name).setLevel(value)
+    redacting, handlers = RedactingFilter(), list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(redacting)
     try:
         yield
     finally:
         for name, value in previous.items():
             logging.getLogger(name).setLevel(value)
+        for handler in handlers:
+            handler.removeFilter(redacting)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -402,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with logging_configured(verbose):
             return args.func(args)
     except MedassistError as exc:
-        print(f"medassist: error: {exc}", file=sys.stderr)
+        print(f"medassist: error: {redact_credentials(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medassist: interrupted; run the same command again to resume", file=sys.stderr)

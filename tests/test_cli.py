@@ -84,3 +84,100 @@ def test_cli_asks_openmp_to_sleep_before_torch_loads_unless_told_otherwise(prese
     code = "import os, sys, medassist.cli; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == [preset or "PASSIVE", "False"]
+
+
+def _triage_and_send(tmp_path, models, target, *options):
+    """``medassist [OPTIONS] triage IN --send TARGET`` on one radiograph without patient or study type 2 attributes."""
+    inputs = tmp_path / "in"
+    write_dicom_image(inputs / "bare.dcm", synthetic_radiograph(100, 80, 2), identifiers=False)
+    return main([*options, "triage", str(inputs), "--out", str(tmp_path / "out"), "--device", "cpu", "--workers", "0",
+                 "--quiet", "--models-dir", str(models), "--send", target])
+
+
+@pytest.fixture
+def pacs_stub(monkeypatch):
+    """``pacs.send.send`` replaced: stores everything it is given except the SOP UIDs in ``.refuse``."""
+    import importlib
+
+    send_module = importlib.import_module("medassist.pacs.send")  # the package exports a function 'send'
+    calls = []
+
+    def fake_send(target, items, **kwargs):
+        datasets = send_module._datasets(items)
+        calls.append(datasets)
+        report = send_module.SendReport(target=target)
+        for ds in datasets:
+            uid = str(ds.SOPInstanceUID)
+            if fake_send.refuse:
+                report.failed[uid] = "C-STORE status 0xA700"
+            else:
+                report.stored.append(uid)
+        return report
+
+    fake_send.calls, fake_send.refuse = calls, False
+    monkeypatch.setattr(send_module, "send", fake_send)
+    return fake_send
+
+
+def test_triage_send_builds_an_sr_from_a_source_without_type_2_attributes(tmp_path, capsys, models, pacs_stub):
+    """The report: no PatientBirthDate in the radiographs, no SR built, yet 'sent 0, 0 failed' and exit 0."""
+    status = _triage_and_send(tmp_path, models, "dicom://PACS@127.0.0.1:4242")
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    [sent] = pacs_stub.calls
+    [sr] = [ds for ds in sent if ds.Modality == "SR"]
+    assert sr.PatientBirthDate in (None, "") and sr.StudyID in (None, "") and "PatientBirthDate" in sr
+    assert f"sent {len(sent)} result object(s) to dicom://PACS@127.0.0.1:4242, 0 failed" in captured.out
+
+
+def test_triage_send_exits_3_when_a_result_cannot_be_built(tmp_path, capsys, models, pacs_stub, monkeypatch):
+    from medassist.cli import EXIT_RESULTS_FAILED
+    from medassist.dicom_out import sr
+
+    def broken(rows, sources):
+        raise ValueError("no SR today")
+
+    monkeypatch.setattr(sr, "build_study_sr", broken)
+    status = _triage_and_send(tmp_path, models, "dicom://PACS@127.0.0.1:4242")
+    captured = capsys.readouterr()
+    assert EXIT_RESULTS_FAILED == 3 and status == EXIT_RESULTS_FAILED
+    assert "sent 0 result object(s) to dicom://PACS@127.0.0.1:4242, 1 failed" in captured.out
+    assert "not built: " in captured.err and "no SR today" in captured.err
+
+
+def test_triage_send_exits_3_when_the_pacs_refuses_a_result(tmp_path, capsys, models, pacs_stub):
+    from medassist.cli import EXIT_RESULTS_FAILED
+
+    pacs_stub.refuse = True
+    status = _triage_and_send(tmp_path, models, "dicom://PACS@127.0.0.1:4242")
+    captured = capsys.readouterr()
+    n = len(pacs_stub.calls[0])
+    assert status == EXIT_RESULTS_FAILED and n >= 1
+    assert f"sent 0 result object(s) to dicom://PACS@127.0.0.1:4242, {n} failed" in captured.out
+    assert captured.err.count("not stored: ") == n
+
+
+def test_triage_send_to_an_unreachable_pacs_exits_3_and_never_shows_the_password(tmp_path, capsys, caplog, models):
+    from conftest_orthanc import free_port
+
+    from medassist.cli import EXIT_RESULTS_FAILED
+
+    target = f"http://reader:hunter2-secret@127.0.0.1:{free_port()}/dicom-web"
+    status = _triage_and_send(tmp_path, models, target, "-v")
+    captured = capsys.readouterr()
+    assert status == EXIT_RESULTS_FAILED, captured.err
+    assert "medassist: error: results not sent: http://***@127.0.0.1:" in captured.err
+    assert "PACS unreachable" in captured.err
+    assert "hunter2" not in captured.out + captured.err + caplog.text
+
+
+def test_log_lines_of_any_library_never_show_a_password(caplog):
+    import logging
+
+    from medassist.cli import logging_configured
+
+    with logging_configured(0):
+        logging.getLogger("some.library").warning("GET %s failed", "http://u:pw-secret@pacs/dicom-web/studies")
+    logging.getLogger("some.library").warning("after: %s", "http://u:kept@pacs/")  # filter removed again
+    assert "pw-secret" not in caplog.text and "GET http://***@pacs/dicom-web/studies failed" in caplog.text
+    assert "http://u:kept@pacs/" in caplog.text

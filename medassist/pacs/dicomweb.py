@@ -27,6 +27,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from medassist.errors import MedassistError
+from medassist.sanitize import redact_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def connect(url: str, *, username: str | None = None, password: str | None = Non
     from dicomweb_client.api import DICOMwebClient
 
     if not re.match(r"^https?://", url or ""):
-        raise MedassistError(f"{url!r}: a DICOMweb URL starts with http:// or https://")
+        raise MedassistError(redact_credentials(f"{url!r}: a DICOMweb URL starts with http:// or https://"))
     session = requests.Session()
     if username:
         session.auth = requests.auth.HTTPBasicAuth(username, password or "")
@@ -117,25 +118,32 @@ def study_filters(date_from: str | None = None, date_to: str | None = None, moda
 
 
 def _pacs_call(url: str, what: str, call: Callable):
-    """Run a dicomweb-client call; turn network/HTTP errors into MedassistError."""
+    """Run a dicomweb-client call; turn network/HTTP errors into MedassistError (credentials redacted)."""
     import requests
 
     try:
         return call()
-    except requests.exceptions.HTTPError as exc:
+    except requests.exceptions.RequestException as exc:
+        raise MedassistError(redact_credentials(f"{url}: {_pacs_failure(what, exc)}")) from exc
+
+
+def _pacs_failure(what: str, exc: Exception) -> str:
+    """Why a PACS request failed, in words."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.HTTPError):
         status = exc.response.status_code if exc.response is not None else None
         reason = {
             401: "the PACS refused the credentials (check --pacs-user and --pacs-password-env)",
             403: "the PACS does not allow this user to do that",
             404: "not found (is the URL the DICOMweb root, e.g. http://host:8042/dicom-web?)",
         }.get(status, f"HTTP {status}: {exc}")
-        raise MedassistError(f"{url}: {what} failed: {reason}") from exc
-    except requests.exceptions.ConnectionError as exc:
-        raise MedassistError(f"{url}: PACS unreachable ({_first_line(exc)})") from exc
-    except requests.exceptions.Timeout as exc:
-        raise MedassistError(f"{url}: PACS did not answer in time during {what}") from exc
-    except requests.exceptions.RequestException as exc:
-        raise MedassistError(f"{url}: {what} failed: {_first_line(exc)}") from exc
+        return f"{what} failed: {reason}"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return f"PACS unreachable ({_first_line(exc)})"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"PACS did not answer in time during {what}"
+    return f"{what} failed: {_first_line(exc)}"
 
 
 def _search_all(url: str, what: str, search: Callable, uid_tag: str, **kwargs) -> list[dict]:
@@ -159,7 +167,7 @@ def _search_all(url: str, what: str, search: Callable, uid_tag: str, **kwargs) -
         if len(batch) < PAGE_SIZE or not new:
             break
     else:
-        logger.warning("%s: %s stopped after %d pages", url, what, MAX_PAGES)
+        logger.warning("%s: %s stopped after %d pages", redact_credentials(url), what, MAX_PAGES)
     return results
 
 

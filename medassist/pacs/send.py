@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 
 from medassist.errors import MedassistError
 from medassist.pacs.dicomweb import _pacs_call, connect
+from medassist.sanitize import redact_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ _DICOM_URL = re.compile(r"^dicom://(?P<aet>[^@/]{1,16})@(?P<host>[^:/]+):(?P<por
 
 @dataclass
 class SendReport:
-    """What a send stored and what it could not (SOP Instance UID -> reason)."""
+    """What a send stored and what it could not (SOP Instance UID -> reason); ``target`` without credentials."""
 
     target: str
     stored: list[str] = field(default_factory=list)
@@ -69,7 +70,7 @@ def send(
     match = _DICOM_URL.match(target)
     if match:
         return store_cstore(match["host"], int(match["port"]), match["aet"], items, calling_aet=calling_aet)
-    raise MedassistError(f"{target!r}: send to an http(s):// DICOMweb root or dicom://AET@host:port")
+    raise MedassistError(redact_credentials(f"{target!r}: send to an http(s):// DICOMweb root or dicom://AET@host:port"))
 
 
 def store_dicomweb(
@@ -83,7 +84,7 @@ def store_dicomweb(
 ) -> SendReport:
     """STOW-RS ``items`` to the DICOMweb root ``url`` (in batches, grouped by study)."""
     client = client or connect(url, username=username, password=password)
-    report = SendReport(target=url)
+    report = SendReport(target=redact_credentials(url))
     datasets = _datasets(items)
     by_study: dict[str, list[Dataset]] = {}
     for ds in datasets:
@@ -101,7 +102,7 @@ def store_dicomweb(
             report.stored.extend(str(ds.SOPInstanceUID) for ds in batch if str(ds.SOPInstanceUID) not in failed)
     _log(report)
     if datasets and not report.stored:
-        raise MedassistError(f"{url}: the PACS stored none of {len(datasets)} instance(s): {next(iter(report.failed.values()), '')}")
+        raise MedassistError(f"{report.target}: the PACS stored none of {len(datasets)} instance(s): {next(iter(report.failed.values()), '')}")
     return report
 
 
@@ -179,5 +180,5 @@ def send_results(
 
     made = write_dicom_results(results_dir, saliency_as=saliency_as)
     if not made.paths:
-        return made, SendReport(target=target)
+        return made, SendReport(target=redact_credentials(target))
     return made, send(target, made.paths, username=username, password=password, calling_aet=calling_aet)

@@ -97,3 +97,61 @@ def test_send_errors(orthanc, results):
         send(f"dicom://NOBODY@127.0.0.1:{free_port()}", results.sr[:1])
     with pytest.raises(MedassistError, match="dicom://"):
         send("ftp://x", results.sr)
+
+
+def test_no_message_shows_a_password_given_in_the_url(monkeypatch):
+    """A password in the URL (requests sends it as basic auth) is never in an error or a report."""
+    import requests as requests_lib
+
+    from medassist.dicom_out.results import DicomResults
+    from medassist.pacs.dicomweb import _pacs_call
+    from medassist.pacs.send import send_results
+
+    url = "http://reader:s3cret-pw@127.0.0.1:1/dicom-web"
+    response = requests_lib.Response()
+    response.status_code, response.url = 500, f"{url}/studies"
+
+    def fails():
+        raise requests_lib.exceptions.HTTPError(f"500 Server Error for url: {response.url}", response=response)
+
+    with pytest.raises(MedassistError) as raised:
+        _pacs_call(url, "QIDO-RS study search", fails)
+    assert "s3cret" not in str(raised.value) and "http://***@127.0.0.1:1/dicom-web" in str(raised.value)
+    with pytest.raises(MedassistError) as raised:
+        send("ftp://reader:s3cret-pw@host/", [])
+    assert "s3cret" not in str(raised.value)
+    monkeypatch.setattr("medassist.dicom_out.results.write_dicom_results", lambda *a, **k: DicomResults())
+    _, report = send_results("unused", url)  # nothing to send: an empty report naming the target
+    assert report.target == "http://***@127.0.0.1:1/dicom-web"
+
+
+def test_triage_pacs_send_of_radiographs_without_type_2_attributes(orthanc, tmp_path, capsys):
+    """The reported run, end to end: radiographs without birth date, sex, IDs... pulled from the PACS,
+    triaged, SR and capture sent back (before: no SR, 'sent 0 ..., 0 failed', exit 0), with the
+    password given inside both URLs shown nowhere."""
+    from medassist.cli import main
+    from medassist.triage.testing import synthetic_radiograph, write_dicom_image, write_throwaway_model
+
+    models = tmp_path / "models"
+    write_throwaway_model(models)
+    user, password = orthanc.auth
+    studies = []
+    for i in range(2):  # RG: a modality no sample has, so only these studies are pulled
+        path = write_dicom_image(tmp_path / "bare" / f"{i}.dcm", synthetic_radiograph(96, 80, i), modality="RG",
+                                 identifiers=False)
+        r = requests.post(f"{orthanc.url}/instances", data=path.read_bytes(), auth=orthanc.auth, timeout=60)
+        assert r.status_code == 200, r.text
+        studies.append(str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID))
+    url = orthanc.dicomweb.replace("http://", f"http://{user}:{password}@")
+
+    status = main(["-v", "triage", "--pacs", url, "--modality-filter", "RG", "--out", str(tmp_path / "out"),
+                   "--device", "cpu", "--workers", "0", "--quiet", "--models-dir", str(models), "--send", url])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert f"to http://***@127.0.0.1:{orthanc.http_port}/dicom-web, 0 failed" in captured.out
+    assert password not in captured.out + captured.err
+    for study in studies:
+        found = requests.post(f"{orthanc.url}/tools/lookup", data=study, auth=orthanc.auth, timeout=10).json()
+        study_id = [x["ID"] for x in found if x["Type"] == "Study"][0]
+        series = requests.get(f"{orthanc.url}/studies/{study_id}/series", auth=orthanc.auth, timeout=10).json()
+        assert "SR" in {s["MainDicomTags"]["Modality"] for s in series}
