@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from medassist.errors import MedassistError
+from medassist.sanitize import csv_unsafe
 
 
 @dataclass(frozen=True)
@@ -325,8 +326,8 @@ def _read_records(target: Path) -> list[dict]:
             if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
                 raise MedassistError(f"{target}: expected a JSON list of row objects")
             return records
-        with target.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
+        with target.open(newline="", encoding="utf-8") as handle:  # cells as before csv_safe
+            return [{k: csv_unsafe(v) for k, v in row.items()} for row in csv.DictReader(handle)]
     except OSError as exc:
         raise MedassistError(f"{target}: cannot read the worklist: {exc.strerror or exc}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:

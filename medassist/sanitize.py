@@ -1,15 +1,18 @@
 """Text that leaves the program, made safe: CSV cells a spreadsheet will not run, messages without credentials.
 
-* ``csv_safe`` / ``csv_unsafe``: every CSV the package writes passes its text cells through
-  ``csv_safe``; every reader of those files passes them back through ``csv_unsafe`` and gets the
-  original text.
+* ``csv_writer``: every CSV the package writes is written by it: each text cell through
+  ``csv_safe``, RFC 4180 line ends; every reader of those files passes the cells back through
+  ``csv_unsafe`` and gets the original text.
 * ``redact_credentials``: every message, log line or exception that may carry a URL (PACS,
   send targets) goes through it, so a password in ``http://user:secret@host/`` is never shown.
 """
 
 from __future__ import annotations
 
+import csv
 import re
+from collections.abc import Iterable
+from typing import IO
 
 # OWASP CSV injection: a cell starting with one of these is run as a formula by spreadsheets.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -30,6 +33,27 @@ def csv_safe(value: object) -> object:
     if isinstance(value, str) and value.startswith((*FORMULA_START, QUOTE)):
         return QUOTE + value
     return value
+
+
+class SafeCsvWriter:
+    """``csv.writer`` that passes every cell through ``csv_safe`` (see ``csv_writer``)."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._writer = csv.writer(handle, lineterminator="\r\n")
+
+    def writerow(self, row: Iterable[object]) -> None:
+        self._writer.writerow([csv_safe(cell) for cell in row])
+
+    def writerows(self, rows: Iterable[Iterable[object]]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+def csv_writer(handle: IO[str]) -> SafeCsvWriter:
+    """The package's CSV writer: text cells ``csv_safe``, CRLF line ends (RFC 4180). CRLF because
+    Python's writer quotes a cell holding a line end character only when it is in the line
+    terminator: with "\n" a carriage return inside a cell went out bare and split the row."""
+    return SafeCsvWriter(handle)
 
 
 def csv_unsafe(cell: object) -> object:

@@ -42,3 +42,16 @@ def test_csv_unsafe_leaves_what_a_csv_reader_gives_for_ragged_rows():
 def test_credentials_are_redacted_and_nothing_else(text, expected):
     assert redact_credentials(text) == expected
     assert "secret" not in redact_credentials(text)
+
+
+def test_csv_writer_neutralises_every_text_cell_and_keeps_a_carriage_return_inside_its_cell():
+    import csv
+    import io
+
+    from medassist.sanitize import csv_writer
+
+    buffer = io.StringIO()
+    csv_writer(buffer).writerows([["id", "note"], ["1.2", "\r=1+1"], [-0.5, "a\rb"]])
+    back = list(csv.reader(io.StringIO(buffer.getvalue(), newline="")))
+    assert back == [["id", "note"], ["1.2", "'\r=1+1"], ["-0.5", "a\rb"]]  # three rows: no cell split a row
+    assert [csv_unsafe(cell) for cell in back[1]] == ["1.2", "\r=1+1"]

@@ -33,7 +33,6 @@ shared between threads (Streamlit sessions).
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import io
 import json
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from medassist.errors import MedassistError
+from medassist.sanitize import csv_writer
 
 DEFAULT_DB_NAME = "decisions.sqlite"
 DECISIONS = ("accept", "reject", "correct")
@@ -359,10 +359,11 @@ class DecisionStore:
     # -- export ------------------------------------------------------------------------------
 
     def to_csv(self, *, current_only: bool = False) -> str:
-        """The decisions as CSV text with the table's columns (all rows, or the current ones)."""
+        """The decisions as CSV text with the table's columns (all rows, or the current ones); text
+        that a spreadsheet would run as a formula is neutralised (``sanitize.csv_writer``)."""
         rows = list(self.current_decisions().values()) if current_only else self.all_rows()
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        writer = csv_writer(buffer)
         writer.writerow(COLUMNS)
         for decision in rows:
             writer.writerow(["" if value is None else value for value in (getattr(decision, c) for c in COLUMNS)])

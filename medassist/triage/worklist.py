@@ -17,7 +17,11 @@ Conventions (the contract the review app and any downstream reader rely on):
   model this is simply highest score first) - then not-applicable rows, then error rows; ties are
   broken by source path, series UID and model so the order is deterministic.
 * In the CSV, ``flagged`` is ``true``/``false`` and a missing value is an empty cell; in the JSON a
-  missing value is ``null``.
+  missing value is ``null``. The CSV files have CRLF line ends (RFC 4180); text cells that a
+  spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or carriage
+  return), and those starting with an apostrophe, get an apostrophe in front
+  (``sanitize.csv_writer``); readers take it off (``sanitize.csv_unsafe``). Numbers are written as
+  numbers, never changed.
 * ``quarantine.csv`` (columns ``path, reason``) lists every file or series behind an error row, with
   the file named in the error where there is one; it is rewritten (atomically) with the worklist.
 """
@@ -33,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from medassist.datamodel import WORKLIST_COLUMNS, IngestProblem, Series, WorklistRow
+from medassist.sanitize import csv_unsafe, csv_writer
 
 NOT_APPLICABLE = "not applicable"
 CSV_NAME = "worklist.csv"
@@ -88,19 +93,21 @@ def sort_records(records: Iterable[Record]) -> list[Record]:
     return sorted(records, key=priority_key)
 
 
-def csv_cell(value: object) -> str:
-    """One CSV cell: booleans as true/false, None as empty."""
+def csv_cell(value: object) -> object:
+    """One CSV cell: booleans as true/false, None as empty, numbers as numbers, anything else as text."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return value
     return str(value)
 
 
 def render_csv(records: Sequence[Record]) -> str:
     """The worklist as CSV text with a header of WORKLIST_COLUMNS."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv_writer(buffer)
     writer.writerow(WORKLIST_COLUMNS)
     for record in records:
         writer.writerow([csv_cell(record.get(col)) for col in WORKLIST_COLUMNS])
@@ -133,7 +140,7 @@ def quarantine_entries(records: Iterable[Record]) -> list[tuple[str, str]]:
 def render_quarantine(entries: Sequence[tuple[str, str]]) -> str:
     """The quarantine list as CSV text with a ``path,reason`` header."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv_writer(buffer)
     writer.writerow(QUARANTINE_COLUMNS)
     writer.writerows(entries)
     return buffer.getvalue()
@@ -191,6 +198,7 @@ def write_worklist(out_dir: Path, records: Iterable[Record]) -> tuple[Path, Path
 
 
 def read_worklist_csv(path: Path) -> list[dict[str, str]]:
-    """The CSV worklist as a list of string dicts (for tests and tools)."""
+    """The CSV worklist as a list of string dicts (for tests and tools), cells as they were before
+    ``csv_safe``."""
     with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        return [{k: csv_unsafe(v) for k, v in row.items()} for row in csv.DictReader(handle)]

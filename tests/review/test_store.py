@@ -155,6 +155,18 @@ def test_export_csv_all_rows_and_current_only(store, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left nothing behind
 
 
+def test_export_csv_neutralises_cells_a_spreadsheet_would_run(store, tmp_path):
+    from medassist.sanitize import csv_unsafe
+
+    store.record_decision(**finding(), decision="correct", reviewer="@admin", corrected_finding="-fracture",
+                          comment="=HYPERLINK(\"http://evil\",\"click\")")
+    with store.export_csv(tmp_path / "decisions.csv").open(newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert row["comment"] == "'=HYPERLINK(\"http://evil\",\"click\")"
+    assert row["reviewer"] == "'@admin" and csv_unsafe(row["corrected_finding"]) == "-fracture"
+    assert float(row["score"]) == 0.91  # numbers stay numbers
+
+
 def test_chain_links_rows_and_verifies(store):
     assert verify_chain(store) == []
     a = store.record_decision(**finding(), decision="accept", reviewer="Dr A")

@@ -53,6 +53,33 @@ def test_order_scored_flagged_first_then_not_applicable_then_errors():
     assert [row_kind(r) for r in sort_records(rows)][-3:] == ["not_applicable", "error", "error"]
 
 
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back_as_they_were(tmp_path):
+    """OWASP CSV injection: text from DICOM headers and file names lands in worklist.csv and quarantine.csv."""
+    from medassist.datamodel import read_worklist
+    from medassist.triage.worklist import read_worklist_csv
+
+    risky = ["=HYPERLINK(\"http://evil\")", "+1", "-1+2", "@SUM(A1)", "\tTAB", "\r=CR", "'quoted"]
+    rows = [record(study_uid="1.2", series_uid=f"1.2.{i}", patient_id=text, accession=text, body_part=text,
+                   model="m", finding="fracture", score=0.5 + i / 100, threshold=0.5, flagged=True,
+                   source_path=f"{text}.dcm") for i, text in enumerate(risky)]
+    rows.append(record(source_path="-bad.dcm", error="=cmd|' /C calc'!A0"))
+    csv_path, json_path = write_worklist(tmp_path, rows)
+
+    for name in (csv_path.name, QUARANTINE_NAME):
+        with open(tmp_path / name, newline="") as fh:
+            cells = [cell for line in csv.reader(fh) for cell in line]
+        assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in cells), name
+    assert "-bad.dcm" in (tmp_path / QUARANTINE_NAME).read_text()
+    # Readers get the original text back: the raw cells exactly, and the rows read from the CSV
+    # equal those read from the JSON (which has no quoting; read_worklist strips both alike).
+    raw = read_worklist_csv(csv_path)
+    assert sorted(r["patient_id"] for r in raw[:len(risky)]) == sorted(risky)
+    assert raw[-1]["error"] == "=cmd|' /C calc'!A0"
+    from_json = read_worklist(json_path)
+    assert read_worklist(csv_path) == from_json
+    assert {r.patient_id for r in from_json} >= {t.strip() for t in risky}
+
+
 def test_csv_has_exact_columns_and_true_false(tmp_path):
     rows = [scored("a", 0.7, 0.5), scored("b", 0.1, 0.5), record(source_path="c", error="broken")]
     csv_path, json_path = write_worklist(tmp_path, rows)
