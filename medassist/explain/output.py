@@ -3,11 +3,12 @@
 The overlay is a separate rendered picture (a matplotlib colormap blended over the grayscale
 display image, more opaque where the map is stronger); the source pixels are never altered.
 File names come from ``saliency_stem``: series UID, model name and slice index, never a patient
-identifier.
+identifier; a UID that is not a plain DICOM UID carries a short hash of itself, so no two series share a file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -23,14 +24,18 @@ OVERLAY_ALPHA = 0.5  # opacity where the map is at its maximum; zero where the m
 PNG_COMPRESS_LEVEL = 1
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z._-]+")
+_PLAIN_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+UID_NAME_MAX = 64  # a DICOM UID's longest; longer (not plain) UIDs are cut, their hash keeps them apart
+UID_HASH_CHARS = 8
 
 
 def saliency_stem(series_uid: str, model_name: str, slice_index: int = 0, method: str | None = None) -> str:
-    """``<series_uid>_<model>_s<slice>[_<method>]``, characters outside [0-9A-Za-z._-] replaced by '_'.
+    """``<series_uid>_<model>_s<slice>[_<method>]``, characters outside [0-9A-Za-z._-] replaced by '_';
+    the UID part as ``uid_file_part`` makes it.
 
     Built from identifiers that name no patient: the series instance UID, the model and the slice.
     """
-    uid = _UNSAFE.sub("_", str(series_uid)).strip("._")
+    uid = uid_file_part(str(series_uid)) if series_uid else ""
     model = _UNSAFE.sub("_", str(model_name)).strip("._")
     if not uid or not model:
         raise ValueError(f"cannot name a saliency file from series_uid={series_uid!r}, model={model_name!r}")
@@ -40,6 +45,20 @@ def saliency_stem(series_uid: str, model_name: str, slice_index: int = 0, method
     if method:
         stem += "_" + _UNSAFE.sub("_", method)
     return stem
+
+
+def uid_file_part(uid: str) -> str:
+    """A UID as part of a file name: a plain DICOM UID (digits and dots, at most 64) as it is; any
+    other text sanitised (``_UNSAFE`` characters to '_', leading/trailing '.' and '_' dropped, cut to
+    ``UID_NAME_MAX``) plus '-' and the first ``UID_HASH_CHARS`` hex digits of the exact UID's sha256.
+
+    '/1.2.3' and '1.2.3' (or 'a' and 'A' on a case-blind disk) thus never name the same file; a
+    plain UID never holds '-', so a hashed name cannot equal one either.
+    """
+    if _PLAIN_UID.fullmatch(uid) and len(uid) <= UID_NAME_MAX:
+        return uid
+    cleaned = _UNSAFE.sub("_", uid).strip("._")[:UID_NAME_MAX].rstrip("._") or "uid"
+    return f"{cleaned}-{hashlib.sha256(uid.encode('utf-8', 'surrogatepass')).hexdigest()[:UID_HASH_CHARS]}"
 
 
 def render_overlay(

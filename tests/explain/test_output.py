@@ -28,6 +28,16 @@ def test_stem_cannot_escape_the_folder():
         saliency_stem("1.2.3", "m", -1)
 
 
+def test_series_whose_uids_differ_only_in_unsafe_characters_never_share_a_file():
+    uids = ["1.2.3", "/1.2.3", "1.2.3/", "1 2.3", "1_2.3", "A.1", "a.1", "x" * 300, "x" * 301, "..", "é"]
+    stems = [saliency_stem(uid, "m", 0) for uid in uids]
+    assert len({stem.lower() for stem in stems}) == len(uids)  # unique even on a case-blind disk
+    assert stems[0] == "1.2.3_m_s0000"  # a plain UID keeps its name
+    for stem in stems:
+        assert "/" not in stem and not stem.startswith(".") and len(stem) < 100
+    assert saliency_stem("/1.2.3", "m", 0) == saliency_stem("/1.2.3", "m", 0)  # stable across runs
+
+
 def test_write_saliency_writes_a_readable_png_and_npy(tmp_path):
     rng = np.random.default_rng(0)
     display = rng.random((37, 53)).astype(np.float32)

@@ -97,3 +97,23 @@ def test_saliency_maps_follow_the_explain_policy(export, tmp_path, model_dir, ex
             assert saliency.shape == source.shape, "map is in the source image's geometry"
             assert np.isfinite(saliency).all() and saliency.min() >= 0
             assert (out / row["saliency_path"]).with_suffix(".png").is_file()
+
+
+def test_series_whose_uids_differ_only_in_unsafe_characters_get_their_own_saliency_files(tmp_path, model_dir):
+    """'/1.2.3' and '1.2.3' sanitise to the same name; the files must still be two."""
+    import numpy as np
+    import pydicom
+
+    uids = ["1.2.3", "/1.2.3"]
+    for i, uid in enumerate(uids):
+        path = write_dicom_image(tmp_path / "in" / f"{i}.dcm", synthetic_radiograph(96, 80, i), index=i)
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = uid
+        ds.save_as(path, enforce_file_format=True)
+    out = tmp_path / "out"
+    run_triage([tmp_path / "in"], out, device="cpu", num_workers=0, weights_dir=model_dir, progress=False,
+               explain="all")
+    maps = {row["series_uid"]: row["saliency_path"] for row in json.loads((out / "worklist.json").read_text())}
+    assert sorted(maps) == sorted(uids) and all(maps.values()) and len(set(maps.values())) == 2, maps
+    assert len(list((out / "saliency").glob("*.npy"))) == 2
+    assert all(np.load(out / rel).shape == (96, 80) for rel in maps.values())
