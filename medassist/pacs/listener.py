@@ -11,7 +11,9 @@
   ``out_dir/worklist.{csv,json}`` is rewritten with the rows of every study there (a restarted
   listener keeps the earlier ones), highest priority first across studies;
 * instances that arrive for a study after it was triaged make it due again: it is re-triaged
-  once idle, on all its instances.
+  once idle, on all its instances;
+* an instance is written to ``.<SOPInstanceUID>.part`` and renamed when complete; ``.part`` files
+  an interrupted run left behind are deleted when the listener starts.
 
 Studies are triaged one at a time in a background thread, so receiving never waits on a model.
 UIDs from the network are checked (digits and dots) before they become file names.
@@ -37,6 +39,7 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 STATUS_SUCCESS = 0x0000
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_OUT_OF_RESOURCES = 0xA700
+PART_SUFFIX = ".part"  # an instance being received; renamed to .dcm when complete
 
 
 @dataclass
@@ -112,7 +115,7 @@ class StudyListener:
         path = folder / f"{sop_uid}.dcm"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{sop_uid}.part"
+            tmp = folder / f".{sop_uid}{PART_SUFFIX}"
             with open(tmp, "wb") as fh:
                 fh.write(event.encoded_dataset(include_meta=True))
             os.replace(tmp, path)
@@ -132,6 +135,7 @@ class StudyListener:
         from pynetdicom.sop_class import Verification
 
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_partial_files()
         self._recover_spool()
         ae = AE(ae_title=self.ae_title)
         for context in AllStoragePresentationContexts:
@@ -150,6 +154,18 @@ class StudyListener:
         logger.info("listener: %s listening on %s:%d, spool %s, studies triaged after %.0f s idle",
                     self.ae_title, self.host, self.port, self.spool_dir, self.idle_seconds)
         return self
+
+    def _remove_partial_files(self) -> int:
+        """Delete the ``.part`` files of transfers an earlier run did not finish (killed, crashed);
+        called before receiving starts, so none of them is being written. Returns how many."""
+        removed = 0
+        for part in self.spool_dir.glob(f"*/.*{PART_SUFFIX}"):
+            if _UID.match(part.parent.name) and part.is_file():
+                part.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            logger.info("listener: removed %d unfinished transfer(s) left in %s", removed, self.spool_dir)
+        return removed
 
     def _recover_spool(self) -> None:
         """Studies left in the spool by an earlier run are due again (triaged once idle)."""
@@ -306,7 +322,9 @@ def _sending(then: Callable | None, target: str, username: str | None, password:
         if not done.error:
             try:
                 made, report = send_results(done.out_dir, target, username=username, password=password)
-                logger.info("listener: %d result instance(s) sent to %s", len(report.stored), target)
+                failed = len(made.problems) + len(report.failed)
+                logger.log(logging.WARNING if failed else logging.INFO, "listener: %d result instance(s) sent to %s, "
+                           "%d could not be built or sent", len(report.stored), report.target, failed)
             except MedassistError as exc:
                 logger.error("listener: results of the study in %s not sent: %s", done.out_dir, exc)
         if then is not None:

@@ -101,6 +101,26 @@ def test_studies_left_in_the_spool_are_triaged_after_a_restart(tmp_path, fake_tr
     assert worklist_studies(tmp_path / "worklist.csv") == [study]
 
 
+def test_partial_files_of_interrupted_transfers_are_removed_when_the_listener_starts(tmp_path, fake_triage):
+    import shutil
+
+    sample = Path(__file__).resolve().parents[2] / "samples/export/PAT02/STUDY1/SER1/IM0001.dcm"
+    kept, half = tmp_path / "spool" / "1.2.3", tmp_path / "spool" / "1.2.4"  # a study with a finished instance, one without
+    for folder in (kept, half):
+        folder.mkdir(parents=True)
+        (folder / ".1.2.3.9.part").write_bytes(b"\0" * 128 + b"DICM")  # a transfer cut off mid-way
+    shutil.copy(sample, kept / "1.2.3.1.dcm")
+    (tmp_path / "spool" / "notes").mkdir()
+    (tmp_path / "spool" / "notes" / ".mine.part").write_text("not the listener's")
+
+    listener = StudyListener("MA", free_port(), tmp_path, idle_seconds=3600, triage=fake_triage)
+    with listener:
+        assert not list(kept.glob("*.part")) and not list(half.glob("*.part"))
+        assert (kept / "1.2.3.1.dcm").is_file() and (tmp_path / "spool" / "notes" / ".mine.part").is_file()
+        assert set(listener.studies) == {"1.2.3"}  # the half-received study has nothing to triage
+    assert fake_triage.calls == []
+
+
 def test_listen_sends_each_studys_results_back_to_the_pacs(orthanc_loaded, tmp_path, fake_triage):
     """The whole loop: receive a study, triage it, STOW its SR and saliency capture into the PACS."""
     import threading
@@ -172,3 +192,25 @@ def test_merged_worklist_is_in_priority_order_across_studies_and_survives_a_rest
     for record in records:
         assert record["saliency_path"] == f"studies/{record['study_uid']}/saliency/map.npy"
         assert (tmp_path / record["saliency_path"]).is_file()
+
+
+def test_results_the_listener_could_not_build_or_send_are_logged_as_a_warning(tmp_path, monkeypatch, caplog):
+    import importlib
+    import logging
+
+    from medassist.datamodel import IngestProblem
+    from medassist.dicom_out.results import DicomResults
+    from medassist.pacs import listener as listener_module
+    from medassist.pacs.send import SendReport
+
+    def send_results(out_dir, target, **kwargs):
+        made = DicomResults(problems=[IngestProblem("x.dcm", "no SR for this study: broken")])
+        return made, SendReport(target="http://***@pacs/dicom-web", stored=["1.2"], failed={"1.3": "refused"})
+
+    monkeypatch.setattr(importlib.import_module("medassist.pacs.send"), "send_results", send_results)  # not pacs.send()
+    callback = listener_module._sending(None, "http://u:pw-secret@pacs/dicom-web", None, None)
+    with caplog.at_level(logging.INFO, logger="medassist"):
+        callback(listener_module.TriagedStudy("1.2.3", tmp_path, 1))
+    [record] = [r for r in caplog.records if "sent to" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "1 result instance(s) sent" in record.getMessage()
+    assert "2 could not be built or sent" in record.getMessage() and "pw-secret" not in caplog.text
