@@ -52,7 +52,7 @@ class SafeCsvWriter:
 def csv_writer(handle: IO[str]) -> SafeCsvWriter:
     """The package's CSV writer: text cells ``csv_safe``, CRLF line ends (RFC 4180). CRLF because
     Python's writer quotes a cell holding a line end character only when it is in the line
-    terminator: with "\n" a carriage return inside a cell went out bare and split the row."""
+    terminator: with LF line ends a carriage return inside a cell went out bare and split the row."""
     return SafeCsvWriter(handle)
 
 
