@@ -101,6 +101,19 @@ def one_cycle(opt: torch.optim.Optimizer, cycle: dict, steps_per_epoch: int):
     )
 
 
+def resume_schedule(sched, saved: dict, steps_done: int) -> None:
+    """Continue a one-cycle schedule from its checkpoint; when the config's cycle length changed since
+    (a run shortened or lengthened part-way), re-plan it: the new schedule stepped to where the run is."""
+    if saved.get("total_steps") == sched.total_steps:
+        sched.load_state_dict(saved)
+        return
+    log.warning("cycle length changed since the checkpoint (%s -> %d steps): schedule re-planned at step %d",
+                saved.get("total_steps"), sched.total_steps, steps_done)
+    for _ in range(min(steps_done, sched.total_steps - 1)):
+        sched.optimizer.step()  # no gradients: parameters unchanged; keeps torch's step-order check quiet
+        sched.step()
+
+
 def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> ModelSpec:
     """Train the fracture model end to end from its config; returns the written ModelSpec.
 
@@ -166,7 +179,7 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
         cycle, first = cycle_of(start_epoch, cycles)
         sched = one_cycle(opt, cycles[cycle], steps_per_epoch)
         if start_epoch != first:  # resuming inside a cycle: continue its schedule
-            sched.load_state_dict(state["sched"])
+            resume_schedule(sched, state["sched"], (start_epoch - first) * steps_per_epoch)
         history = json.loads((ckpt_dir / "history.json").read_text())
         log.info("resuming after epoch %d", start_epoch)
 
