@@ -50,10 +50,27 @@ def models_for(series: Series, specs: list[ModelSpec]) -> list[ModelSpec]:
     return [s for s in specs if applies_to(s, series)]
 
 
-def not_applicable_reason(series: Series) -> str:
-    """The worklist's explanation when no shipped model covers a series."""
+def scope_miss(spec: ModelSpec, series: Series) -> str | None:
+    """Why ``spec`` does not cover this series (None when it does)."""
+    modality, body = series.modality.upper(), series.body_part.upper()
+    if modality not in spec.modalities:
+        return f"{spec.name} reads {'/'.join(spec.modalities)}, not {modality or 'an unknown modality'}"
+    if body and body in spec.excluded_body_parts:
+        return f"{spec.name} was not trained or validated on {body}"
+    if spec.body_parts and body not in spec.body_parts:
+        known = ", ".join(b for b in spec.body_parts if b) or "none"
+        return (f"{spec.name} was not trained or validated on {body or 'a series without a body part'} "
+                f"(its body parts: {known})")
+    return None
+
+
+def not_applicable_reason(series: Series, specs: list[ModelSpec] = ()) -> str:
+    """The worklist's explanation when no shipped model covers a series: the generic line, then why
+    each model that reads this modality leaves it out (anatomy it was never trained on, say)."""
     body = series.body_part or "unknown body part"
-    return f"no shipped model applies to {series.modality or 'unknown modality'} / {body}"
+    reason = f"no shipped model applies to {series.modality or 'unknown modality'} / {body}"
+    misses = [scope_miss(s, series) for s in specs if series.modality.upper() in s.modalities]
+    return reason + "".join(f"; {m}" for m in misses if m)
 
 
 def verify_weights(spec: ModelSpec, weights_dir: Path = WEIGHTS_DIR) -> Path:

@@ -311,7 +311,7 @@ def plan(
     for item in series:
         applicable = models_for(item, specs)
         if not applicable:
-            rows.add(not_applicable_key(item.series_uid), not_applicable_record(item, not_applicable_reason(item)))
+            rows.add(not_applicable_key(item.series_uid), not_applicable_record(item, not_applicable_reason(item, specs)))
             continue
         for spec in applicable:
             key = result_key(item.series_uid, spec.name, spec.version)
