@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
+from medassist.errors import MedassistError
 from medassist.models.spec import ModelSpec, PreprocessSpec
 from medassist.preprocess import volume as vol
 from medassist.preprocess.transforms import Letterbox, PercentileScale, prepare_2d
@@ -811,20 +813,36 @@ class PreparedVolume:
     stored_index: tuple[int | None, ...]  # stored slice index of each canonical slice (None: a reformat)
 
 
+NO_BRAIN = "no brain found in this volume"  # the start of every "no silent scores" error
+
+
 def prepare_volume(spec: ModelSpec, image, *, axis: int | None = None, batch: int = 16) -> PreparedVolume:
     """Reorient ``image`` to the canonical frame, pick the acquisition plane (or ``axis``), measure
     every slice's foreground and prepare those with enough of it (``prepare_slice``), ``batch``
-    slices copied at a time."""
+    slices copied at a time.
+
+    A volume that holds no brain (non-finite values, no contrast, no slice with enough solid
+    foreground) raises MedassistError ("no brain found in this volume: <why>", see
+    ``check_brain_found``) instead of scoring 0: triage makes it an error row."""
     settings = inference_settings(spec)
     volume, axes = vol.reorient_canonical(image, spec.preprocess.source)
     axis = vol.acquisition_plane(axes) if axis is None else axis
     n = volume.shape[axis]
-    ref = vol.intensity_reference(volume)
+    ref = _intensity_reference_or_raise(volume)
     fractions = np.zeros(n)
     inputs: list[torch.Tensor] = []
+    fullest, fullest_fraction = np.zeros((0, 0), np.float32), -1.0  # the slice with most foreground
     for idx, chunk in vol.iter_slices(volume, axis, batch):
+        finite = np.isfinite(chunk).all(axis=(1, 2))
+        if not finite.all():
+            raise MedassistError(f"{NO_BRAIN}: it holds NaN or infinite values "
+                                 f"({vol.PLANES[axis]} slice {int(idx[np.argmin(finite)])})")
         fractions[idx] = [vol.brain_fraction(s, ref) for s in chunk]
+        best = int(np.argmax(fractions[idx]))
+        if fractions[idx][best] > fullest_fraction:
+            fullest, fullest_fraction = chunk[best].copy(), float(fractions[idx][best])
         inputs += [prepare_slice(s, spec.preprocess)[0] for s in chunk[fractions[idx] >= settings["min_brain_fraction"]]]
+    check_brain_found(fullest, fullest_fraction, ref, settings["min_brain_fraction"])
     scored = np.flatnonzero(fractions >= settings["min_brain_fraction"])
     size = spec.preprocess.input_size
     return PreparedVolume(
@@ -832,6 +850,42 @@ def prepare_volume(spec: ModelSpec, image, *, axis: int | None = None, batch: in
         scored=scored, fractions=fractions, axis=axis, spacing_mm=float(axes.spacing[axis]),
         stored_index=tuple(axes.source_slice_index(axis, i) for i in range(n)),
     )
+
+
+def _intensity_reference_or_raise(volume: np.ndarray) -> vol.IntensityReference:
+    """The volume's intensity reference; MedassistError when it is not finite or has no contrast."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN/inf in the sample: reported below
+        ref = vol.intensity_reference(volume)
+    if not (np.isfinite(ref.low) and np.isfinite(ref.high)):
+        raise MedassistError(f"{NO_BRAIN}: it holds NaN or infinite values")
+    if ref.threshold >= 1.0:  # intensity_reference's answer for an empty percentile range
+        raise MedassistError(f"{NO_BRAIN}: it is empty or constant (its 1st and 99.5th intensity "
+                             f"percentiles are both {ref.low:.6g})")
+    return ref
+
+
+def solid_foreground_fraction(slice2d: np.ndarray, reference: vol.IntensityReference) -> float:
+    """Share of a slice's pixels above the volume's foreground threshold that survive a 3x3
+    opening: a head or brain is solid, noise and speckle are not."""
+    if slice2d.size == 0:
+        return 0.0
+    scaled = (np.asarray(slice2d, np.float32) - reference.low) / (reference.high - reference.low)
+    foreground = scaled > reference.threshold
+    return float(ndimage.binary_opening(foreground, structure=np.ones((3, 3), bool)).mean())
+
+
+def check_brain_found(fullest: np.ndarray, fraction: float, reference: vol.IntensityReference,
+                      min_fraction: float) -> None:
+    """Raise MedassistError unless the fullest slice (its foreground ``fraction``) shows a head:
+    at least ``min_fraction`` of it above the foreground threshold, and as solid foreground."""
+    if fraction < min_fraction:
+        raise MedassistError(f"{NO_BRAIN}: no slice has {min_fraction:.0%} of its pixels above the volume's "
+                             f"foreground threshold (fullest slice: {fraction:.1%})")
+    solid = solid_foreground_fraction(fullest, reference)
+    if solid < min_fraction:
+        raise MedassistError(f"{NO_BRAIN}: the fullest slice's foreground is scattered, not a head "
+                             f"({solid:.1%} of its pixels in solid regions, {fraction:.1%} above threshold: noise?)")
 
 
 def score_volume(network: nn.Module, spec: ModelSpec, image, *, batch: int = 16, axis: int | None = None) -> dict:
@@ -867,7 +921,7 @@ def score_prepared_volume(network: nn.Module, spec: ModelSpec, prepared: Prepare
     flagged = score >= threshold
     types = type_probs[list(flagged_idx)].mean(0) if flagged_idx else type_probs[int(np.argmax(slice_scores))]
     source_idx = [prepared.stored_index[i] for i in flagged_idx]
-    use_source = all(i is not None for i in source_idx)
+    use_source = all(i is not None for i in prepared.stored_index)  # the plane is the stored slice axis
     return {
         "score": float(score), "threshold": threshold, "flagged": bool(flagged),
         "slices": tuple(int(i) for i in (source_idx if use_source else flagged_idx)) if flagged else (),

@@ -56,11 +56,12 @@ def timeout_message(source_path: str, seconds: float) -> str:
 
 def failure_message(source_path: str, exc: BaseException, series_timeout: float | None, action: str) -> str:
     """The error row's text for what decoding or scoring a series raised: the timeout message for
-    DecodeTimeout, a MedassistError's own text, else "<path>: could not <action> (<Type>: <reason>)"."""
+    DecodeTimeout, a MedassistError's own text (with "<path>: " in front when it does not name the
+    path, as the model's "no brain found" does), else "<path>: could not <action> (<Type>: <reason>)"."""
     if isinstance(exc, DecodeTimeout):
         return timeout_message(source_path, series_timeout or 0)
     if isinstance(exc, MedassistError):
-        return str(exc)
+        return str(exc) if source_path in str(exc) else f"{source_path}: {exc}"
     reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return f"{source_path}: could not {action} ({reason})"
 

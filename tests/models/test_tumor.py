@@ -224,3 +224,55 @@ def test_training_smoke_run_writes_a_loadable_model(tmp_path):
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
     model = load_model(read_spec(tmp_path / "weights" / "tumor_mri.json"), torch.device("cpu"), tmp_path / "weights")
     assert model.network.training is False
+
+
+# --- no silent scores: a volume without a brain is an error ------------------------------------------
+
+
+def _no_brain_volumes() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    head = _head_image().pixels
+    inf_voxel = head.copy()
+    inf_voxel[7, 3, 3] = np.inf
+    return {
+        "empty": np.zeros((20, 48, 48), np.float32),
+        "constant": np.full((20, 48, 48), 7.0, np.float32),
+        "a dot": np.pad(np.ones((1, 2, 2), np.float32), ((0, 19), (0, 46), (0, 46))),
+        "NaN": np.where(head > 50, np.nan, head).astype(np.float32),
+        "inf": inf_voxel,
+        "uniform noise": rng.uniform(0, 1, (20, 48, 48)).astype(np.float32),
+        "gaussian noise": rng.normal(0, 1, (20, 48, 48)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_no_brain_volumes()))
+def test_prepare_volume_refuses_a_volume_without_a_brain(kind):
+    from medassist.errors import MedassistError
+
+    _, spec = _tiny_model()
+    image = _head_image()
+    pixels = _no_brain_volumes()[kind]
+    image = Image(pixels=pixels, display=pixels, geometry=image.geometry)
+    with pytest.raises(MedassistError, match=f"^{tumor.NO_BRAIN}: "):
+        tumor.prepare_volume(spec, image)
+
+
+def test_a_noisy_head_is_still_a_head():
+    _, spec = _tiny_model()
+    image = _head_image()
+    noisy = image.pixels + np.random.default_rng(1).normal(0, 60, image.pixels.shape).astype(np.float32)
+    prepared = tumor.prepare_volume(spec, Image(pixels=noisy, display=noisy, geometry=image.geometry))
+    assert len(prepared.scored) > 10
+
+
+def test_indices_are_says_the_plane_even_without_flagged_slices(tmp_path):
+    """Stored sagittally (as IXI), scored axially: canonical indices, whether slices are reported or not."""
+    net, spec = _tiny_model()
+    data = np.transpose(_head_image(n=24, spacing=(1.0, 1.0, 1.0)).pixels, (1, 0, 2))[:, :, ::-1]
+    affine = np.array([[0, 0, 1.0, 0], [-1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])  # voxel axes P, S, R
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), str(tmp_path / "sag.nii.gz"))
+    from medassist.ingest.nifti import read_nifti_series
+
+    spec = ModelSpec(**{**spec.__dict__, "threshold": 1.0})  # nothing reaches it: no slice reported
+    res = tumor.score_volume(net, spec, read_nifti_series(str(tmp_path / "sag.nii.gz")).load())
+    assert res["plane"] == "axial" and res["slices"] == () and res["indices_are"] == "canonical"

@@ -161,3 +161,13 @@ def test_volumes_decode_in_process_when_shared_memory_is_short(tmp_path, monkeyp
     rows = {Path(r["source_path"]).name: r for r in json.loads((tmp_path / "worklist.json").read_text())}
     assert int(rows["pid"]["error"].split()[-1]) == os.getpid()
     assert rows["SER1"]["flagged"] is True
+
+
+def test_failure_message_names_the_path_once():
+    from medassist.triage.inputs import VOLUME_FAILURE, failure_message
+
+    named = MedassistError("/data/v: pixel data lost")
+    assert failure_message("/data/v", named, None, VOLUME_FAILURE) == "/data/v: pixel data lost"
+    bare = MedassistError("no brain found in this volume: it is empty or constant")
+    assert failure_message("/data/v", bare, None, VOLUME_FAILURE) == \
+           "/data/v: no brain found in this volume: it is empty or constant"

@@ -82,3 +82,34 @@ def test_modality_override_keeps_the_tumour_model_off_a_ct_volume(tmp_path):
     run_triage([NORMAL_VOLUME], out, device="cpu", progress=False, modality_override="CT")
     (row,) = _rows(out)
     assert row["modality"] == "CT" and row["finding"] == "not applicable" and row["score"] is None
+
+
+def _no_brain_volume(kind: str):
+    from medassist.datamodel import Geometry, Image
+
+    pixels = {"noise": np.random.default_rng(0).uniform(0, 1000, (24, 64, 64)),
+              "blank": np.zeros((24, 64, 64))}[kind].astype(np.float32)
+    affine = np.diag([0.0, 0.0, 0.0, 1.0])
+    affine[2, 0], affine[1, 1], affine[0, 2] = 5.0, 1.0, 1.0
+    return Image(pixels=pixels, display=pixels / max(float(pixels.max()), 1.0),
+                 geometry=Geometry(spacing=(5.0, 1.0, 1.0), affine=affine))
+
+
+def test_a_volume_without_a_brain_is_an_error_row_not_a_score(tmp_path):
+    """Issue 16, no silent scores: noise or a blank volume gets an error row naming the file and
+    the reason (it used to score 0, unflagged, like a normal brain)."""
+    import functools
+
+    from medassist.datamodel import Series
+    from medassist.triage import triage_series
+
+    series = [Series(study_uid=f"1.2.9.{i}", series_uid=f"1.2.9.{i}.1", patient_id="P", accession="A",
+                     modality="MR", body_part="BRAIN", source_path=f"/data/{kind}", paths=(f"/data/{kind}",),
+                     loader=functools.partial(_no_brain_volume, kind)) for i, kind in enumerate(("noise", "blank"))]
+    triage_series(series, [], tmp_path, device="cpu", num_workers=0, progress=False, explain="none")
+    rows = {Path(r["source_path"]).name: r for r in _rows(tmp_path)}
+    for kind in ("noise", "blank"):
+        assert rows[kind]["score"] is None and rows[kind]["model"] == "tumor_mri"
+        assert rows[kind]["error"].startswith(f"/data/{kind}: no brain found in this volume: ")
+    quarantined = (tmp_path / "quarantine.csv").read_text()
+    assert "/data/noise" in quarantined and "/data/blank" in quarantined
