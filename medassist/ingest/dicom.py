@@ -159,6 +159,20 @@ class BoundedFile(io.FileIO):
         return super().read(size)
 
 
+def file_meta_past_end(ds: Dataset, file_size: int) -> str | None:
+    """Why the file meta's group length says the file ends inside its meta, or None. pydicom reads
+    what there is of a cut meta element, so a file cut there would parse (and look like a
+    non-image object of SOP class "1")."""
+    meta = getattr(ds, "file_meta", None)
+    length = safe_get(meta, "FileMetaInformationGroupLength") if meta is not None else None
+    if not isinstance(length, int):
+        return None
+    end = (132 if getattr(ds, "preamble", None) else 0) + 12 + length  # (0002,0000) itself: 12 bytes
+    if end > file_size:
+        return f"file meta truncated: its group length {length} runs past the end of the file ({file_size} bytes)"
+    return None
+
+
 def overlong_element(ds: Dataset, file_size: int) -> str | None:
     """Why a top-level element declares more bytes than the file has left after it, or None."""
     for tag in list(ds.keys()):
@@ -216,7 +230,7 @@ def _read_and_classify(path: str, explicit: bool) -> HeaderResult:
         ds, pixel = _read_header(path, force=kind != "preamble")
     except Exception as exc:  # pydicom raises many types on broken input
         if kind == "preamble":
-            return IngestProblem(path, f"unreadable DICOM header: {first_line(exc)}")
+            return IngestProblem(path, f"unreadable DICOM header: {parse_failure(exc)}")
         ds, pixel = None, None
     if kind != "preamble" and (ds is None or not _plausible(ds)):
         if not named_dicom:
@@ -309,7 +323,10 @@ def _classify(path: str, ds: Dataset, pixel: PixelElement | None, file_size: int
     the file is reported before anything else (it also hides the pixel data behind it).
     """
     meta = getattr(ds, "file_meta", None) or Dataset()
-    sop_class = str(_get(ds, "SOPClassUID") or meta.get("MediaStorageSOPClassUID") or "")
+    meta_problem = file_meta_past_end(ds, file_size)
+    if meta_problem:
+        return IngestProblem(path, meta_problem)
+    sop_class = str(safe_get(ds, "SOPClassUID") or safe_get(meta, "MediaStorageSOPClassUID") or "")
     modality = _text(ds, "Modality").upper()
     if sop_class and not is_valid_uid(sop_class):
         return IngestProblem(path, "invalid SOP Class UID value (not a UID): the header is corrupt")
@@ -328,14 +345,18 @@ def _classify(path: str, ds: Dataset, pixel: PixelElement | None, file_size: int
         return Skipped(path, "non-image", "float pixel data (parametric map) is not supported")
     if overlong:
         return IngestProblem(path, overlong)
+    syntax = _text(meta, "TransferSyntaxUID")
+    syntax_problem = transfer_syntax_problem(syntax)
+    if syntax_problem:
+        return IngestProblem(path, syntax_problem)
 
     layout = _image_layout(ds, meta)
     if isinstance(layout, str):
         return IngestProblem(path, layout)
     rows, columns, samples, n_frames, bits = layout
-    syntax = str(meta.get("TransferSyntaxUID", ""))
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    photometric = _text(ds, "PhotometricInterpretation").upper()
     reason = _pixel_data_problem(pixel, syntax, rows, columns, samples, n_frames, bits, photometric)
+    reason = reason or oversized_sequence(ds, n_frames)
     if reason:
         return IngestProblem(path, reason)
     return _header(path, ds, syntax, rows, columns, samples, n_frames)
@@ -344,7 +365,7 @@ def _classify(path: str, ds: Dataset, pixel: PixelElement | None, file_size: int
 def _image_layout(ds: Dataset, meta: Dataset) -> tuple[int, int, int, int, int] | str:
     """(rows, columns, samples, frames, bits allocated), or the reason they cannot be trusted."""
     required = ("Rows", "Columns", "BitsAllocated")
-    missing = [k for k in required if _get(ds, k) in (None, "")]
+    missing = [k for k in required if safe_get(ds, k) in (None, "")]
     if missing:
         reason = f"missing image attribute(s): {', '.join(missing)}"
         if "TransferSyntaxUID" not in meta:
@@ -358,25 +379,86 @@ def _image_layout(ds: Dataset, meta: Dataset) -> tuple[int, int, int, int, int] 
         ("NumberOfFrames", 1),
         ("BitsAllocated", None),
     ):
-        raw = _get(ds, keyword)
+        raw = safe_get(ds, keyword)
         if raw in (None, ""):
             values[keyword] = default
             continue
         try:
             values[keyword] = int(raw)
-        except (TypeError, ValueError):
-            return f"invalid {keyword} value {str(raw)!r} (bad VR value)"
-        if values[keyword] < 1:
-            return f"invalid {keyword} value {values[keyword]}"
-    if values["BitsAllocated"] not in (1, 8, 16, 32, 64):
-        return f"invalid BitsAllocated value {values['BitsAllocated']}"
-    return (
+        except (TypeError, ValueError, OverflowError):
+            return f"invalid {keyword} value {str(raw)[:40]!r} (bad VR value)"
+    layout = (
         values["Rows"],
         values["Columns"],
         values["SamplesPerPixel"],
         values["NumberOfFrames"],
         values["BitsAllocated"],
     )
+    return layout_problem(ds, *layout) or layout
+
+
+def layout_problem(ds: Dataset, rows: int, columns: int, samples: int, n_frames: int, bits: int) -> str | None:
+    """Why declared image attributes cannot describe an image (sizes below 1, BitsAllocated not
+    a whole number of bytes or 1, SamplesPerPixel other than 1 or 3, stored bits that do not fit),
+    or None."""
+    for keyword, value in (("Rows", rows), ("Columns", columns), ("SamplesPerPixel", samples),
+                           ("NumberOfFrames", n_frames), ("BitsAllocated", bits)):
+        if value < 1:
+            return f"invalid {keyword} value {value}"
+    if bits not in (1, 8, 16, 32, 64):
+        return f"invalid BitsAllocated value {bits}"
+    if samples not in (1, 3):
+        return f"invalid SamplesPerPixel value {samples} (1 or 3)"
+    return stored_bits_problem(ds, bits)
+
+
+def stored_bits_problem(ds: Dataset, bits_allocated: int) -> str | None:
+    """Why BitsStored, HighBit or PixelRepresentation (when present) cannot describe pixels of
+    ``bits_allocated`` bits (PS3.3 C.7.6.3), or None. Decoders trust them: gdcm's JPEG codec aborts
+    the whole process on some impossible combinations."""
+    checks = (
+        ("BitsStored", lambda v: 1 <= v <= bits_allocated, f"1 to BitsAllocated {bits_allocated}"),
+        ("HighBit", lambda v: 0 <= v < bits_allocated, f"0 to BitsAllocated {bits_allocated} - 1"),
+        ("PixelRepresentation", lambda v: v in (0, 1), "0 or 1"),
+    )
+    for keyword, valid, expected in checks:
+        raw = safe_get(ds, keyword)
+        if raw in (None, ""):
+            continue
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            return f"invalid {keyword} value {str(raw)[:40]!r} (bad VR value)"
+        if not valid(value):
+            return f"invalid {keyword} value {value} ({expected})"
+    return None
+
+
+# Sequences the ingest reads, and the most bytes their encoded value may take (PerFrame...: per
+# frame). pydicom builds every item of a sequence when it is first read, about 0.1 ms per item, so
+# 1 MB of 8-byte empty items takes 15 s: these limits keep that to about a second. Real values are
+# far smaller (a shared group ~2 KB, a frame's ~1 KB, a 16-bit LUT 128 KiB).
+_SEQUENCE_BYTE_LIMITS = {
+    "SharedFunctionalGroupsSequence": 64 * 1024,
+    "PerFrameFunctionalGroupsSequence": 16 * 1024,
+    "ModalityLUTSequence": 256 * 1024,
+    "VOILUTSequence": 256 * 1024,
+}
+
+
+def oversized_sequence(ds: Dataset, n_frames: int) -> str | None:
+    """Why a sequence the ingest reads is too large to read (``_SEQUENCE_BYTE_LIMITS``), or None.
+    Looks at the encoded length only: nothing is parsed."""
+    for keyword, limit in _SEQUENCE_BYTE_LIMITS.items():
+        if keyword not in ds:
+            continue
+        if keyword.startswith("PerFrame"):
+            limit *= max(1, n_frames)
+        element = ds.get_item(keyword, keep_deferred=True)
+        length = getattr(element, "length", None)
+        if length is not None and length != _UNDEFINED_LENGTH and length > limit:
+            return f"{keyword} of {length} bytes is too large to read (at most {limit} for {n_frames} frame(s))"
+    return None
 
 
 def expected_pixel_bytes(rows: int, columns: int, samples: int, n_frames: int, bits: int,
@@ -459,7 +541,7 @@ def _header(
 ) -> DicomHeader:
     """Build the header record, including where each frame sits in patient space."""
     orientation, spacing, nominal, positions = _frame_geometry(ds, n_frames)
-    instance = _int_or_none(_get(ds, "InstanceNumber"))
+    instance = _int_or_none(safe_get(ds, "InstanceNumber"))
     frames = tuple(FrameRef(path, i, positions[i], instance) for i in range(n_frames))
     return DicomHeader(
         path=path,
@@ -495,7 +577,7 @@ def _frame_geometry(
     multi-frame objects (PlanePositionSequence per frame), then RT Dose's GridFrameOffsetVector.
     """
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")
-    per_frame = _get(ds, "PerFrameFunctionalGroupsSequence") or []
+    per_frame = safe_get(ds, "PerFrameFunctionalGroupsSequence") or []
     first_frame = per_frame[0] if len(per_frame) else None
 
     def from_groups(sequence: str, keyword: str) -> Any:
@@ -503,9 +585,9 @@ def _frame_geometry(
             if holder is None:
                 continue
             if holder is ds:
-                value = _get(ds, keyword)
+                value = safe_get(ds, keyword)
             else:
-                value = _get(_first_item(holder, sequence) or Dataset(), keyword)
+                value = safe_get(_first_item(holder, sequence) or Dataset(), keyword)
             if value not in (None, ""):
                 return value
         return None
@@ -513,7 +595,7 @@ def _frame_geometry(
     orientation = _floats(from_groups("PlaneOrientationSequence", "ImageOrientationPatient"), 6)
     spacing = _floats(from_groups("PixelMeasuresSequence", "PixelSpacing"), 2)
     if spacing is None:
-        spacing = _floats(_get(ds, "ImagerPixelSpacing"), 2)
+        spacing = _floats(safe_get(ds, "ImagerPixelSpacing"), 2)
     nominal = _floats(from_groups("PixelMeasuresSequence", "SpacingBetweenSlices"), 1)
     if nominal is None:
         nominal = _floats(from_groups("PixelMeasuresSequence", "SliceThickness"), 1)
@@ -521,15 +603,15 @@ def _frame_geometry(
         spacing = None
 
     positions: list[Vec3 | None] = [None] * n_frames
-    top_position = _floats(_get(ds, "ImagePositionPatient"), 3)
+    top_position = _floats(safe_get(ds, "ImagePositionPatient"), 3)
     if len(per_frame) == n_frames and any("PlanePositionSequence" in f for f in per_frame):
         for i, item in enumerate(per_frame):
-            value = _get(_first_item(item, "PlanePositionSequence") or Dataset(), "ImagePositionPatient")
+            value = safe_get(_first_item(item, "PlanePositionSequence") or Dataset(), "ImagePositionPatient")
             positions[i] = _floats(value, 3)  # type: ignore[assignment]
     elif n_frames == 1:
         positions[0] = top_position  # type: ignore[assignment]
     elif top_position is not None and orientation is not None:
-        offsets = _floats(_get(ds, "GridFrameOffsetVector"), n_frames)
+        offsets = _floats(safe_get(ds, "GridFrameOffsetVector"), n_frames)
         if offsets is not None:
             normal = slice_normal(orientation)
             origin = np.asarray(top_position)
@@ -541,6 +623,22 @@ def _frame_geometry(
         nominal[0] if nominal else None,
         positions,
     )
+
+
+def transfer_syntax_problem(syntax: str) -> str | None:
+    """Why a file meta's Transfer Syntax UID cannot say how the file is encoded, or None (also for
+    none at all: the encoding is then guessed from the data)."""
+    if not syntax:
+        return None
+    if not is_valid_uid(syntax):
+        return f"invalid Transfer Syntax UID value {syntax[:80]!r} (not a UID): the file meta is corrupt"
+    uid = UID(syntax)
+    if uid.is_transfer_syntax:
+        return None
+    if uid.is_private:
+        return f"unknown Transfer Syntax UID {syntax} (private or corrupt): transfer syntax not supported"
+    named = f" ({uid.name})" if uid.name != syntax else ""
+    return f"Transfer Syntax UID {syntax}{named} is not a transfer syntax: the file meta is corrupt"
 
 
 def is_valid_uid(value: str) -> bool:
@@ -559,8 +657,8 @@ def _sop_name(sop_class: str, modality: str) -> str:
     return modality or sop_class or "unknown SOP class"
 
 
-def _get(ds: Dataset, keyword: str) -> Any:
-    """ds.get that never raises on a malformed value."""
+def safe_get(ds: Dataset, keyword: str) -> Any:
+    """ds.get that never raises on a malformed value (None instead)."""
     try:
         return ds.get(keyword)
     except Exception:
@@ -568,12 +666,12 @@ def _get(ds: Dataset, keyword: str) -> Any:
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    value = _get(ds, keyword)
+    value = safe_get(ds, keyword)
     return "" if value is None else str(value).strip()
 
 
 def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
-    value = _get(ds, keyword)
+    value = safe_get(ds, keyword)
     try:
         return value[0] if value else None
     except Exception:
@@ -599,6 +697,14 @@ def _int_or_none(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def parse_failure(exc: BaseException) -> str:
+    """What pydicom's failure to parse a header says, in words (RecursionError: sequences nested
+    deeper than Python's recursion limit)."""
+    if isinstance(exc, RecursionError):
+        return "sequences nested too deep to parse"
+    return first_line(exc)
 
 
 def first_line(exc: BaseException) -> str:

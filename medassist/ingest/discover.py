@@ -24,8 +24,13 @@ from medassist.errors import MedassistError
 from medassist.ingest.dicom import DicomHeader, Skipped, first_line, quiet_pydicom, read_dicom_header
 from medassist.ingest.nifti import is_nifti_path, read_nifti_series
 from medassist.ingest.series import group_into_series
+from medassist.timelimit import DecodeTimeout, time_limit
 
 logger = logging.getLogger(__name__)
+
+# Seconds one file's header may take to read: no real header needs more than a fraction of that,
+# a crafted one (a sequence of millions of items, say) could take hours.
+HEADER_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -50,15 +55,10 @@ def discover_series(
     series: list[Series] = []
     problems: list[IngestProblem] = []
     for item in iter_input_files(inputs, problems):
-        if is_nifti_path(item.path):
-            nifti = read_nifti_series(item.path, modality_override=modality_override)
-            if isinstance(nifti, Series):
-                series.append(nifti)
-            else:
-                problems.append(nifti)
-            continue
-        result = read_dicom_header(item.path, explicit=item.explicit)
-        if isinstance(result, DicomHeader):
+        result = read_input_file(item, modality_override)
+        if isinstance(result, Series):
+            series.append(result)
+        elif isinstance(result, DicomHeader):
             headers.append(result)
         elif isinstance(result, IngestProblem):
             problems.append(result)
@@ -73,6 +73,28 @@ def discover_series(
         logger.info("skipped %s", problem)
     logger.info("ingest: %d series, %d problem file(s)", len(series), len(problems))
     return series, problems
+
+
+def read_input_file(item: InputFile, modality_override: str | None = None
+                    ) -> Series | DicomHeader | Skipped | IngestProblem:
+    """What one file is: a NIfTI series, a DICOM header, skipped or a problem. An unexpected
+    exception (a bug, or a reader's failure on input nobody foresaw) is that file's problem."""
+    try:
+        with time_limit(HEADER_TIMEOUT_S):
+            if is_nifti_path(item.path):
+                return read_nifti_series(item.path, modality_override=modality_override)
+            return read_dicom_header(item.path, explicit=item.explicit)
+    except DecodeTimeout as exc:
+        if exc.outer:  # the caller's time limit, not this header's
+            raise
+        return IngestProblem(item.path, f"reading the header took longer than {HEADER_TIMEOUT_S:g} s")
+    except Exception as exc:  # one file must never stop the run
+        return IngestProblem(item.path, unexpected_failure("read the file's header", exc))
+
+
+def unexpected_failure(action: str, exc: BaseException) -> str:
+    """The reason for an exception nobody foresaw: "could not <action> (<Type>: <first line>)"."""
+    return f"could not {action} ({type(exc).__name__}: {first_line(exc)})"
 
 
 def read_series_file(path: str | Path, *, modality_override: str | None = None) -> Series:
@@ -129,7 +151,10 @@ def walk_folder(folder: str) -> Iterator[str]:
 
 def _expand_if_dicomdir(path: str, problems: list[IngestProblem]) -> list[str] | None:
     """The files a DICOMDIR lists, or None if ``path`` is not a DICOMDIR."""
-    result = read_dicom_header(path, explicit=True)
+    try:
+        result = read_dicom_header(path, explicit=True)
+    except Exception:  # not a DICOMDIR we can follow; reading it as a file reports the failure
+        return None
     if not (isinstance(result, Skipped) and result.kind == "dicomdir"):
         return None
     return dicomdir_files(path, problems)

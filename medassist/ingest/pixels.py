@@ -32,10 +32,15 @@ from medassist.ingest.dicom import (
     BoundedFile,
     FrameRef,
     first_line,
+    layout_problem,
     native_length_problem,
     overlong_element,
+    oversized_sequence,
+    parse_failure,
     quiet_pydicom,
+    safe_get,
     size_limit_problem,
+    transfer_syntax_problem,
 )
 from medassist.ingest.percentiles import percentile
 
@@ -146,7 +151,7 @@ def decode_file(path: str) -> DecodedFile:
                 ds = pydicom.dcmread(fp, force=True)
                 overlong = overlong_element(ds, fp.size)
         except Exception as exc:
-            raise MedassistError(f"{path}: unreadable DICOM file: {first_line(exc)}") from exc
+            raise MedassistError(f"{path}: unreadable DICOM file: {parse_failure(exc)}") from exc
         if overlong:
             raise MedassistError(f"{path}: {overlong}")
         if "PixelData" not in ds:
@@ -155,7 +160,7 @@ def decode_file(path: str) -> DecodedFile:
         _check_declared_size(ds, path, syntax)
         frames, decoded_photometric = _decode(ds, path, syntax)
         if decoded_photometric == "PALETTE COLOR":
-            frames = apply_color_lut(frames, ds)
+            frames = _palette_to_rgb(frames, ds, path)
             decoded_photometric = "RGB"
         if frames.ndim == 4:
             values = _luminance(frames, decoded_photometric)
@@ -164,13 +169,16 @@ def decode_file(path: str) -> DecodedFile:
         if not np.isfinite(values).all():
             raise MedassistError(f"{path}: rescale or Modality LUT gives non-finite pixel values")
         _check_plausible_ct(values, ds, path, syntax)
-        return DecodedFile(values=values, display=_display_params(ds))
+        return DecodedFile(values=values, display=_safe_display_params(ds, decoded_photometric, path))
 
 
 def _ensure_transfer_syntax(ds: Dataset, path: str) -> UID:
     """The transfer syntax, filled in from how the file was parsed when the meta lacks it."""
     meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    syntax = str(meta.get("TransferSyntaxUID") or "").strip() if meta is not None else ""
+    problem = transfer_syntax_problem(syntax)
+    if problem:
+        raise MedassistError(f"{path}: {problem}")
     if syntax:
         return UID(syntax)
     implicit, little = ds.original_encoding
@@ -194,11 +202,14 @@ def _layout(ds: Dataset, path: str) -> tuple[int, int, int, int, int]:
         ("NumberOfFrames", 1),
         ("BitsAllocated", None),
     ):
-        raw = ds.get(keyword, default)
+        try:
+            raw = ds.get(keyword, default)
+        except Exception as exc:  # a value its VR cannot hold, an unknown VR...
+            raise MedassistError(f"{path}: invalid {keyword} value (unreadable: {first_line(exc)})") from None
         try:
             values.append(int(raw if raw not in (None, "") else default))
-        except (TypeError, ValueError):
-            raise MedassistError(f"{path}: invalid or missing {keyword} value {raw!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise MedassistError(f"{path}: invalid or missing {keyword} value {str(raw)[:40]!r}") from None
     return tuple(values)  # type: ignore[return-value]
 
 
@@ -210,9 +221,10 @@ def _check_declared_size(ds: Dataset, path: str, syntax: UID) -> None:
     finding out).
     """
     rows, columns, samples, n_frames, bits = _layout(ds, path)
-    problem = size_limit_problem(rows, columns, samples, n_frames, bits)
+    problem = layout_problem(ds, rows, columns, samples, n_frames, bits)
+    problem = problem or size_limit_problem(rows, columns, samples, n_frames, bits) or oversized_sequence(ds, n_frames)
     if problem is None and not syntax.is_compressed:
-        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+        photometric = str(safe_get(ds, "PhotometricInterpretation") or "").strip().upper()
         problem = native_length_problem(len(ds.PixelData), rows, columns, samples, n_frames, bits, photometric)
     if problem is None and syntax.is_compressed and n_frames > 1:
         n_fragments = _fragment_count(ds.PixelData)
@@ -237,7 +249,7 @@ def _decode(ds: Dataset, path: str, syntax: UID) -> tuple[np.ndarray, str]:
     except NotImplementedError:
         raise MedassistError(f"{path}: transfer syntax {syntax.name} ({syntax}) is not supported") from None
     try:
-        array, meta = decoder.as_array(ds)
+        array, meta = _as_array(decoder, ds, syntax)
     except Exception as exc:
         raise MedassistError(f"{path}: {codec_name(syntax)} undecodable: {decoder_message(exc)}") from exc
     except BaseException as exc:  # a Rust decoder's panic (pyo3 PanicException) is a BaseException
@@ -251,6 +263,46 @@ def _decode(ds: Dataset, path: str, syntax: UID) -> tuple[np.ndarray, str]:
     if n_frames == 1 and array.ndim == (3 if samples > 1 else 2):
         array = array[np.newaxis]
     return array, str(meta.get("photometric_interpretation", ds.get("PhotometricInterpretation", "")))
+
+
+# gdcm's JPEG codec throws a C++ exception nothing catches - the whole process aborts - on an 8-bit
+# JPEG whose BitsStored is below 8 (found by the fuzz corpus): such files are decoded without gdcm.
+_GDCM_JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                                 "1.2.840.10008.1.2.4.70"})
+
+
+def _as_array(decoder: Any, ds: Dataset, syntax: UID) -> tuple[np.ndarray, dict]:
+    """``decoder.as_array(ds)``, leaving out the plugins known to abort the process on this header.
+    When plugins are left out, the others are tried in turn and their errors reported together,
+    one "plugin: message" line each (what ``decoder_message`` reads)."""
+    avoid = {"gdcm"} if str(syntax) in _GDCM_JPEG_SYNTAXES and _stored_below_allocated(ds) else set()
+    plugins = [name for name in decoder.available_plugins if name not in avoid]
+    if not avoid:
+        return decoder.as_array(ds)
+    errors = []
+    for name in plugins:
+        try:
+            return decoder.as_array(ds, decoding_plugin=name)
+        except Exception as exc:
+            errors.append(f"{name}: {first_line(exc)}")
+    left_out = ", ".join(sorted(avoid))
+    raise RuntimeError("\n".join([f"no decoder could decode the pixel data ({left_out} not tried)", *errors]))
+
+
+def _stored_below_allocated(ds: Dataset) -> bool:
+    """BitsStored present and below BitsAllocated."""
+    try:
+        return int(safe_get(ds, "BitsStored") or 0) < int(safe_get(ds, "BitsAllocated") or 0)
+    except (TypeError, ValueError, OverflowError):
+        return True
+
+
+def _palette_to_rgb(frames: np.ndarray, ds: Dataset, path: str) -> np.ndarray:
+    """PALETTE COLOR frames through the file's palette, or a MedassistError when it has none usable."""
+    try:
+        return apply_color_lut(frames, ds)
+    except Exception as exc:
+        raise MedassistError(f"{path}: PALETTE COLOR image without a usable palette: {first_line(exc)}") from exc
 
 
 _CODEC_NAMES = {
@@ -314,7 +366,7 @@ def _modality_values(frames: np.ndarray, ds: Dataset, path: str) -> np.ndarray:
             if item is not None and "RescaleSlope" in item and "RescaleIntercept" in item:
                 values[index] = apply_modality_lut(frames[index], item)
         return values
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # malformed values, a LUT item without its descriptor...
         raise MedassistError(f"{path}: invalid Modality LUT or rescale values: {first_line(exc)}") from exc
 
 
@@ -333,7 +385,8 @@ def _check_plausible_ct(values: np.ndarray, ds: Dataset, path: str, syntax: UID)
     Padding outside the scan circle is legitimately lower (-2000, -3024...), but it is one
     repeated value; garbage is spread over the whole range.
     """
-    if str(ds.get("Modality", "")).upper() != "CT" or str(ds.get("RescaleType", "HU")).upper() not in ("HU", ""):
+    rescale_type = safe_get(ds, "RescaleType")
+    if str(safe_get(ds, "Modality") or "").upper() != "CT" or str(rescale_type or "HU").upper() not in ("HU", ""):
         return
     low = values[values < _CT_MIN_PLAUSIBLE_HU]
     if low.size <= _CT_MAX_IMPLAUSIBLE_FRACTION * values.size:
@@ -348,6 +401,17 @@ def _check_plausible_ct(values: np.ndarray, ds: Dataset, path: str, syntax: UID)
             f"({fraction:.0%} of pixels scattered below {_CT_MIN_PLAUSIBLE_HU:.0f} HU); "
             "the compressed data is probably corrupt"
         )
+
+
+def _safe_display_params(ds: Dataset, decoded_photometric: str, path: str) -> DisplayParams:
+    """``_display_params``, or none but the photometric when the display attributes cannot be read
+    (the percentile range is used instead: a broken window must not lose the image)."""
+    try:
+        return _display_params(ds)
+    except Exception as exc:
+        logger.info("%s: window / VOI LUT unreadable (%s); using the percentile range", path, first_line(exc))
+        photometric = str(safe_get(ds, "PhotometricInterpretation") or decoded_photometric or "MONOCHROME2")
+        return DisplayParams(photometric=photometric.strip().upper())
 
 
 def _display_params(ds: Dataset) -> DisplayParams:

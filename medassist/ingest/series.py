@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable
 
 from medassist.datamodel import IngestProblem, Series
-from medassist.ingest.dicom import DicomHeader, FrameRef
+from medassist.ingest.dicom import DicomHeader, FrameRef, first_line
 from medassist.ingest.geometry import build_geometry, position_along_normal
 from medassist.ingest.pixels import DicomStack, load_dicom_stack
 from medassist.ingest.uids import uid_from_path
@@ -37,18 +37,29 @@ def group_into_series(
     series: list[Series] = []
     problems: list[IngestProblem] = []
     for (study_uid, series_uid), members in groups.items():
-        kept, alternates, duplicates = _drop_duplicates(members)
+        try:
+            found, duplicates = _group_series(study_uid, series_uid, members, modality_override)
+        except Exception as exc:  # one series' headers must never stop the run
+            reason = f"could not group into a series ({type(exc).__name__}: {first_line(exc)})"
+            found, duplicates = [], [IngestProblem(h.path, reason) for h in members]
+        series.extend(found)
         problems.extend(duplicates)
-        stacks = _split_stacks(kept)
-        if len(stacks) > 1:
-            logger.info(
-                "%s: its series holds %d stacks of different size or orientation; one Series each",
-                kept[0].path,
-                len(stacks),
-            )
-        for stack in stacks:
-            series.append(_make_series(study_uid, series_uid, stack, alternates, modality_override))
     return series, problems
+
+
+def _group_series(
+    study_uid: str, series_uid: str, members: list[DicomHeader], modality_override: str | None
+) -> tuple[list[Series], list[IngestProblem]]:
+    """The Series (one per stack) of one (study, series) group, and its dropped duplicates."""
+    kept, alternates, duplicates = _drop_duplicates(members)
+    stacks = _split_stacks(kept)
+    if len(stacks) > 1:
+        logger.info(
+            "%s: its series holds %d stacks of different size or orientation; one Series each",
+            kept[0].path,
+            len(stacks),
+        )
+    return [_make_series(study_uid, series_uid, stack, alternates, modality_override) for stack in stacks], duplicates
 
 
 def _series_key(header: DicomHeader) -> tuple[str, str]:

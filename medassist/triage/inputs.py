@@ -17,9 +17,6 @@ apart from the tensors. A series whose decoding takes longer than the series tim
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -32,6 +29,7 @@ from medassist.datamodel import Image, Series
 from medassist.errors import MedassistError
 from medassist.models.spec import ModelSpec
 from medassist.preprocess.transforms import prepare_2d
+from medassist.timelimit import DecodeTimeout, time_limit  # noqa: F401  (time_limit: re-exported)
 
 if TYPE_CHECKING:
     from medassist.models.tumor import PreparedVolume
@@ -39,14 +37,6 @@ if TYPE_CHECKING:
 
 # Seconds one series may spend in decoding and preprocessing before it becomes an error row.
 DEFAULT_SERIES_TIMEOUT = 120.0
-
-
-class DecodeTimeout(BaseException):
-    """Raised in a series' decoding when its time is up.
-
-    A BaseException, like KeyboardInterrupt, so that ``except Exception`` in a decoder cannot turn
-    it into a misleading "undecodable" message.
-    """
 
 
 def timeout_message(source_path: str, seconds: float) -> str:
@@ -64,35 +54,6 @@ def failure_message(source_path: str, exc: BaseException, series_timeout: float 
         return str(exc) if source_path in str(exc) else f"{source_path}: {exc}"
     reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return f"{source_path}: could not {action} ({reason})"
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise DecodeTimeout in the block after ``seconds`` of wall-clock time (SIGALRM).
-
-    Only where a signal can do it: on Unix, in the main thread of a process (DataLoader workers
-    call ``__getitem__`` in theirs). Elsewhere, or for ``None``/0, there is no limit. Code stuck
-    inside one C call is interrupted when the call returns.
-    """
-    usable = (
-        seconds
-        and hasattr(signal, "setitimer")
-        and threading.current_thread() is threading.main_thread()
-    )
-    if not usable:
-        yield
-        return
-
-    def on_alarm(signum: int, frame: object) -> None:
-        raise DecodeTimeout()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from medassist.models.spec import ModelSpec
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
     VOLUME_FAILURE,
+    Batch,
     DecodedVolume,
     InputKind,
     Job,
@@ -335,21 +336,41 @@ def score_jobs(
     for batch in make_loader(jobs, kind, batch_size, num_workers, model.device, series_timeout):
         for index, message in batch.errors:
             yield jobs[index], None, (), message, None, None
-        if batch.inputs is None:
-            continue
+        if batch.inputs is not None:
+            yield from score_batch(model, kind, jobs, batch, batch_size)
+
+
+def score_batch(model: LoadedModel, kind: InputKind, jobs: list[Job], batch: Batch, batch_size: int
+                ) -> Iterator[ScoredJob]:
+    """``score_jobs``' tuples for a batch's decoded jobs. If scoring the batch raises, its jobs are
+    scored one by one, so only a job whose own scoring fails becomes an error row."""
+    assert batch.inputs is not None
+    try:
         scores, features = score_inputs_with_features(model, batch.inputs, batch_size)
+    except Exception as exc:  # one series' inputs must not stop the run
+        if len(batch.owners) == 1:
+            index = batch.owners[0][0]
+            message = failure_message(jobs[index].series.source_path, exc, None, "score image")
+            yield jobs[index], None, (), message, None, None
+            return
         offset = 0
         for index, count, slices in batch.owners:
-            score, report = kind.aggregate(scores[offset : offset + count], slices)
-            job_inputs = batch.inputs[offset : offset + count]
-            job_features = features[offset : offset + count]
+            alone = Batch(batch.inputs[offset : offset + count], [(index, count, slices)], [])
             offset += count
-            score = round(float(score), 6)
-            if math.isfinite(score) and 0.0 <= score <= 1.0:
-                yield jobs[index], score, report, "", job_inputs, job_features
-            else:
-                message = f"{jobs[index].series.source_path}: model {model.spec.name} gave no valid score"
-                yield jobs[index], None, (), message, None, None
+            yield from score_batch(model, kind, jobs, alone, batch_size)
+        return
+    offset = 0
+    for index, count, slices in batch.owners:
+        score, report = kind.aggregate(scores[offset : offset + count], slices)
+        job_inputs = batch.inputs[offset : offset + count]
+        job_features = features[offset : offset + count]
+        offset += count
+        score = round(float(score), 6)
+        if math.isfinite(score) and 0.0 <= score <= 1.0:
+            yield jobs[index], score, report, "", job_inputs, job_features
+        else:
+            message = f"{jobs[index].series.source_path}: model {model.spec.name} gave no valid score"
+            yield jobs[index], None, (), message, None, None
 
 
 # A volume prepared in a worker reaches this process through shared memory (/dev/shm): its network

@@ -360,3 +360,105 @@ def test_uncompressed_ybr_full_422_is_sized_as_two_values_per_pixel(tmp_path, wr
     assert problems == [] and len(series) == 1
     decoded = decode_file(str(path))
     np.testing.assert_allclose(decoded.values[0], luma, atol=0.01)  # neutral chroma: luminance is Y
+
+
+# --- header values that cannot be trusted -------------------------------------------------------
+
+
+def _with_meta(path, **values: bytes):
+    """Rewrite file meta / data set elements in place (medassist.ingest.fuzz.replace_elements)."""
+    from medassist.ingest.fuzz import FuzzSource, read_base, replace_elements
+
+    base = read_base(FuzzSource(path))
+    path.write_bytes(replace_elements(base.data, base, dict(values)))
+    return path
+
+
+@pytest.mark.parametrize(
+    "syntax, reason",
+    [
+        (b"1.2.840.10008.1.20.1", "Transfer Syntax UID 1.2.840.10008.1.20.1 (Storage Commitment Push Model SOP "
+                                  "Class) is not a transfer syntax: the file meta is corrupt"),
+        (b"1.2.840.10008.1.1", "Transfer Syntax UID 1.2.840.10008.1.1 (Verification SOP Class) is not a transfer "
+                               "syntax: the file meta is corrupt"),
+        (b"1.2.3.4.5.6", "unknown Transfer Syntax UID 1.2.3.4.5.6 (private or corrupt): transfer syntax not "
+                         "supported"),
+        (b"not-a-uid", "invalid Transfer Syntax UID value 'not-a-uid' (not a UID): the file meta is corrupt"),
+    ],
+)
+def test_a_transfer_syntax_that_is_not_one_is_a_problem_naming_the_file(tmp_path, write_dicom, syntax, reason):
+    # Used to stop the whole run: ValueError("UID is not a transfer syntax.") from pydicom's UID.
+    bad = _with_meta(write_dicom(tmp_path / "bad.dcm", np.zeros((4, 4)), series_uid="1.2.9"), TransferSyntaxUID=syntax)
+    good = write_dicom(tmp_path / "good.dcm", np.ones((4, 4)), series_uid="1.2.8")
+
+    series, problems = discover_series([tmp_path])
+
+    assert [(p.path, p.reason) for p in problems] == [(str(bad), reason)]
+    assert [s.paths for s in series] == [(str(good),)]
+    with pytest.raises(MedassistError) as raised:
+        decode_file(str(bad))
+    assert str(raised.value) == f"{bad}: {reason}"
+
+
+@pytest.mark.parametrize(
+    "attributes, reason",
+    [
+        ({"BitsStored": 17}, "invalid BitsStored value 17 (1 to BitsAllocated 16)"),
+        ({"BitsStored": 0}, "invalid BitsStored value 0 (1 to BitsAllocated 16)"),
+        ({"HighBit": 16}, "invalid HighBit value 16 (0 to BitsAllocated 16 - 1)"),
+        ({"PixelRepresentation": 2}, "invalid PixelRepresentation value 2 (0 or 1)"),
+        ({"SamplesPerPixel": 2}, "invalid SamplesPerPixel value 2 (1 or 3)"),
+    ],
+)
+def test_stored_bits_and_samples_that_cannot_describe_the_pixels_are_refused(tmp_path, write_dicom, attributes,
+                                                                           reason):
+    path = write_dicom(tmp_path / "bits.dcm", np.zeros((4, 4)), **attributes)
+
+    (problem,) = discover_series([path])[1]
+    with pytest.raises(MedassistError) as raised:
+        decode_file(str(path))
+
+    assert problem.reason == reason
+    assert str(raised.value) == f"{path}: {reason}"
+
+
+def test_an_oversized_functional_groups_sequence_is_refused_without_reading_its_items(tmp_path, write_dicom):
+    # 100,000 empty items (800 kB) take pydicom ~12 s to build; the length alone says it is no frame's groups.
+    item = Dataset()
+    path = write_dicom(tmp_path / "groups.dcm", np.zeros((4, 4)),
+                       SharedFunctionalGroupsSequence=Sequence([item] * 100_000))
+    import time
+
+    started = time.monotonic()
+    (problem,) = discover_series([path])[1]
+
+    assert problem.reason == ("SharedFunctionalGroupsSequence of 800000 bytes is too large to read "
+                              "(at most 65536 for 1 frame(s))")
+    assert time.monotonic() - started < 5
+    with pytest.raises(MedassistError, match="SharedFunctionalGroupsSequence of 800000 bytes is too large"):
+        decode_file(str(path))
+
+
+def test_a_file_cut_inside_its_file_meta_is_reported_not_skipped(tmp_path, write_dicom):
+    # Cut there, pydicom reads a partial SOP Class UID ("1"), which looked like a non-image object.
+    path = write_dicom(tmp_path / "cut.dcm", np.zeros((4, 4)))
+    path.write_bytes(path.read_bytes()[:167])
+
+    (problem,) = discover_series([path])[1]
+
+    assert problem.reason.startswith("file meta truncated: its group length ")
+    assert problem.reason.endswith("runs past the end of the file (167 bytes)")
+
+
+def test_unreadable_display_attributes_fall_back_to_the_percentile_range(tmp_path, write_dicom):
+    # WindowWidth stored as FD holding 6 bytes: pydicom raises when the value is read.
+    path = write_dicom(tmp_path / "window.dcm", np.arange(16).reshape(4, 4), window=(8.0, 16.0))
+    from medassist.ingest.fuzz import FuzzSource, read_base, replace_elements
+
+    base = read_base(FuzzSource(path))
+    path.write_bytes(replace_elements(base.data, base, {"WindowWidth": b"16.0  "}, vrs={"WindowWidth": b"FD"}))
+
+    decoded = decode_file(str(path))
+
+    assert decoded.display.window is None
+    np.testing.assert_array_equal(decoded.values[0], np.arange(16).reshape(4, 4))

@@ -260,3 +260,74 @@ def test_a_file_both_named_and_walked_counts_as_named(tmp_path, write_dicom):
 
     assert [s.paths for s in series] == [(str(tmp_path / "IM1"),)]
     assert [(p.path, p.reason) for p in problems] == [(str(tmp_path / "notes.txt"), "not a DICOM or NIfTI file")]
+
+
+# --- one file's or one series' failure stays its own ------------------------------------------
+
+
+def test_an_unexpected_exception_reading_one_file_is_that_files_problem(tmp_path, write_dicom, monkeypatch):
+    from medassist.ingest import discover as discover_module
+
+    good = write_dicom(tmp_path / "a.dcm", np.zeros((2, 2)), series_uid="1.2.1")
+    bad = write_dicom(tmp_path / "b.dcm", np.zeros((2, 2)), series_uid="1.2.2")
+    real = discover_module.read_dicom_header
+
+    def flaky(path, **kwargs):
+        if path == str(bad):
+            raise RuntimeError("a bug nobody foresaw\nsecond line")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(discover_module, "read_dicom_header", flaky)
+    series, problems = discover_series([tmp_path])
+
+    assert [s.paths for s in series] == [(str(good),)]
+    assert [(p.path, p.reason) for p in problems] == [
+        (str(bad), "could not read the file's header (RuntimeError: a bug nobody foresaw)")]
+
+
+def test_an_unexpected_exception_grouping_one_series_is_a_problem_of_each_of_its_files(tmp_path, write_dicom,
+                                                                                       monkeypatch):
+    from medassist.ingest import series as series_module
+
+    for z in range(2):
+        write_dicom(tmp_path / f"bad{z}.dcm", np.zeros((2, 2)), series_uid="1.2.2", position=(0.0, 0.0, float(z)))
+    good = write_dicom(tmp_path / "good.dcm", np.zeros((2, 2)), series_uid="1.2.1")
+    real = series_module._make_series
+
+    def flaky(study_uid, series_uid, *args):
+        if series_uid == "1.2.2":
+            raise ZeroDivisionError("float division by zero")
+        return real(study_uid, series_uid, *args)
+
+    monkeypatch.setattr(series_module, "_make_series", flaky)
+    series, problems = discover_series([tmp_path])
+
+    assert [s.paths for s in series] == [(str(good),)]
+    assert sorted((p.path, p.reason) for p in problems) == [
+        (str(tmp_path / f"bad{z}.dcm"), "could not group into a series (ZeroDivisionError: float division by zero)")
+        for z in range(2)]
+
+
+def test_a_header_that_takes_too_long_to_read_is_refused_and_the_walk_goes_on(tmp_path, write_dicom, monkeypatch):
+    # An undefined-length sequence of 200,000 items: pydicom builds each one as it reads the header.
+    import struct
+    import time
+
+    from medassist.ingest import discover as discover_module
+    from medassist.ingest.fuzz import FuzzSource, read_base, replace_elements
+
+    path = write_dicom(tmp_path / "slow.dcm", np.zeros((2, 2)), series_uid="1.2.2")
+    good = write_dicom(tmp_path / "good.dcm", np.zeros((2, 2)), series_uid="1.2.1")
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+    element = (struct.pack("<HH", 0x0008, 0x1140) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF) + item * 200_000
+               + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    base = read_base(FuzzSource(path))
+    path.write_bytes(replace_elements(base.data, base, {}, raw={"ReferencedImageSequence": element}))
+    monkeypatch.setattr(discover_module, "HEADER_TIMEOUT_S", 0.5)
+
+    started = time.monotonic()
+    series, problems = discover_series([tmp_path])
+
+    assert time.monotonic() - started < 10
+    assert [(p.path, p.reason) for p in problems] == [(str(path), "reading the header took longer than 0.5 s")]
+    assert [s.paths for s in series] == [(str(good),)]

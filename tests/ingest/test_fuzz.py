@@ -24,6 +24,7 @@ from medassist.ingest.dicom import read_dicom_header
 from medassist.ingest.fuzz import (
     HUGE_LENGTH,
     MUTATIONS,
+    STRUCTURAL_MUTATIONS,
     FuzzSource,
     default_sources,
     read_base,
@@ -114,7 +115,10 @@ def test_every_broken_file_is_decoded_or_named_with_a_specific_reason_in_bounded
     # What must never pass as an image: files cut short, lying sizes, 4 GiB lengths.
     for mutation in ("truncate", "lie_rows_columns", "huge_length"):
         assert decoded_by_mutation[mutation] == 0, mutation
-    assert sum(decoded_by_mutation.values()) < len(corpus) // 5
+    # Mutations of the layout mostly break the file; those of a value (a date, a UID, a sequence
+    # the image does not need) may leave it a readable image.
+    structural = [b for b in corpus if b.mutation in STRUCTURAL_MUTATIONS]
+    assert sum(decoded_by_mutation[m] for m in STRUCTURAL_MUTATIONS) < len(structural) // 5
     # The decoder's own checks, without discovery's in front of them, hold as well.
     unspecific = [(path, kind, text) for path, (kind, text) in report["direct"].items()
                   if kind != "decoded" and not (text.startswith(f"{path}: ")
@@ -232,3 +236,25 @@ def test_rescale_to_non_finite_values_is_refused(tmp_path, write_dicom):
 
     with pytest.raises(MedassistError, match="rescale or Modality LUT gives non-finite pixel values"):
         read_series_file(path).load()
+
+
+_GDCM_JPEG = """
+import sys
+from medassist.ingest.pixels import decode_file
+print(decode_file(sys.argv[1]).values.shape)
+"""
+
+
+def test_an_8_bit_jpeg_with_fewer_bits_stored_decodes_without_aborting_the_process(tmp_path, dicom_data):
+    # gdcm's JPEG codec throws a C++ exception nothing catches on this header: the process aborted
+    # (std::terminate, exit -6). Run in a subprocess so that a regression cannot take pytest down.
+    path = tmp_path / "bits7.dcm"
+    shutil.copy(dicom_data / "pylibjpeg-data/JPEGBaseline_1s_1f_u_08_08.dcm", path)
+    ds = pydicom.dcmread(path)
+    ds.BitsStored, ds.HighBit = 7, 6
+    ds.save_as(path)
+
+    done = subprocess.run([sys.executable, "-c", _GDCM_JPEG, str(path)], capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "(1, 100, 100)"

@@ -117,3 +117,57 @@ def test_series_whose_uids_differ_only_in_unsafe_characters_get_their_own_salien
     assert sorted(maps) == sorted(uids) and all(maps.values()) and len(set(maps.values())) == 2, maps
     assert len(list((out / "saliency").glob("*.npy"))) == 2
     assert all(np.load(out / rel).shape == (96, 80) for rel in maps.values())
+
+
+def test_a_file_whose_transfer_syntax_is_not_one_is_an_error_row_and_the_batch_goes_on(tmp_path, model_dir):
+    # Used to stop the whole run with "ValueError: UID is not a transfer syntax." from discovery.
+    from medassist.ingest.fuzz import FuzzSource, read_base, replace_elements
+
+    for i in range(2):
+        write_dicom_image(tmp_path / "in" / f"good{i}.dcm", synthetic_radiograph(96, 80, i), index=i)
+    bad = write_dicom_image(tmp_path / "in" / "bad.dcm", synthetic_radiograph(96, 80, 5), index=5)
+    base = read_base(FuzzSource(bad))
+    bad.write_bytes(replace_elements(base.data, base, {"TransferSyntaxUID": b"1.2.840.10008.1.1"}))
+
+    summary = run_triage([tmp_path / "in"], tmp_path / "out", device="cpu", num_workers=0, weights_dir=model_dir,
+                         progress=False, explain="none")
+
+    rows = json.loads((tmp_path / "out" / "worklist.json").read_text())
+    assert (summary.n_findings, summary.n_errors) == (2, 1)
+    assert rows[-1]["source_path"] == str(bad)
+    assert rows[-1]["error"] == ("Transfer Syntax UID 1.2.840.10008.1.1 (Verification SOP Class) is not a transfer "
+                                 "syntax: the file meta is corrupt")
+
+
+def test_a_series_whose_scoring_raises_is_its_own_error_row(tmp_path, model_dir, series_factory, monkeypatch):
+    # The batch holding it fails; its jobs are scored one by one, so only that series is lost.
+    from medassist.triage import run as run_module
+
+    real = run_module.score_inputs_with_features
+    poisoned = series_factory(2)
+    poisoned.loader = lambda: _constant_image()
+
+    def fragile(model, inputs, batch_size):
+        if bool((inputs.flatten(1).std(dim=1) == 0).any()):
+            raise RuntimeError("the network cannot take a constant input")
+        return real(model, inputs, batch_size)
+
+    monkeypatch.setattr(run_module, "score_inputs_with_features", fragile)
+    series = [series_factory(1), poisoned, series_factory(3)]
+    summary = triage_series(series, [], tmp_path, device="cpu", batch_size=3, num_workers=0,
+                            weights_dir=model_dir, progress=False, explain="none")
+
+    rows = json.loads((tmp_path / "worklist.json").read_text())
+    assert (summary.n_findings, summary.n_errors) == (2, 1)
+    assert rows[-1]["source_path"] == poisoned.source_path
+    assert rows[-1]["error"] == (f"{poisoned.source_path}: could not score image "
+                                 "(RuntimeError: the network cannot take a constant input)")
+
+
+def _constant_image():
+    import numpy as np
+
+    from medassist.datamodel import Image
+
+    pixels = np.full((1, 80, 60), 7.0, dtype=np.float32)
+    return Image(pixels=pixels, display=np.zeros_like(pixels))
