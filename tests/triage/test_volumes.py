@@ -113,3 +113,41 @@ def test_a_volume_without_a_brain_is_an_error_row_not_a_score(tmp_path):
         assert rows[kind]["error"].startswith(f"/data/{kind}: no brain found in this volume: ")
     quarantined = (tmp_path / "quarantine.csv").read_text()
     assert "/data/noise" in quarantined and "/data/blank" in quarantined
+
+
+def test_nifti_volumes_that_are_no_image_are_error_rows_not_scores(tmp_path):
+    import gzip
+
+    import nibabel as nib
+
+    from medassist.ingest.fuzz import reason_category
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    nan = np.full((32, 32, 12), np.nan, dtype=np.float32)
+    infinite = np.random.default_rng(0).normal(size=(32, 32, 12)).astype(np.float32)
+    infinite[3, 3, 3] = -np.inf
+    for name, data in (("zeros.nii.gz", np.zeros((32, 32, 12), np.float32)), ("nan.nii.gz", nan),
+                       ("inf.nii", infinite)):
+        nib.save(nib.Nifti1Image(data, affine), str(folder / name))
+    header = nib.Nifti1Header()
+    header.set_data_shape((1024, 1024, 640))
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    (folder / "bomb.nii.gz").write_bytes(gzip.compress(header.binaryblock + bytes(4))
+                                         + gzip.compress(bytes(64 * 2**20)) * 8)
+    out = tmp_path / "out"
+
+    summary = run_triage([folder], out, device="cpu", progress=False, explain="none")
+
+    rows = {Path(r["source_path"]).name: r for r in json.loads((out / "worklist.json").read_text())}
+    assert sorted(rows) == ["bomb.nii.gz", "inf.nii", "nan.nii.gz", "zeros.nii.gz"]
+    assert summary.n_findings == 0 and summary.n_errors == 4
+    assert all(r["score"] is None and reason_category(r["error"].removeprefix(r["source_path"] + ": ")) for r in rows.values()), rows
+    assert rows["zeros.nii.gz"]["error"].endswith("NIfTI volume is constant (every voxel 0): no image to score")
+    assert rows["nan.nii.gz"]["error"].endswith("NIfTI volume has no finite voxel (all 12288 are NaN or infinite)")
+    assert rows["inf.nii"]["error"].endswith("NIfTI volume holds 1 infinite voxel value(s): the data or its scaling "
+                                             "is corrupt")
+    assert rows["bomb.nii.gz"]["error"].startswith("declared image size 1024 x 1024 x 640 x float32 needs ")
+    assert rows["zeros.nii.gz"]["model"] == "tumor_mri"
