@@ -87,10 +87,16 @@ class Series:
 
 @dataclass(frozen=True)
 class IngestProblem:
-    """A file that could not be read, with a specific reason. The run goes on without it."""
+    """A file that could not be read, with a specific reason. The run goes on without it.
+
+    ``kind``: "error" (broken or unreadable), "unsupported" (readable, but of a kind no stage
+    handles: a 4D NIfTI, say) or "duplicate" (the same instance as a file of ``series_uid``).
+    """
 
     path: str
     reason: str
+    kind: str = "error"
+    series_uid: str = ""
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"

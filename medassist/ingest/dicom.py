@@ -120,7 +120,7 @@ class Skipped:
     """A file that is not an image series, skipped without complaint (``kind`` says why)."""
 
     path: str
-    kind: str  # "not-dicom", "dicomdir" or "non-image"
+    kind: str  # "not-dicom", "dicomdir", "non-image" or "unsupported" (float pixel data)
     reason: str
 
 
@@ -342,13 +342,14 @@ def _classify(path: str, ds: Dataset, pixel: PixelElement | None, file_size: int
     if sop_class in NON_IMAGE_WITH_PIXELS or modality in NON_IMAGE_MODALITIES:
         return Skipped(path, "non-image", f"non-image object ({_sop_name(sop_class, modality)})")
     if pixel.floating:
-        return Skipped(path, "non-image", "float pixel data (parametric map) is not supported")
+        return Skipped(path, "unsupported", "float pixel data (parametric map) is not supported")
     if overlong:
         return IngestProblem(path, overlong)
     syntax = _text(meta, "TransferSyntaxUID")
     syntax_problem = transfer_syntax_problem(syntax)
     if syntax_problem:
-        return IngestProblem(path, syntax_problem)
+        private = is_valid_uid(syntax) and UID(syntax).is_private  # perhaps a vendor's own syntax
+        return IngestProblem(path, syntax_problem, kind="unsupported" if private else "error")
 
     layout = _image_layout(ds, meta)
     if isinstance(layout, str):

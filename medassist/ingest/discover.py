@@ -41,6 +41,16 @@ class InputFile:
     explicit: bool
 
 
+@dataclass
+class Discovery:
+    """What discovery made of every input file: image series, files that could not be used (with
+    the reason) and files skipped as no image series (junk in a folder, DICOMDIRs, SR, RT plans...)."""
+
+    series: list[Series]
+    problems: list[IngestProblem]
+    skipped: list[Skipped]
+
+
 def discover_series(
     inputs: Sequence[str | Path], *, modality_override: str | None = None
 ) -> tuple[list[Series], list[IngestProblem]]:
@@ -49,30 +59,38 @@ def discover_series(
     Reads headers only. ``modality_override`` sets the modality of NIfTI series (default "MR")
     and of DICOM series whose header has none; it never replaces a DICOM header's modality.
     """
+    found = discover_files(inputs, modality_override=modality_override)
+    return found.series, found.problems
+
+
+def discover_files(inputs: Sequence[str | Path], *, modality_override: str | None = None) -> Discovery:
+    """``discover_series``, plus the files skipped as no image series: every input file ends up in
+    exactly one of a series' paths, the problems or the skipped files."""
     if isinstance(inputs, (str, Path)):  # a lone path, not a list of them
         inputs = [inputs]
     headers: list[DicomHeader] = []
-    series: list[Series] = []
-    problems: list[IngestProblem] = []
-    for item in iter_input_files(inputs, problems):
+    found = Discovery([], [], [])
+    for item in iter_input_files(inputs, found.problems, found.skipped):
         result = read_input_file(item, modality_override)
         if isinstance(result, Series):
-            series.append(result)
+            found.series.append(result)
         elif isinstance(result, DicomHeader):
             headers.append(result)
         elif isinstance(result, IngestProblem):
-            problems.append(result)
+            found.problems.append(result)
         else:
             logger.debug("%s: skipped: %s", result.path, result.reason)
+            found.skipped.append(result)
 
     dicom_series, duplicates = group_into_series(headers, modality_override=modality_override)
-    problems.extend(duplicates)
-    series.extend(dicom_series)
-    series.sort(key=lambda s: (s.source_path, s.paths[0]))
-    for problem in problems:
+    found.problems.extend(duplicates)
+    found.series.extend(dicom_series)
+    found.series.sort(key=lambda s: (s.source_path, s.paths[0]))
+    for problem in found.problems:
         logger.info("skipped %s", problem)
-    logger.info("ingest: %d series, %d problem file(s)", len(series), len(problems))
-    return series, problems
+    logger.info("ingest: %d series, %d problem file(s), %d skipped", len(found.series), len(found.problems),
+                len(found.skipped))
+    return found
 
 
 def read_input_file(item: InputFile, modality_override: str | None = None
@@ -109,8 +127,10 @@ def read_series_file(path: str | Path, *, modality_override: str | None = None) 
     return found[0]
 
 
-def iter_input_files(inputs: Sequence[str | Path], problems: list[IngestProblem]) -> Iterator[InputFile]:
-    """Every file under the inputs, once each, DICOMDIR records expanded; problems appended."""
+def iter_input_files(inputs: Sequence[str | Path], problems: list[IngestProblem],
+                     skipped: list[Skipped] | None = None) -> Iterator[InputFile]:
+    """Every file under the inputs, once each, DICOMDIR records expanded; problems appended, and
+    the DICOMDIRs followed to ``skipped``."""
     seen: set[str] = set()
     named: list[InputFile] = []
     walked: list[InputFile] = []
@@ -136,6 +156,8 @@ def iter_input_files(inputs: Sequence[str | Path], problems: list[IngestProblem]
             listed = _expand_if_dicomdir(item.path, problems)
             if listed is not None:
                 queue[index:index] = [InputFile(p, explicit=True) for p in listed]  # next in line
+                if skipped is not None:
+                    skipped.append(Skipped(item.path, "dicomdir", f"DICOMDIR listing {len(listed)} file(s)"))
                 continue
         yield item
 

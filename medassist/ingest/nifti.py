@@ -81,10 +81,10 @@ def read_nifti_series(path: str, *, modality_override: str | None = None) -> Ser
     except Exception as exc:
         return IngestProblem(path, f"unreadable NIfTI: {first_line(exc)}")
     if dtype.fields is not None:
-        return IngestProblem(path, f"unsupported NIfTI data type {dtype} (colour/structured voxels)")
+        return IngestProblem(path, f"unsupported NIfTI data type {dtype} (colour/structured voxels)", kind="unsupported")
     spatial = _spatial_shape(shape)
     if isinstance(spatial, str):
-        return IngestProblem(path, spatial)
+        return IngestProblem(path, spatial, kind="unsupported" if spatial.startswith("4D") else "error")
     if not np.all(np.isfinite(affine)):
         return IngestProblem(path, "NIfTI affine is not finite")
 

@@ -51,7 +51,7 @@ def _group_series(
     study_uid: str, series_uid: str, members: list[DicomHeader], modality_override: str | None
 ) -> tuple[list[Series], list[IngestProblem]]:
     """The Series (one per stack) of one (study, series) group, and its dropped duplicates."""
-    kept, alternates, duplicates = _drop_duplicates(members)
+    kept, alternates, duplicates = _drop_duplicates(members, series_uid)
     stacks = _split_stacks(kept)
     if len(stacks) > 1:
         logger.info(
@@ -70,7 +70,7 @@ def _series_key(header: DicomHeader) -> tuple[str, str]:
 
 
 def _drop_duplicates(
-    members: list[DicomHeader],
+    members: list[DicomHeader], series_uid: str = "",
 ) -> tuple[list[DicomHeader], dict[str, tuple[str, ...]], list[IngestProblem]]:
     """Keep the first file of each SOPInstanceUID; the others become reported fallbacks.
 
@@ -97,6 +97,8 @@ def _drop_duplicates(
                     header.path,
                     f"duplicate instance: same SOPInstanceUID as {primary.path}; not counted again "
                     "(used only if that file fails to decode)",
+                    kind="duplicate",
+                    series_uid=series_uid,
                 )
             )
             continue

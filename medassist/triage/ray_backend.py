@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ from medassist.triage.inputs import (
 from medassist.triage.run import (
     Finished,
     TriageSummary,
-    discover,
+    discover_all,
     explain_job,
     prepare_run,
     record_run,
@@ -73,6 +74,9 @@ from medassist.triage.run import (
     score_inputs_with_features,
     wants_saliency,
 )
+
+if TYPE_CHECKING:
+    from medassist.ingest.dicom import Skipped
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +192,8 @@ def run_triage_ray(
 
     ``options`` are those of ``triage_series_ray``.
     """
-    series, problems = discover(inputs, modality_override)
-    return triage_series_ray(series, problems, out_dir, **options)
+    found = discover_all(inputs, modality_override)
+    return triage_series_ray(found.series, found.problems, out_dir, skipped=found.skipped, **options)
 
 
 def triage_series_ray(
@@ -208,6 +212,7 @@ def triage_series_ray(
     series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
     ray_address: str | None = None,
     actors: int | None = None,
+    skipped: Sequence[Skipped] = (),
 ) -> TriageSummary:
     """``triage_series`` with decoding and scoring on a Ray cluster; same arguments, plus:
 
@@ -235,7 +240,7 @@ def triage_series_ray(
                 yield jobs[index], score, slices, error, saliency
 
     return record_run(series, problems, out, specs, produce, progress=progress,
-                      checkpoint_every=checkpoint_every, desc="triage (ray)")
+                      checkpoint_every=checkpoint_every, desc="triage (ray)", skipped=skipped)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -62,6 +62,7 @@ from medassist.triage.journal import (
     result_key,
     run_lock,
 )
+from medassist.triage.manifest import file_entries, write_manifest
 from medassist.triage.worklist import (
     Record,
     not_applicable_record,
@@ -70,6 +71,10 @@ from medassist.triage.worklist import (
     row_kind,
     write_worklist,
 )
+
+if TYPE_CHECKING:  # ingest is imported late: it pulls in the decoders
+    from medassist.ingest.dicom import Skipped
+    from medassist.ingest.discover import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -121,23 +126,30 @@ def run_triage(
     unreadable files, undecodable series and series out of time become error rows instead, and
     are listed in ``out_dir``/quarantine.csv.
     """
-    series, problems = discover(inputs, modality_override)
+    found = discover_all(inputs, modality_override)
     return triage_series(
-        series, problems, out_dir, device=device, batch_size=batch_size, num_workers=num_workers,
+        found.series, found.problems, out_dir, device=device, batch_size=batch_size, num_workers=num_workers,
         weights_dir=weights_dir, progress=progress, checkpoint_every=checkpoint_every,
-        explain=explain, explain_method=explain_method, series_timeout=series_timeout,
+        explain=explain, explain_method=explain_method, series_timeout=series_timeout, skipped=found.skipped,
     )
 
 
 def discover(inputs: Sequence[str | Path], modality_override: str | None = None
              ) -> tuple[list[Series], list[IngestProblem]]:
     """The series under ``inputs`` and the files that could not be read (inputs checked first)."""
-    paths = check_inputs(inputs)
-    from medassist.ingest import discover_series  # imported late: ingest pulls in the decoders
+    found = discover_all(inputs, modality_override)
+    return found.series, found.problems
 
-    series, problems = discover_series(paths, modality_override=modality_override)
-    log.info("found %d series and %d unreadable files in %d inputs", len(series), len(problems), len(paths))
-    return series, problems
+
+def discover_all(inputs: Sequence[str | Path], modality_override: str | None = None) -> Discovery:
+    """``discover``, plus the files skipped as no image series (for files.csv)."""
+    paths = check_inputs(inputs)
+    from medassist.ingest import discover_files  # imported late: ingest pulls in the decoders
+
+    found = discover_files(paths, modality_override=modality_override)
+    log.info("found %d series, %d unreadable and %d skipped files in %d inputs", len(found.series),
+             len(found.problems), len(found.skipped), len(paths))
+    return found
 
 
 def check_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -177,8 +189,10 @@ def triage_series(
     explain: str = "flagged",
     explain_method: str = "gradcam",
     series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
+    skipped: Sequence[Skipped] = (),
 ) -> TriageSummary:
-    """Score already-discovered series (see ``run_triage``) and write the worklist."""
+    """Score already-discovered series (see ``run_triage``) and write the worklist; ``skipped``:
+    the files discovery skipped, listed in files.csv with the series' and problems' files."""
     if batch_size < 1 or num_workers < 0 or checkpoint_every < 1:
         raise ValueError("batch_size and checkpoint_every must be >= 1, num_workers >= 0")
     out, specs = prepare_run(out_dir, weights_dir, explain)
@@ -197,7 +211,8 @@ def triage_series(
                     saliency = explain_job(model, job, inputs, slices, out, explain_method, features=features)
                 yield job, score, slices, error, saliency
 
-    return record_run(series, problems, out, specs, produce, progress=progress, checkpoint_every=checkpoint_every)
+    return record_run(series, problems, out, specs, produce, progress=progress, checkpoint_every=checkpoint_every,
+                      skipped=skipped)
 
 
 def prepare_run(out_dir: str | Path, weights_dir: str | Path, explain: str) -> tuple[Path, list[ModelSpec]]:
@@ -224,15 +239,17 @@ def record_run(
     progress: bool,
     checkpoint_every: int,
     desc: str = "triage",
+    skipped: Sequence[Skipped] = (),
 ) -> TriageSummary:
     """The writer every backend shares: lock ``out``, plan the jobs left (``plan``), journal each
     job ``produce(pending)`` finishes, rewrite the worklist atomically every ``checkpoint_every``
     jobs (or every tenth of the rows so far, if more: each rewrite renders every row, and a fixed
     interval would make a 10,000-series run spend seconds per minute rewriting) and at the end,
-    and count the rows."""
+    and count the rows. files.csv (``manifest``) is rewritten with the worklist: every file of
+    ``series``, ``problems`` and ``skipped``, with what became of it."""
     with run_lock(out), Journal(out / JOURNAL_NAME) as journal:
         remove_stale_temporaries(out)
-        rows = Rows(journal, out)
+        rows = Rows(journal, out, Inputs(series, problems, skipped))
         pending = plan(series, problems, specs, rows)
         rows.checkpoint()
         bar = tqdm(total=sum(len(jobs) for _, jobs in pending), desc=desc, unit="series", file=sys.stderr,
@@ -249,12 +266,22 @@ def record_run(
     return summarise(rows.records.values(), len(series), rows.resumed, csv_path, json_path)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What discovery found: the series, the files it could not use and the files it skipped."""
+
+    series: Sequence[Series] = ()
+    problems: Sequence[IngestProblem] = ()
+    skipped: Sequence[Skipped] = ()
+
+
 class Rows:
     """The worklist being built: records by journal key, journaled as they are decided."""
 
-    def __init__(self, journal: Journal, out_dir: Path) -> None:
+    def __init__(self, journal: Journal, out_dir: Path, inputs: Inputs = Inputs()) -> None:
         self.journal = journal
         self.out_dir = out_dir
+        self.inputs = inputs
         self.records: dict[Key, Record] = {}
         self.resumed = 0
         self.since_checkpoint = 0
@@ -295,10 +322,14 @@ class Rows:
         self.since_checkpoint += 1
 
     def checkpoint(self) -> tuple[Path, Path]:
-        """Atomically rewrite the worklist with the rows decided so far (journal synced first)."""
+        """Atomically rewrite the worklist with the rows decided so far (journal synced first), and
+        files.csv with every input file's status."""
         self.journal.sync()
         self.since_checkpoint = 0
-        return write_worklist(self.out_dir, self.records.values())
+        paths = write_worklist(self.out_dir, self.records.values())
+        inputs = self.inputs
+        write_manifest(self.out_dir, file_entries(inputs.series, inputs.problems, inputs.skipped, self.records.values()))
+        return paths
 
 
 def plan(

@@ -24,6 +24,8 @@ Conventions (the contract the review app and any downstream reader rely on):
   numbers, never changed.
 * ``quarantine.csv`` (columns ``path, reason``) lists every file or series behind an error row, with
   the file named in the error where there is one; it is rewritten (atomically) with the worklist.
+* ``files.csv`` (columns ``path, status, series_uid, reason``) lists every input file once with what
+  became of it (``medassist.triage.manifest``); the run rewrites it with every worklist checkpoint.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ NOT_APPLICABLE = "not applicable"
 CSV_NAME = "worklist.csv"
 JSON_NAME = "worklist.json"
 QUARANTINE_NAME = "quarantine.csv"
+FILES_NAME = "files.csv"  # what became of each input file: medassist.triage.manifest
 QUARANTINE_COLUMNS = ("path", "reason")
 
 Record = dict  # one row as WorklistRow.as_record() returns it
@@ -181,7 +184,7 @@ def fsync_dir(directory: Path) -> None:
 
 def remove_stale_temporaries(out_dir: Path) -> None:
     """Delete temporary files a killed run left behind (call while holding the run lock)."""
-    for name in (CSV_NAME, JSON_NAME, QUARANTINE_NAME):
+    for name in (CSV_NAME, JSON_NAME, QUARANTINE_NAME, FILES_NAME):
         for tmp in Path(out_dir).glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 

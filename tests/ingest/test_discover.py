@@ -331,3 +331,18 @@ def test_a_header_that_takes_too_long_to_read_is_refused_and_the_walk_goes_on(tm
     assert time.monotonic() - started < 10
     assert [(p.path, p.reason) for p in problems] == [(str(path), "reading the header took longer than 0.5 s")]
     assert [s.paths for s in series] == [(str(good),)]
+
+
+def test_every_walked_file_is_in_exactly_one_of_series_problems_and_skipped(dicom_data):
+    from medassist.ingest import discover_files
+
+    found = discover_files([dicom_data])
+
+    placed = ([p for s in found.series for p in s.paths] + [p.path for p in found.problems]
+              + [s.path for s in found.skipped])
+    assert sorted(placed) == sorted(str(p) for p in _files(dicom_data) if not p.name.startswith("."))
+    kinds = {s.path.rsplit("/", 1)[-1]: s.kind for s in found.skipped}
+    assert kinds["rtplan_truncated.dcm"] == "non-image" and kinds["README.txt"] == "not-dicom"
+    assert kinds["DICOMDIR"] == "dicomdir"
+    duplicates = [p for p in found.problems if p.kind == "duplicate"]
+    assert duplicates and all(p.series_uid for p in duplicates)

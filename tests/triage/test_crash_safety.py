@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from medassist.triage.journal import JOURNAL_NAME
+from medassist.triage.manifest import read_manifest
 from medassist.triage.testing import synthetic_radiograph, write_dicom_image
+from medassist.triage.worklist import FILES_NAME
 
 SEED = 8
 N_SERIES = 30
@@ -80,6 +82,7 @@ def test_sigkilled_and_resumed_triage_gives_the_uninterrupted_worklist(tmp_path,
     total_lines = journal_lines(reference)
     assert len(expected) == N_SERIES + 2 + 3
 
+    input_files = sorted(str(p) for p in inputs.rglob("*") if p.is_file())
     rng = random.Random(SEED)
     out = tmp_path / "killed"
     targets = sorted(rng.sample(range(1, total_lines), N_KILLS))
@@ -90,6 +93,8 @@ def test_sigkilled_and_resumed_triage_gives_the_uninterrupted_worklist(tmp_path,
             rows = worklist(out)
             keys = [(r["series_uid"], r["model"], r["source_path"]) for r in rows]
             assert len(keys) == len(set(keys))
+        if (out / FILES_NAME).exists():  # nor a files.csv missing a file
+            assert sorted(e["path"] for e in read_manifest(out / FILES_NAME)) == input_files
     done = subprocess.run(triage_command(inputs, out, model_dir), capture_output=True, text=True, timeout=600)
 
     assert done.returncode == 0, done.stderr[-2000:]
@@ -97,4 +102,5 @@ def test_sigkilled_and_resumed_triage_gives_the_uninterrupted_worklist(tmp_path,
     assert worklist(out) == expected
     assert (out / "quarantine.csv").read_text() == (reference / "quarantine.csv").read_text()
     assert (out / "worklist.csv").read_text() == (reference / "worklist.csv").read_text()
+    assert (out / FILES_NAME).read_text() == (reference / FILES_NAME).read_text(), "resumed to the complete list"
     print(f"\nSIGKILL at journal lines {targets} of {total_lines}: {kills} runs killed, resumed to the same worklist")

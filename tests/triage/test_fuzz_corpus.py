@@ -1,7 +1,8 @@
-"""`medassist triage` over 224 broken files, good files and the malformed shared files: the run
-finishes, every good file is scored, every broken file is one row (an error naming it with a
-specific reason, or a scored row if the mutation left it decodable), quarantine.csv lists the
-errors, and memory stays bounded."""
+"""`medassist triage` over 1,024 broken files (16 mutations of 8 sources, 8 each), good files and the
+malformed shared files: the run finishes, every good file is scored, every broken file is one row (an
+error naming it with a specific reason, or a scored or not-applicable row if the mutation left it a
+readable image) and one line of files.csv with the same outcome, quarantine.csv lists the errors, no
+traceback reaches a row or the output, and memory and time stay bounded."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from medassist.ingest.fuzz import STRUCTURAL_MUTATIONS, default_sources, reason_category, write_fuzz_corpus
+from medassist.triage.manifest import read_manifest
 from medassist.triage.testing import synthetic_radiograph, write_dicom_image, write_throwaway_model
 from medassist.triage.worklist import row_kind
 
@@ -65,7 +68,9 @@ def broad_model_dir(tmp_path_factory) -> Path:
 def test_triage_survives_the_fuzz_corpus(tmp_path, broad_model_dir, capsys):
     if not SHARED_DICOM.is_dir():
         pytest.skip(f"shared DICOM data not found at {SHARED_DICOM}")
-    corpus = write_fuzz_corpus(default_sources(ROOT / "samples/export", SHARED_DICOM), tmp_path / "corpus")
+    corpus = write_fuzz_corpus(default_sources(ROOT / "samples/export", SHARED_DICOM), tmp_path / "corpus",
+                               per_mutation=8)
+    assert len(corpus) >= 1000
     good = [write_dicom_image(tmp_path / "good" / f"G{i}.dcm", synthetic_radiograph(96, 80, i), index=i)
             for i in range(4)]
     malformed = [SHARED_DICOM / rel for rel in SHARED_MALFORMED]
@@ -74,9 +79,12 @@ def test_triage_survives_the_fuzz_corpus(tmp_path, broad_model_dir, capsys):
     command = [sys.executable, "-c", _DRIVER, "triage", str(tmp_path / "corpus"), str(tmp_path / "good"),
                *map(str, malformed), "--out", str(out), "--models-dir", str(broad_model_dir), "--device", "cpu",
                "--workers", "1", "--batch-size", "8", "--explain", "none", "--quiet", "--series-timeout", "60"]
+    started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    seconds = time.monotonic() - started
 
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
     usage = json.loads(done.stderr.rsplit("USAGE ", 1)[1].splitlines()[0])
     main, workers = usage["RUSAGE_SELF"], usage["RUSAGE_CHILDREN"]
     rows = json.loads((out / "worklist.json").read_text())
@@ -85,6 +93,9 @@ def test_triage_survives_the_fuzz_corpus(tmp_path, broad_model_dir, capsys):
     by_path = collections.defaultdict(list)
     for row in rows:
         by_path[row["source_path"]].append(row)
+    files = read_manifest(out / "files.csv")
+    manifest = {entry["path"]: entry for entry in files}
+    assert len(manifest) == len(files), "each file once in files.csv"
 
     for path in good:
         (row,) = by_path[str(path)]
@@ -93,8 +104,10 @@ def test_triage_survives_the_fuzz_corpus(tmp_path, broad_model_dir, capsys):
     decodable: collections.Counter[str] = collections.Counter()
     for path, mutation in [(b.path, b.mutation) for b in corpus] + [(p, "shared malformed") for p in malformed]:
         (row,) = by_path[str(path)]  # exactly one row per file: nothing lost, nothing doubled
+        entry = manifest[str(path)]
         if row_kind(row) == "scored" or (row_kind(row) == "not_applicable" and mutation not in STRUCTURAL_MUTATIONS):
             decodable[mutation] += 1  # not applicable: a value mutation changed the modality, say
+            assert entry["status"] == {"scored": "used"}.get(row_kind(row), "not applicable"), (entry, row)
             continue
         assert row_kind(row) == "error", row
         reason = row["error"].removeprefix(f"{path}: ")
@@ -102,13 +115,16 @@ def test_triage_survives_the_fuzz_corpus(tmp_path, broad_model_dir, capsys):
         assert category is not None, (path, row["error"])
         categories[category] += 1
         assert (str(path), reason) in quarantine
+        assert entry["status"] in ("error", "unsupported") and entry["reason"] == reason, (entry, row)
     assert len(rows) == len(good) + len(corpus) + len(malformed)
+    assert set(manifest) == {str(p) for p in (*good, *malformed, *(b.path for b in corpus))}
+    assert seconds < 300, f"triage of {len(corpus)} broken files took {seconds:.0f} s"
     assert decodable["shared malformed"] == 0
     assert all(decodable[m] == 0 for m in ("truncate", "lie_rows_columns", "huge_length"))
     assert len(quarantine) == sum(categories.values())
     assert main["maxrss_kb"] * 1024 < MAX_RSS_BYTES and workers["maxrss_kb"] * 1024 < MAX_RSS_BYTES
     with capsys.disabled():
-        print(f"\ntriage over {len(corpus)} fuzzed + {len(malformed)} malformed + {len(good)} good files: "
+        print(f"\n{seconds:.0f} s: triage over {len(corpus)} fuzzed + {len(malformed)} malformed + {len(good)} good files: "
               f"{sum(categories.values())} error rows, {sum(decodable.values())} scored broken files "
               f"{dict(decodable)}; max RSS {main['maxrss_kb'] // 1024} MiB (worker {workers['maxrss_kb'] // 1024} "
               f"MiB), CPU {main['cpu_s']} s + {workers['cpu_s']} s\nreasons: {dict(categories.most_common())}")
