@@ -20,6 +20,7 @@ import os
 import re
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,11 @@ NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN",
 # the decoder's output and our float32 copy (``decoded_bytes``), e.g. 512 x 512 x 2048 slices.
 # Headers declaring more are refused before anything is allocated.
 MAX_DECODED_BYTES = 2 * 1024**3
+
+# pydicom inflates a deflated data set whole, before anything else (header-only reads too): one that
+# inflates past the decoded-size limit, plus room for its header, is refused first (``inflated_size_problem``).
+MAX_INFLATED_BYTES = MAX_DECODED_BYTES + 64 * 1024**2
+_INFLATE_CHUNK = 1024**2
 
 _PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 _FLOAT_PIXEL_TAGS = {(0x7FE0, 0x0008), (0x7FE0, 0x0009)}
@@ -226,6 +232,9 @@ def _read_and_classify(path: str, explicit: bool) -> HeaderResult:
     if kind == "no" and not named_dicom:
         return Skipped(path, "not-dicom", "not a DICOM file")
 
+    inflated = inflated_size_problem(path)
+    if inflated:
+        return IngestProblem(path, inflated)
     try:
         ds, pixel = _read_header(path, force=kind != "preamble")
     except Exception as exc:  # pydicom raises many types on broken input
@@ -240,6 +249,52 @@ def _read_and_classify(path: str, explicit: bool) -> HeaderResult:
         return IngestProblem(path, "no DICOM file meta and not parseable")
     assert ds is not None
     return _classify(path, ds, pixel, os.path.getsize(path))
+
+
+def inflated_size_problem(path: str) -> str | None:
+    """For a file of the deflated transfer syntax: why its data set inflates past
+    ``MAX_INFLATED_BYTES``, or None (also for other syntaxes, and for a stream that does not inflate:
+    the parser reports that). Inflates in chunks and keeps nothing."""
+    with BoundedFile(path) as fp:
+        meta_end = _meta_end_if_deflated(fp.read(64 * 1024))
+        if meta_end is None:
+            return None
+        fp.seek(meta_end)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        try:
+            while not inflater.eof:
+                chunk = inflater.unconsumed_tail or fp.read(_INFLATE_CHUNK)
+                if not chunk:
+                    break
+                total += len(inflater.decompress(chunk, _INFLATE_CHUNK))
+                if total > MAX_INFLATED_BYTES:
+                    return (f"deflated data set inflates to more than {MAX_INFLATED_BYTES} bytes (from "
+                            f"{fp.size - meta_end}): over the decoded size limit")
+        except zlib.error:
+            return None
+    return None
+
+
+def _meta_end_if_deflated(head: bytes) -> int | None:
+    """Where the data set starts, if the file meta at the start of ``head`` (group 0002, explicit VR
+    little endian, read element by element as pydicom does) names the deflated syntax; else None."""
+    offset = 132 if head[128:132] == b"DICM" else 0
+    deflated = False
+    while offset + 8 <= len(head):
+        group, element = struct.unpack("<HH", head[offset : offset + 4])
+        if group != 0x0002:
+            break
+        if head[offset + 4 : offset + 6] in _VR_WITH_32BIT_LENGTH:
+            (length,) = struct.unpack("<I", head[offset + 8 : offset + 12])
+            value = offset + 12
+        else:
+            (length,) = struct.unpack("<H", head[offset + 6 : offset + 8])
+            value = offset + 8
+        if element == 0x0010:
+            deflated = head[value : value + length].rstrip(b"\0 ") == DEFLATED_SYNTAX.encode()
+        offset = value + length
+    return offset if deflated else None
 
 
 def _read_header(path: str, *, force: bool) -> tuple[Dataset, PixelElement | None]:

@@ -811,6 +811,7 @@ REASON_PATTERNS = {
     "palette without LUT": r"PALETTE COLOR image without a usable palette: \S",
     "header read timed out": r"reading the header took longer than [\d.]+ s",
     "file meta truncated": r"file meta truncated: its group length \d+ runs past the end of the file",
+    "deflated data set too large": r"deflated data set inflates to more than \d+ bytes",
     "missing image attribute": r"missing image attribute\(s\): ",
     "NIfTI unreadable": r"(unreadable NIfTI|NIfTI voxels unreadable): \S",
     "NIfTI truncated": r"NIfTI voxel data truncated: the header declares \d+ bytes",

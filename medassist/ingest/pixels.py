@@ -32,6 +32,7 @@ from medassist.ingest.dicom import (
     BoundedFile,
     FrameRef,
     first_line,
+    inflated_size_problem,
     layout_problem,
     native_length_problem,
     overlong_element,
@@ -145,6 +146,9 @@ def _decode_with_fallback(path: str, alternates: tuple[str, ...]) -> DecodedFile
 
 def decode_file(path: str) -> DecodedFile:
     """Read, check, decode and rescale one DICOM file (all its frames)."""
+    inflated = inflated_size_problem(path)
+    if inflated:
+        raise MedassistError(f"{path}: {inflated}")
     with quiet_pydicom():
         try:
             with BoundedFile(path) as fp:

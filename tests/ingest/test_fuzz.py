@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from medassist.datamodel import IngestProblem
 from medassist.errors import MedassistError
 from medassist.ingest import dicom as dicom_module
 from medassist.ingest import discover_series, read_series_file
+from medassist.ingest.dicom import DEFLATED_SYNTAX as DEFLATED
 from medassist.ingest.dicom import read_dicom_header
 from medassist.ingest.fuzz import (
     HUGE_LENGTH,
@@ -29,6 +31,7 @@ from medassist.ingest.fuzz import (
     default_sources,
     read_base,
     reason_category,
+    replace_elements,
     write_fuzz_corpus,
 )
 from medassist.ingest.pixels import decode_file
@@ -41,6 +44,17 @@ ADDRESS_SPACE_LIMIT = 1536 * 1024**2
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, dicom_data):
     return write_fuzz_corpus(default_sources(SAMPLES, dicom_data), tmp_path_factory.mktemp("fuzz"), per_mutation=4)
+
+
+def test_the_full_corpus_is_over_1000_files_and_the_same_bytes_every_time(dicom_data, tmp_path):
+    first = write_fuzz_corpus(default_sources(SAMPLES, dicom_data), tmp_path / "first", per_mutation=8)
+    second = write_fuzz_corpus(default_sources(SAMPLES, dicom_data), tmp_path / "second", per_mutation=8)
+
+    assert len(first) == 8 * len(MUTATIONS) * 8 >= 1000 and len(MUTATIONS) == 16
+    assert [(b.path.name, b.detail) for b in first] == [(b.path.name, b.detail) for b in second]
+    assert all(a.path.read_bytes() == b.path.read_bytes() for a, b in zip(first, second))
+    # alike only where a file is cut inside the (all-zero) preamble or the magic, whatever its source
+    assert len({b.path.read_bytes() for b in first}) > 0.99 * len(first)
 
 
 def test_corpus_is_seeded_and_covers_every_mutation(corpus, dicom_data, tmp_path):
@@ -258,3 +272,70 @@ def test_an_8_bit_jpeg_with_fewer_bits_stored_decodes_without_aborting_the_proce
 
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "(1, 100, 100)"
+
+
+def _deflate_bomb(path: Path, write_dicom, inflated: int) -> Path:
+    """A deflated-syntax file whose data set inflates to ``inflated`` bytes: a tiny image's header,
+    then a pixel data element of that size, all zeros (64 MiB blocks, each flushed so it repeats)."""
+    write_dicom(path, np.zeros((4, 4)))
+    base = read_base(FuzzSource(path))
+    meta = replace_elements(base.data[: base.meta_end], base, {"TransferSyntaxUID": DEFLATED.encode()})
+    header = base.data[base.meta_end : base.pixel_offset]
+    length = inflated - len(header) - 12
+    pixel = struct.pack("<HH", 0x7FE0, 0x0010) + b"OW\0\0" + struct.pack("<I", length)
+    blocks, rest = divmod(length, 64 * 2**20)
+
+    def deflate(data: bytes, final: bool) -> bytes:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if final else zlib.Z_FULL_FLUSH)
+
+    path.write_bytes(meta + deflate(header + pixel, False) + deflate(bytes(64 * 2**20), False) * blocks
+                     + deflate(bytes(rest), True))
+    return path
+
+
+_INGEST_DEFLATED = """
+import json, sys
+from medassist.ingest import dicom
+dicom.MAX_INFLATED_BYTES = int(sys.argv[2])
+from medassist.ingest import discover_series
+from medassist.ingest.pixels import decode_file
+problems = [p.reason for p in discover_series([sys.argv[1]])[1]]
+try:
+    decode_file(sys.argv[1])
+    direct = "decoded"
+except Exception as error:
+    direct = str(error)
+peak = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print(json.dumps({"problems": problems, "direct": direct, "peak_kb": peak}))
+"""
+
+
+def test_a_deflate_bomb_is_refused_before_pydicom_inflates_it(tmp_path, write_dicom):
+    # pydicom inflates a deflated data set whole, even for a header-only read: 600 MB from this 600 kB
+    # file, twice. The limit is lowered to 100 MiB here to keep the test quick (2 GiB + 64 MiB in a run).
+    path = _deflate_bomb(tmp_path / "bomb.dcm", write_dicom, 600 * 10**6)
+    limit = 100 * 2**20
+
+    done = subprocess.run([sys.executable, "-c", _INGEST_DEFLATED, str(path), str(limit)], capture_output=True,
+                          text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert len(report["problems"]) == 1 and report["problems"][0].startswith("deflated data set inflates to more "
+                                                                             f"than {limit} bytes (from ")
+    assert report["direct"] == f"{path}: {report['problems'][0]}"
+    assert reason_category(report["problems"][0]) == "deflated data set too large"
+    assert report["peak_kb"] < 300 * 1024, "nothing inflated was kept"
+
+
+def test_a_deflated_file_under_the_limit_still_reads(tmp_path, write_dicom):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    image = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    path = write_dicom(tmp_path / "small.dcm", image, transfer_syntax=DeflatedExplicitVRLittleEndian)
+
+    (series,), problems = discover_series([path])
+
+    assert problems == []
+    np.testing.assert_array_equal(series.load().pixels[0], image)
