@@ -17,7 +17,6 @@ apart from the tensors. A series whose decoding takes longer than the series tim
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
