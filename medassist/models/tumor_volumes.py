@@ -17,6 +17,8 @@ same index space (stored slice indices when the plane is the stored slice axis, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import tempfile
 import time
@@ -237,6 +239,14 @@ def lgg_volume(slices: tuple[tumor_data.LggSlice, ...], kind: str, folder: Path,
                                                    slice_spacing_mm=spacing_mm))
 
 
+def lgg_mask(slices: tuple[tumor_data.LggSlice, ...], image, folder: Path, spacing_mm: float):
+    """A patient's mask on its image's grid. An all-empty mask is built from the image's geometry:
+    ingest refuses a constant volume as an image to score, and a mask is not one."""
+    if not any(s.tumour for s in slices):
+        return dataclasses.replace(image, pixels=np.zeros_like(image.pixels), display=np.zeros_like(image.display))
+    return lgg_volume(slices, "mask", folder, spacing_mm)
+
+
 def validate_lgg(model, patients: Mapping[str, tuple[tumor_data.LggSlice, ...]],
                  slice_spacing_mm: float | None = None) -> SourceReport:
     """Each LGG patient's slices as one skull-on stack (``lgg_volume``; spacing
@@ -249,7 +259,7 @@ def validate_lgg(model, patients: Mapping[str, tuple[tumor_data.LggSlice, ...]],
             spacing = tumor_data.lgg_spacing_mm(len(slices), slice_spacing_mm)
             try:
                 image = lgg_volume(slices, "image", Path(tmp), spacing)
-                mask = lgg_volume(slices, "mask", Path(tmp), spacing)
+                mask = lgg_mask(slices, image, Path(tmp), spacing)
             except MedassistError as exc:
                 volumes.append(failed("lgg", "stack", patient, model[1].threshold, str(exc), masked=True))
                 continue
