@@ -10,7 +10,7 @@ One Ray Data dataset per run, in three stages plus the driver:
    (``input_kind="volume"``) is decoded and cut into slice inputs by its ``VolumeDataset`` and
    scored by the model stage;
 3. model stage, a pool of actors (``ModelStage``; one GPU each when the cluster has GPUs): each
-   model is loaded once per actor, batches are scored with ``score_inputs_with_features`` (radiographs)
+   model is loaded once per actor, batches are scored with ``run.score_batch`` (radiographs)
    or ``score_decoded_volume`` (volumes), and the saliency maps the ``explain`` policy asks for are
    written with ``explain_job``;
 4. writer stage, on the driver: each result is journaled (fsynced) as it arrives and the worklist
@@ -70,8 +70,8 @@ from medassist.triage.run import (
     explain_job,
     prepare_run,
     record_run,
+    score_batch,
     score_decoded_volume,
-    score_inputs_with_features,
     wants_saliency,
 )
 
@@ -444,17 +444,5 @@ def score_prepared(
     batch = collate_prepared(prepared)
     for index, message in batch.errors:
         yield jobs[index], None, (), message, None, None
-    if batch.inputs is None:
-        return
-    scores, features = score_inputs_with_features(model, batch.inputs, batch_size)
-    offset = 0
-    for index, count, slices in batch.owners:
-        score, report = kind.aggregate(scores[offset : offset + count], slices)
-        job_inputs, job_features = batch.inputs[offset : offset + count], features[offset : offset + count]
-        offset += count
-        score = round(float(score), 6)
-        if math.isfinite(score) and 0.0 <= score <= 1.0:
-            yield jobs[index], score, report, "", job_inputs, job_features
-        else:
-            message = f"{jobs[index].series.source_path}: model {model.spec.name} gave no valid score"
-            yield jobs[index], None, (), message, None, None
+    if batch.inputs is not None:
+        yield from score_batch(model, kind, jobs, batch, batch_size)  # the local path's scoring and retry
