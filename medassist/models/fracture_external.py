@@ -22,8 +22,8 @@ from medassist.ingest.images import load_jpeg_grayscale
 from medassist.models.spec import PreprocessSpec
 from medassist.preprocess.transforms import prepare_2d
 
+# class 4 ("humerus") is an anatomy box, not a fracture: it is not a fracture region
 FRACTURE_REGIONS = {0: "elbow", 1: "fingers", 2: "forearm", 3: "humerus", 5: "shoulder", 6: "wrist"}
-ANATOMY_ONLY = 4  # "humerus": an anatomy box, not a fracture
 
 
 @dataclass(frozen=True)

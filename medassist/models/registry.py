@@ -37,12 +37,7 @@ def spec_by_name(name: str, weights_dir: Path = WEIGHTS_DIR) -> ModelSpec:
 
 def applies_to(spec: ModelSpec, series: Series) -> bool:
     """Whether a model's scope (modality, body part) covers this series."""
-    if series.modality.upper() not in spec.modalities:
-        return False
-    body = series.body_part.upper()
-    if body and body in spec.excluded_body_parts:
-        return False
-    return not spec.body_parts or body in spec.body_parts
+    return scope_miss(spec, series) is None
 
 
 def models_for(series: Series, specs: list[ModelSpec]) -> list[ModelSpec]:
