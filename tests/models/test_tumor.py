@@ -12,9 +12,9 @@ import torch
 
 from medassist.datamodel import Geometry, Image
 from medassist.models import tumor
-from medassist.models.networks import LocalisingResNet
 from medassist.models.spec import ModelSpec, PreprocessSpec
 from medassist.models.train import load_config
+from tumour_model_helpers import tiny_tumour_model
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("MEDASSIST_DATA", "/work/shared/data")) / "brain_tumor"
@@ -156,17 +156,8 @@ def test_shortcut_probe_flags_a_planted_source_cue():
     assert out["probe_auroc"] > 0.95
 
 
-def _tiny_model(input_size=32) -> tuple[LocalisingResNet, ModelSpec]:
-    torch.manual_seed(0)
-    args = {"layers": [1, 1, 1, 1], "widen_factor": 0.125, "num_outputs": 4}
-    net = LocalisingResNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}).eval()
-    spec = ModelSpec(
-        name="tumor_test", version="0", finding="brain_tumor", labels=("no_tumor", "tumor"), threshold=0.5,
-        weights="x.pt", sha256="", network="localising_resnet", network_args=args,
-        preprocess=PreprocessSpec(input_size=input_size), modalities=("MR",), score_head="cell_max",
-        validation={"inference": {"null_logit": {"mean": -3.0, "std": 1.5}}},
-    )
-    return net, spec
+def _tiny_model(input_size=32):
+    return tiny_tumour_model(input_size, validation={"inference": {"null_logit": {"mean": -3.0, "std": 1.5}}})
 
 
 def _head_image(n=20, size=48, spacing=(5.0, 1.0, 1.0)) -> Image:

@@ -15,23 +15,14 @@ import torch
 from medassist.datamodel import Geometry, Image
 from medassist.models import tumor, tumor_data
 from medassist.models import tumor_volumes as tv
-from medassist.models.networks import LocalisingResNet
 from medassist.models.registry import WEIGHTS_DIR
-from medassist.models.spec import ModelSpec, PreprocessSpec
+from tumour_model_helpers import tiny_tumour_model
 
 DATA = Path(os.environ.get("MEDASSIST_DATA", "/work/shared/data"))
 
 
-def _tiny_model() -> tuple[LocalisingResNet, ModelSpec]:
-    torch.manual_seed(0)
-    args = {"layers": [1, 1, 1, 1], "widen_factor": 0.125, "num_outputs": 4}
-    net = LocalisingResNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}).eval()
-    spec = ModelSpec(
-        name="tumor_test", version="0", finding="brain_tumor", labels=("no_tumor", "tumor"), threshold=0.5,
-        weights="x.pt", sha256="", network="localising_resnet", network_args=args,
-        preprocess=PreprocessSpec(input_size=32), modalities=("MR",), score_head="cell_max",
-    )
-    return net, spec
+def _tiny_model():
+    return tiny_tumour_model()
 
 
 @pytest.fixture
