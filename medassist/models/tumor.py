@@ -34,6 +34,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,6 +201,19 @@ def box_mask(box: tuple[float, float, float, float], source_shape: tuple[int, in
     rx = max(1.0, w * cols * sx / 2)
     yy, xx = np.mgrid[0 : lb.input_size, 0 : lb.input_size]
     return ((((yy + 0.5 - cy) / ry) ** 2 + ((xx + 0.5 - cx) / rx) ** 2) <= 1.0).astype(np.uint8)
+
+
+def frame_mask(mask: np.ndarray, frame: SliceFrame) -> np.ndarray:
+    """A mask on the source slice (any non-zero = inside) carried into the network-input frame:
+    the head crop, then the letterbox's resize (nearest neighbour) and pad."""
+    r0, r1, c0, c1 = frame.crop
+    lb = frame.letterbox
+    crop = torch.from_numpy(np.ascontiguousarray(np.asarray(mask)[r0:r1, c0:c1] > 0, dtype=np.float32))
+    resized = F.interpolate(crop[None, None], size=lb.resized_shape, mode="nearest")[0, 0].numpy()
+    out = np.zeros((lb.input_size, lb.input_size), np.uint8)
+    top, left = lb.pad_before
+    out[top : top + resized.shape[0], left : left + resized.shape[1]] = resized > 0.5
+    return out
 
 
 def build_cache(records: list[TumorRecord], pre: PreprocessSpec, cache_path: Path) -> dict:
@@ -475,10 +489,14 @@ def predict_all(net: nn.Module, images_u8: np.ndarray, batch_size: int = 32) -> 
 
 @dataclass
 class TrainingData:
-    """The cached slices plus the mirror negatives, with split indices into the combined arrays.
+    """Every training and validation slice as a network input, with split indices.
 
     ``kinds``: 0 = an original slice, 1 = a mirror negative (tumour erased); ``source`` = the
-    original slice a row came from; ``numbers``/``folders`` of mirror rows are their source's.
+    original row a row came from. ``origins``: "figshare" (tumour slices), "br35h" (no-tumour
+    slices), "lgg", "ixi" (``tumor_sources``); a mirror row keeps its source's origin, numbers,
+    folders and groups. ``numbers``/``folders``: figshare file number and class folder, LGG slice
+    number and patient, IXI axial index and subject/variant (runs of consecutive numbers in one
+    folder are one patient's adjacent slices). ``groups``: the patient (figshare: the block).
     """
 
     images: np.ndarray
@@ -489,53 +507,94 @@ class TrainingData:
     source: np.ndarray
     numbers: np.ndarray
     folders: np.ndarray
+    origins: np.ndarray
+    groups: np.ndarray
     train_idx: np.ndarray
     val_idx: np.ndarray
 
+    def strata(self) -> np.ndarray:
+        """The sampling stratum of each row: "mirror_negative", else "<origin>_tumour" or "<origin>_negative"."""
+        own = np.char.add(self.origins.astype(str), np.where(self.labels == 1, "_tumour", "_negative"))
+        return np.where(self.kinds == 1, "mirror_negative", own)
+
 
 def training_data(cache: dict, records: list[TumorRecord], train_idx: np.ndarray, val_idx: np.ndarray,
-                  use_mirror: bool = True) -> TrainingData:
-    """Combine the cache with mirror negatives made from the train (resp. validation) tumour slices."""
-    images, masks, labels, types = cache["images"], cache["masks"], cache["labels"], cache["types"]
-    n0 = len(images)
-    folders = np.array([r.folder for r in records])
-    parts_img, parts_src = [images], [np.arange(n0)]
+                  use_mirror: bool = True, extra: Sequence = (), block_size: int = 100) -> TrainingData:
+    """The figshare cache, plus the ``extra`` sources (``tumor_sources.SourceSlices``, split by
+    patient), plus mirror negatives made from the train (resp. validation) tumour slices of all."""
+    n0 = len(cache["images"])
+    folders0 = np.array([r.folder for r in records])
+    parts = {
+        "images": [cache["images"]] + [e.images for e in extra],
+        "masks": [cache["masks"]] + [e.masks for e in extra],
+        "labels": [cache["labels"]] + [e.labels for e in extra],
+        "types": [cache["types"]] + [np.full(len(e), -1, np.int64) for e in extra],
+        "numbers": [cache["numbers"]] + [e.positions for e in extra],
+        "folders": [folders0] + [np.char.add(np.char.add(e.groups.astype(str), "/"), e.variants.astype(str))
+                                 for e in extra],
+        "origins": [np.where(folders0 == "no_tumor", "br35h", "figshare")] + [np.full(len(e), e.origin) for e in extra],
+        "groups": [np.char.add("figshare:", (cache["numbers"] // block_size).astype(str))] + [e.groups for e in extra],
+    }
+    base = {k: np.concatenate([np.asarray(v).astype(str) if k in ("folders", "origins", "groups") else v
+                               for v in vals]) for k, vals in parts.items()}
+    offsets = np.cumsum([n0] + [len(e) for e in extra])
+    train, val = [np.asarray(train_idx)], [np.asarray(val_idx)]
+    for e, offset in zip(extra, offsets[:-1]):
+        train.append(offset + np.flatnonzero(e.splits == "train"))
+        val.append(offset + np.flatnonzero(e.splits == "val"))
+    train_idx, val_idx = np.concatenate(train), np.concatenate(val)
+    n_base, labels = len(base["labels"]), base["labels"]
+    images, source = [base["images"]], [np.arange(n_base)]
     new_train, new_val = np.zeros(0, np.int64), np.zeros(0, np.int64)
     if use_mirror:
-        neg_tr, src_tr = mirror_negatives(images, masks, train_idx[labels[train_idx] == 1])
-        neg_va, src_va = mirror_negatives(images, masks, val_idx[labels[val_idx] == 1])
-        parts_img += [neg_tr, neg_va]
-        parts_src += [src_tr, src_va]
-        new_train = n0 + np.arange(len(src_tr))
-        new_val = n0 + len(src_tr) + np.arange(len(src_va))
-    source = np.concatenate(parts_src)
-    n_new = len(source) - n0
-    kinds = np.concatenate([np.zeros(n0, np.int64), np.ones(n_new, np.int64)])
+        neg_tr, src_tr = mirror_negatives(base["images"], base["masks"], train_idx[labels[train_idx] == 1])
+        neg_va, src_va = mirror_negatives(base["images"], base["masks"], val_idx[labels[val_idx] == 1])
+        images += [neg_tr, neg_va]
+        source += [src_tr, src_va]
+        new_train = n_base + np.arange(len(src_tr))
+        new_val = n_base + len(src_tr) + np.arange(len(src_va))
+    source_all = np.concatenate(source)
+    n_new = len(source_all) - n_base
+    kinds = np.concatenate([np.zeros(n_base, np.int64), np.ones(n_new, np.int64)])
+    masks = base["masks"]
     return TrainingData(
-        images=np.concatenate(parts_img) if n_new else images,
+        images=np.concatenate(images) if n_new else base["images"],
         masks=np.concatenate([masks, np.zeros((n_new,) + masks.shape[1:], masks.dtype)]) if n_new else masks,
-        labels=np.where(kinds == 1, 0, labels[source]),
-        types=np.where(kinds == 1, -1, types[source]),
-        kinds=kinds, source=source, numbers=cache["numbers"][source], folders=folders[source],
+        labels=np.where(kinds == 1, 0, labels[source_all]),
+        types=np.where(kinds == 1, -1, base["types"][source_all]),
+        kinds=kinds, source=source_all, numbers=base["numbers"][source_all], folders=base["folders"][source_all],
+        origins=base["origins"][source_all], groups=base["groups"][source_all],
         train_idx=np.concatenate([train_idx, new_train]), val_idx=np.concatenate([val_idx, new_val]),
     )
+
+
+def stratified_sampler(strata: np.ndarray, fractions: Mapping[str, float], n: int, gen: torch.Generator
+                       ) -> torch.Tensor:
+    """Draw ``n`` row indices, each stratum with its share of ``fractions`` (uniform within it).
+    Strata without a share are never drawn; shares of strata with no rows are dropped and the
+    rest renormalised."""
+    weights = np.zeros(len(strata))
+    present = {k: v for k, v in fractions.items() if v > 0 and np.any(strata == k)}
+    if not present:
+        raise ValueError(f"no rows in any sampled stratum {sorted(fractions)}; strata: {sorted(set(strata))}")
+    total = sum(present.values())
+    for name, share in present.items():
+        rows = strata == name
+        weights[rows] = share / total / rows.sum()
+    return torch.multinomial(torch.as_tensor(weights), n, replacement=True, generator=gen)
 
 
 def epoch_sampler(labels: np.ndarray, kinds: np.ndarray, positive_fraction: float, mirror_fraction: float,
                   gen: torch.Generator) -> torch.Tensor:
     """Draw an epoch (len(labels) indices): tumour slices, mirror negatives and other negatives in
     the given shares (mirror share 0 or no mirrors: plain balanced sampling)."""
-    pos = labels == 1
-    mirror = (kinds == 1) & ~pos
-    other = ~pos & ~mirror
-    if not mirror.any() or mirror_fraction <= 0:
+    mirror = (kinds == 1) & (labels == 0)
+    if not mirror.any():
         mirror_fraction = 0.0
-    weights = np.zeros(len(labels))
-    weights[pos] = positive_fraction / pos.sum()
-    if mirror.any():
-        weights[mirror] = mirror_fraction / mirror.sum()
-    weights[other] = (1 - positive_fraction - mirror_fraction) / max(other.sum(), 1)
-    return torch.multinomial(torch.as_tensor(weights), len(labels), replacement=True, generator=gen)
+    strata = np.where(labels == 1, "tumour", np.where(mirror, "mirror", "other"))
+    fractions = {"tumour": positive_fraction, "mirror": mirror_fraction,
+                 "other": 1 - positive_fraction - mirror_fraction}
+    return stratified_sampler(strata, fractions, len(labels), gen)
 
 
 def train_tumor(config: dict, device: torch.device = torch.device("cpu")) -> ModelSpec:
@@ -553,17 +612,21 @@ def train_tumor(config: dict, device: torch.device = torch.device("cpu")) -> Mod
     records = read_records(resolve(config["data"]["root"]))
     cache = build_cache(records, pre, resolve(config["output"]["cache"]))
     train_idx, val_idx = split_indices(records, config["data"])
-    data = training_data(cache, records, train_idx, val_idx, use_mirror=cfg.get("mirror_fraction", 0) > 0)
+    fractions = cfg.get("source_fractions")
+    use_mirror = (fractions or {}).get("mirror_negative", cfg.get("mirror_fraction", 0)) > 0
+    data = training_data(cache, records, train_idx, val_idx, use_mirror=use_mirror,
+                         extra=extra_sources(config, pre), block_size=config["data"]["block_size"])
     labels, types, kinds = data.labels, data.types, data.kinds
-    log.info("train %d slices (%d tumour, %d mirror negatives), validation %d (%d tumour, %d mirror negatives)",
-             len(data.train_idx), labels[data.train_idx].sum(), kinds[data.train_idx].sum(),
-             len(data.val_idx), labels[data.val_idx].sum(), kinds[data.val_idx].sum())
+    strata = data.strata()
+    for name, idx in (("train", data.train_idx), ("validation", data.val_idx)):
+        counts = dict(zip(*np.unique(strata[idx], return_counts=True)))
+        log.info("%s: %d slices %s", name, len(idx), {str(k): int(v) for k, v in counts.items()})
 
     log.info("training on %s", device)
     net = build_network(config["network"]["name"], config["network"]["args"])
     net = net.to(device).to(memory_format=torch.channels_last)
     epochs, batch_size = cfg["epochs"], cfg["batch_size"]
-    steps_per_epoch = len(data.train_idx) // batch_size
+    steps_per_epoch = int(cfg.get("steps_per_epoch") or len(data.train_idx) // batch_size)
     if cfg.get("max_steps"):
         steps_per_epoch = min(steps_per_epoch, int(cfg["max_steps"]))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
@@ -600,8 +663,11 @@ def train_tumor(config: dict, device: torch.device = torch.device("cpu")) -> Mod
     tr = data.train_idx
     for epoch in range(start_epoch, epochs):
         gen.manual_seed(cfg["seed"] * 1000 + epoch)
-        order = tr[epoch_sampler(labels[tr], kinds[tr], cfg["positive_fraction"], cfg.get("mirror_fraction", 0.0),
-                                 gen).numpy()]
+        if fractions:
+            order = tr[stratified_sampler(strata[tr], fractions, steps_per_epoch * batch_size, gen).numpy()]
+        else:
+            order = tr[epoch_sampler(labels[tr], kinds[tr], cfg["positive_fraction"], cfg.get("mirror_fraction", 0.0),
+                                     gen).numpy()]
         net.train()
         t0, running = time.time(), 0.0
         for step in range(steps_per_epoch):
@@ -629,18 +695,58 @@ def train_tumor(config: dict, device: torch.device = torch.device("cpu")) -> Mod
         aurocs = {k: _auroc(labels[va], val[k]) for k in ("image", "cell_max")}
         in_domain = (kinds[va] == 1) | (labels[va] == 1)
         aurocs_in = {k: _auroc(labels[va][in_domain], val[k][in_domain]) for k in ("image", "cell_max")}
+        by_stratum = {k: m["auroc"] for k, m in source_metrics(labels[va], val["cell_max"], data.origins[va],
+                                                                strata[va], 0.5).items()}
         history.append({"epoch": epoch, "loss": running / steps_per_epoch, "val_auroc": aurocs,
-                        "val_auroc_tumour_vs_mirror": aurocs_in,
+                        "val_auroc_tumour_vs_mirror": aurocs_in, "val_auroc_cell_max_by_source": by_stratum,
                         "type_accuracy": _type_accuracy(val["types"], types[va]), "seconds": time.time() - t0})
-        log.info("epoch %d done: loss %.4f val AUROC %s, tumour vs mirror negatives %s (%.0f s)", epoch,
-                 running / steps_per_epoch, {k: round(v, 4) for k, v in aurocs.items()},
-                 {k: round(v, 4) for k, v in aurocs_in.items()}, time.time() - t0)
+        log.info("epoch %d done: loss %.4f val AUROC %s, tumour vs mirror negatives %s, cell_max by source %s "
+                 "(%.0f s)", epoch, running / steps_per_epoch, {k: round(v, 4) for k, v in aurocs.items()},
+                 {k: round(v, 4) for k, v in aurocs_in.items()}, {k: round(v, 3) for k, v in by_stratum.items()},
+                 time.time() - t0)
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "epoch": epoch}, ckpt_dir / "last.tmp")
         (ckpt_dir / "last.tmp").replace(last)
         (ckpt_dir / "history.json").write_text(json.dumps(history, indent=1))
 
     return finish_tumor(config, net, pre, data, history)
+
+
+def source_metrics(labels: np.ndarray, scores: np.ndarray, origins: np.ndarray, strata: np.ndarray,
+                   threshold: float) -> dict[str, dict]:
+    """Validation metrics per source: each tumour source's slices against the negatives from the
+    same source (its tumour-free slices and its mirror negatives: "<origin>_same_source"), and all
+    tumour slices against each negative stratum ("vs_<stratum>")."""
+    from medassist.audit.metrics import binary_metrics
+
+    out = {}
+    for origin in sorted(set(origins[labels == 1])):
+        rows = origins == origin
+        if len(set(labels[rows])) == 2:
+            out[f"{origin}_same_source"] = binary_metrics(labels[rows], scores[rows], threshold)
+    pos = labels == 1
+    for name in sorted(set(strata[~pos])):
+        rows = pos | (strata == name)
+        out[f"vs_{name}"] = binary_metrics(labels[rows], scores[rows], threshold)
+    return out
+
+
+def extra_sources(config: dict, pre: PreprocessSpec) -> list:
+    """The LGG and IXI training sources named in the config's data section (``data.lgg``,
+    ``data.ixi``; absent: not used), as ``tumor_sources.SourceSlices``, cached beside the figshare cache."""
+    from medassist.models import tumor_sources
+    from medassist.models.train import resolve
+
+    data_cfg, cfg = config["data"], config["train"]
+    cache = resolve(config["output"]["cache"])
+    found = []
+    if data_cfg.get("lgg"):
+        found.append(tumor_sources.lgg_slices(data_cfg, pre, cache.with_name(f"lgg_{pre.input_size}.npz"),
+                                              negative_margin_slices=int(cfg.get("lgg_negative_margin_slices", 1))))
+    if data_cfg.get("ixi"):
+        found.append(tumor_sources.ixi_slices(data_cfg, pre, cache.with_name(f"ixi_{pre.input_size}.npz"),
+                                              slice_step=int(cfg.get("ixi_slice_step", 2))))
+    return found
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -753,6 +859,7 @@ def finish_tumor(config, net, pre, data: TrainingData, history) -> ModelSpec:
         "validation": binary_metrics(labels, scores, threshold),
         "validation_other_source_negatives": binary_metrics(labels[other_source], scores[other_source], threshold),
         "validation_tumour_vs_mirror_negatives": binary_metrics(labels[in_domain], scores[in_domain], threshold),
+        "validation_by_source": source_metrics(labels, scores, data.origins[va], data.strata()[va], threshold),
         "auroc_by_head": {k: {"all": _auroc(labels, val[k]), "tumour_vs_mirror": _auroc(labels[in_domain], val[k][in_domain])}
                           for k in ("image", "cell_max")},
         "sensitivity_by_type": by_type,
@@ -770,7 +877,10 @@ def finish_tumor(config, net, pre, data: TrainingData, history) -> ModelSpec:
         },
         "inference": dict(inference, slice_threshold=round(float(threshold), 6),
                           null_logit={"mean": null.logit_mean, "std": null.logit_std}),
-        "split": dict(config["data"], rule="block = number // block_size; val if block % n_folds == val_fold"),
+        "split": dict(config["data"], rule="figshare and Br35H: block = number // block_size; val if block % "
+                      "n_folds == val_fold; LGG (by patient, stratified by institution) and IXI (by subject): "
+                      "tumor_data.hash_split"),
+        "validation_counts": {str(k): int(v) for k, v in zip(*np.unique(data.strata()[va], return_counts=True))},
         "mirror_negatives": {"train": int(data.kinds[tr].sum()), "validation": int(kinds.sum())},
         "history": history,
     }

@@ -205,15 +205,24 @@ def axial_slices(path: str | Path, *, source: str = "display", in_brain_only: bo
                  min_fraction: float = DEFAULT_INFERENCE["min_brain_fraction"],
                  min_relative: float = DEFAULT_INFERENCE["min_relative_brain_fraction"],
                  ) -> Iterator[tuple[int, np.ndarray]]:
-    """(canonical axial index, float32 slice) of a NIfTI volume, inferior first, displayed the
-    radiological way (``preprocess.volume``); with ``in_brain_only`` only the slices inference
-    scores as in the brain (``volume.in_brain`` with the model's default floors)."""
+    """``axial_slices_of`` the NIfTI volume at ``path`` (read by ingest)."""
     from medassist.ingest.nifti import read_nifti_series
 
     series = read_nifti_series(str(path))
     if not hasattr(series, "load"):
         raise MedassistError(str(series))
-    volume, _ = vol.reorient_canonical(series.load(), source)
+    yield from axial_slices_of(series.load(), source=source, in_brain_only=in_brain_only,
+                               min_fraction=min_fraction, min_relative=min_relative)
+
+
+def axial_slices_of(image, *, source: str = "display", in_brain_only: bool = True,
+                    min_fraction: float = DEFAULT_INFERENCE["min_brain_fraction"],
+                    min_relative: float = DEFAULT_INFERENCE["min_relative_brain_fraction"],
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """(canonical axial index, float32 slice) of an ingest Image, inferior first, displayed the
+    radiological way (``preprocess.volume``); with ``in_brain_only`` only the slices inference
+    scores as in the brain (``volume.in_brain`` with the model's default floors)."""
+    volume, _ = vol.reorient_canonical(image, source)
     keep = np.ones(volume.shape[0], bool)
     if in_brain_only:
         ref = vol.intensity_reference(volume)
