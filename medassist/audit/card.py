@@ -206,11 +206,14 @@ def build_card(
     weights_check: str = "",
     evaluation_problem: str = "",
     normal_volumes: dict | None = None,
+    volume_validation: dict | None = None,
 ) -> dict:
     """The model card as one JSON-able dict (NaN already replaced by None).
 
     ``normal_volumes``: a volume model's report on normal volumes from other sources
     (``tumor.evaluate_normal_volumes``), shown with the training run's pseudo-volume figures.
+    ``volume_validation``: its volume-level validation on labelled tumour and normal volumes per
+    source (``tumor_volumes.VolumeValidation.to_dict``, ``scripts/tumor_volume_validation.py``).
     """
     narrative = narrative or {}
     intended = narrative.get("intended_use", {})
@@ -310,7 +313,8 @@ def build_card(
             "human_ai_review": review,
             "review_log_integrity": review_chain_problems,
             "saliency_localisation": localisation,
-            **({"volume_level": _volume_level(spec, normal_volumes)} if spec.input_kind == "volume" else {}),
+            **({"volume_level": _volume_level(spec, normal_volumes, volume_validation)}
+               if spec.input_kind == "volume" else {}),
         },
         "ethical_considerations": narrative.get("ethical_considerations") or [
             "Automation bias: a flag, or its absence, can change how carefully a study is read. The model misses "
@@ -319,7 +323,7 @@ def build_card(
             "re-audit on local labelled data before relying on these numbers.",
         ],
         "caveats_and_recommendations": _caveats(spec, evaluation, analysis, review, localisation, narrative,
-                                                normal_volumes),
+                                                normal_volumes, volume_validation),
     }
     if evaluation and analysis and stored_val and evaluation.used_for_tuning:
         card["evaluation_data"]["consistency_with_training_run"] = _consistency(stored_val, analysis["overall"])
@@ -346,10 +350,12 @@ def _output_text(spec: ModelSpec) -> str:
             + (f", {rule['extent_mm']:g} mm window" if rule.get("extent_mm") else "") + ")")
 
 
-def _volume_level(spec: ModelSpec, normal_volumes: dict | None) -> dict:
-    """What is known of a volume model at the study level: normal volumes from other sources (a
-    report file) and the training run's pseudo-volume check of the study rule."""
+def _volume_level(spec: ModelSpec, normal_volumes: dict | None, volume_validation: dict | None = None) -> dict:
+    """What is known of a volume model at the study level: labelled tumour and normal volumes per
+    source, normal volumes from other sources (report files) and the training run's pseudo-volume
+    check of the study rule."""
     return {
+        "labelled_volumes": volume_validation,
         "normal_volumes": normal_volumes,
         "study_rule_at_training_time": (spec.validation or {}).get("study_rule_calibration"),
     }
@@ -392,7 +398,8 @@ def _consistency(stored: dict, overall: dict) -> dict:
     }
 
 
-def _caveats(spec, evaluation, analysis, review, localisation, narrative, normal_volumes=None) -> list[str]:
+def _caveats(spec, evaluation, analysis, review, localisation, narrative, normal_volumes=None,
+             volume_validation=None) -> list[str]:
     items: list[str] = []
     if evaluation is None:
         items.append("No labelled evaluation set was available when this card was generated: it carries no "
@@ -423,6 +430,16 @@ def _caveats(spec, evaluation, analysis, review, localisation, narrative, normal
     if spec.input_kind == "volume" and normal_volumes is None:
         items.append("No normal-volume report (model_cards/<model>_normal_volumes.json) was found: the study-level "
                      "false-positive behaviour on normal brains is unmeasured in this card.")
+    if spec.input_kind == "volume":
+        missed = [f"{key} ({r['target']}: {r['n_flagged']} of {r['n_volumes']} flagged"
+                  + (f", {r['n_localised']} with every reported slice in the tumour" if r.get("n_localised") is not None
+                     else "") + ")"
+                  for key, r in ((volume_validation or {}).get("sources") or {}).items() if not r.get("target_met")]
+        if volume_validation is None:
+            items.append("No volume-level validation report (model_cards/<model>_volumes.json) was found: study-level "
+                         "sensitivity on labelled tumour volumes is unmeasured in this card.")
+        elif missed:
+            items.append("Experimental: volume-level targets not met on " + "; ".join(missed) + ".")
     if localisation is None:
         items.append("No saliency localisation scores were available: saliency maps are unvalidated for this model.")
     if review is None:
@@ -593,9 +610,27 @@ def _at_a_glance(card: dict) -> list[tuple]:
     return out
 
 
+def _labelled_volume_glance(labelled: dict | None) -> list[str]:
+    """One line per source of the volume-level validation: flagged of all, localised, target met."""
+    if not labelled:
+        return []
+    parts = []
+    for key, r in (labelled.get("sources") or {}).items():
+        text = f"{key} {r['n_flagged']} of {r['n_volumes']} flagged"
+        if r.get("n_localised") is not None:
+            text += f" ({r['n_localised']} with every reported slice in the tumour)"
+        if r.get("n_errors"):
+            text += f", {r['n_errors']} errors"
+        parts.append(text + (" (target met)" if r.get("target_met") else " (target NOT met)"))
+    return [f"**Volume level, labelled volumes** (threshold {_f(labelled.get('threshold'))}): " + "; ".join(parts) + "."]
+
+
 def _volume_glance(volume_level: dict | None, pseudo: dict | None = None) -> list[str]:
     if not volume_level:
         return []
+    labelled = _labelled_volume_glance(volume_level.get("labelled_volumes"))
+    if labelled:
+        return labelled
     nv = volume_level.get("normal_volumes")
     if not nv:
         lines = ["**Volume level**: no normal-volume report: study-level false positives on normal brains unmeasured."]
@@ -775,12 +810,42 @@ def _type_blocks(t: dict | None) -> list[tuple]:
     return out
 
 
+def _labelled_volume_blocks(labelled: dict) -> list[tuple]:
+    """The volume-level validation per source: a summary table, then one row per volume."""
+    out: list[tuple] = [("h", 4, "Labelled volumes by source")]
+    out.append(("p", f"From `{labelled.get('source', '')}` (model {labelled.get('model')} {labelled.get('version')}, "
+                     f"threshold {_f(labelled.get('threshold'))}): every volume scored as triage scores it. "
+                     "\"Localised\": flagged, and every slice the study reports shows tumour in the mask."))
+    sources = labelled.get("sources") or {}
+    out.append(("table", ["Source / variant", "Volumes", "Flagged", "Localised", "Errors", "Target", "Met"],
+                [[key, r["n_volumes"], r["n_flagged"], _f(r.get("n_localised")), r["n_errors"], r["target"],
+                  "yes" if r.get("target_met") else "no"] for key, r in sources.items()]))
+    rows = [[key, vol["name"], _f(vol.get("score")), "yes" if vol.get("flagged") else "no",
+             " ".join(map(str, vol.get("slices") or [])) or "—", _f(vol.get("slices_in_tumour")),
+             vol.get("error") or ""]
+            for key, r in sources.items() for vol in r.get("volumes", [])]
+    out.append(("table", ["Source / variant", "Volume", "Study score", "Flagged", "Reported slices",
+                          "Reported slices in tumour", "Error"], rows))
+    for name, text in (labelled.get("assumptions") or {}).items():
+        out.append(("p", f"{name.replace('_', ' ').capitalize()}: {text}."))
+    if labelled.get("mismatch"):
+        out.append(("warn", labelled["mismatch"]))
+    return out
+
+
 def _volume_blocks(v: dict, pseudo_here: dict | None) -> list[tuple]:
     out: list[tuple] = [("h", 3, "Volume level")]
-    out.append(("p", "The model scores a study slice by slice and flags it by the study rule. No labelled tumour "
-                     "volumes were available, so study-level sensitivity is not measured; what is measured: normal "
-                     "brains from other sources (false positives) and pseudo-volumes assembled from validation "
-                     "slices."))
+    labelled = v.get("labelled_volumes")
+    if labelled:
+        out.append(("p", "The model scores a study slice by slice and flags it by the study rule. Measured: labelled "
+                         "tumour and normal volumes per source, normal brains from other sources, and pseudo-volumes "
+                         "assembled from validation slices."))
+        out += _labelled_volume_blocks(labelled)
+    else:
+        out.append(("p", "The model scores a study slice by slice and flags it by the study rule. No labelled tumour "
+                         "volumes were available, so study-level sensitivity is not measured; what is measured: normal "
+                         "brains from other sources (false positives) and pseudo-volumes assembled from validation "
+                         "slices."))
     nv = v.get("normal_volumes")
     out.append(("h", 4, "Normal volumes from other sources"))
     if not nv:
@@ -811,7 +876,7 @@ def _volume_blocks(v: dict, pseudo_here: dict | None) -> list[tuple]:
                          f"{_f(pv.get('threshold'))}, {_f(pv.get('extent_mm'), 0)} mm window. Positives: runs of up to "
                          "8 consecutive tumour slices of one class (about one patient, taken as 7 mm apart) alone and "
                          "with normal slices drawn around them: the share flagged is a rough stand-in for study-level "
-                         "sensitivity, which no labelled volumes could measure here."))
+                         "sensitivity on short tumour runs."))
         rows = [[key.split("_")[0].lstrip("n"), key.split("_")[1], _pct(r["shipped_rule"]), _pct(r["window_only"]),
                  _pct(r["max_rule"])] for key, r in pv.get("negatives", {}).items()]
         out.append(("table", ["Negative slices", "Spacing", "Flagged (shipped rule)", "Flagged (window only)",

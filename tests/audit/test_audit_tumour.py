@@ -313,3 +313,50 @@ def test_cli_rebuilds_one_card_from_a_given_data_root(tmp_path, capsys):
     card = json.loads((out / f"{spec.name}.json").read_text())
     assert any("Limited to 6 of 14" in n for n in card["evaluation_data"]["notes"])
     assert f"{spec.name}.md" in capsys.readouterr().out
+
+
+def _volume_validation(spec) -> dict:
+    """A volume-level validation report as ``tumor_volumes.VolumeValidation`` writes it: BraTS
+    flagged and localised, LGG below its target, IXI clear."""
+    from medassist.models.tumor_volumes import SourceReport, VolumeScore, VolumeValidation
+
+    def score(source, variant, name, flagged, slices=(), tumour=None):
+        return VolumeScore(source, variant, name, 0.9 if flagged else 0.1, spec.threshold, flagged, tuple(slices),
+                           "canonical", "axial", 1.0, 100, 80, len(slices), 0.95, tumour)
+
+    reports = (
+        SourceReport("brats", "as_given", (score("brats", "as_given", "case1", True, (50, 51), tuple(range(40, 60))),)),
+        SourceReport("lgg", "stack", (score("lgg", "stack", "p1", True, (10,), (9, 10, 11)),
+                                      score("lgg", "stack", "p2", False, (), (5, 6)))),
+        SourceReport("ixi", "as_given", (score("ixi", "as_given", "IXI001", False),)),
+    )
+    return VolumeValidation(spec.name, spec.version, spec.threshold, reports, {"lgg_slice_spacing": "assumed"}).to_dict()
+
+
+def test_volume_level_validation_is_shown_per_source_with_its_targets(tmp_path):
+    weights_dir = tmp_path / "weights"
+    spec = make_tumour_model(weights_dir)
+    out = tmp_path / "cards"
+    out.mkdir()
+    (out / f"{spec.name}_volumes.json").write_text(json.dumps(_volume_validation(spec)))
+    run_audit(models=[spec.name], weights_dir=weights_dir, out_dir=out, options=FAST, default_eval="none")
+    card = json.loads((out / f"{spec.name}.json").read_text())
+    labelled = card["quantitative_analyses"]["volume_level"]["labelled_volumes"]
+    assert labelled["sources"]["brats/as_given"]["target_met"] is True
+    assert labelled["sources"]["lgg/stack"]["n_flagged"] == 1 and not labelled["sources"]["lgg/stack"]["target_met"]
+    assert any(c.startswith("Experimental: volume-level targets not met on lgg/stack")
+               for c in card["caveats_and_recommendations"])
+    md = (out / f"{spec.name}.md").read_text()
+    assert "brats/as_given 1 of 1 flagged (1 with every reported slice in the tumour) (target met)" in md
+    assert "lgg/stack 1 of 2 flagged" in md and "(target NOT met)" in md
+    assert "#### Labelled volumes by source" in md and "| lgg/stack | p2 |" in md
+
+
+def test_a_volume_model_without_volume_validation_says_so(tmp_path):
+    weights_dir = tmp_path / "weights"
+    spec = make_tumour_model(weights_dir)
+    run_audit(models=[spec.name], weights_dir=weights_dir, out_dir=tmp_path / "cards", options=FAST,
+              default_eval="none")
+    card = json.loads((tmp_path / "cards" / f"{spec.name}.json").read_text())
+    assert card["quantitative_analyses"]["volume_level"]["labelled_volumes"] is None
+    assert any("No volume-level validation report" in c for c in card["caveats_and_recommendations"])
