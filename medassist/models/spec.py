@@ -8,6 +8,8 @@ here, so a weights file is never used with the wrong preprocessing.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,9 +80,100 @@ class ModelSpec:
 
 
 def read_spec(path: str | Path) -> ModelSpec:
-    """Read a model spec JSON; a malformed file raises MedassistError naming it."""
+    """Read and validate a model spec JSON; a malformed or invalid file raises MedassistError naming it."""
     path = Path(path)
     try:
-        return ModelSpec.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MedassistError(f"{path}: not a valid model spec ({exc.strerror or exc})") from exc
+    return parse_spec(data, path)
+
+
+def parse_spec(data: bytes, path: str | Path) -> ModelSpec:
+    """A validated ModelSpec from the bytes of the spec file ``path`` (named in every error)."""
+    try:
+        spec = ModelSpec.from_dict(json.loads(data))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise MedassistError(f"{path}: not a valid model spec ({exc})") from exc
+    problems = spec_problems(spec)
+    if problems:
+        raise MedassistError(f"{path}: invalid model spec, refused: {'; '.join(problems)}")
+    return spec
+
+
+INPUT_SIZE_RANGE = (16, 2048)  # pixels, the square side of a network input
+SOURCES = ("display", "pixels")
+SCORE_HEADS = ("image", "cell_max", "mean")
+INPUT_KINDS = ("image2d", "volume")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+def spec_problems(spec: ModelSpec) -> list[str]:
+    """What is wrong with a spec's values (empty when nothing): every value a decision depends on
+    is checked, so an edited spec cannot silently stop findings being flagged."""
+    pre = spec.preprocess
+    low, high = INPUT_SIZE_RANGE
+    checks = [
+        (is_name(spec.name), f"name {spec.name!r} is not a plain name (letters, digits, _ . -)"),
+        (isinstance(spec.version, str) and bool(spec.version), "version is empty"),
+        (is_fraction(spec.threshold), f"threshold {spec.threshold!r} is not a finite number in (0, 1)"),
+        (labels_ok(spec.labels), f"labels {list(spec.labels)!r} are not two distinct names (negative, positive)"),
+        (is_name(spec.weights), f"weights {spec.weights!r} is not a plain file name beside the spec"),
+        (isinstance(spec.sha256, str) and bool(SHA256_PATTERN.fullmatch(spec.sha256)),
+         "sha256 is not 64 lowercase hex digits"),
+        (isinstance(spec.network, str) and bool(spec.network), "network is empty"),
+        (isinstance(spec.network_args, dict), "network_args is not an object"),
+        (isinstance(pre.input_size, int) and not isinstance(pre.input_size, bool) and low <= pre.input_size <= high,
+         f"preprocess.input_size {pre.input_size!r} is not an integer in {low}..{high}"),
+        (pre.source in SOURCES, f"preprocess.source {pre.source!r} is not one of {', '.join(SOURCES)}"),
+        (percentiles_ok(pre.percentiles),
+         f"preprocess.percentiles {list(pre.percentiles)!r} are not two finite numbers 0 <= low < high <= 100"),
+        (isinstance(pre.equalize, bool), "preprocess.equalize is not true or false"),
+        (bool(spec.modalities) and all(isinstance(m, str) and m for m in spec.modalities), "modalities are empty"),
+        (spec.score_head in SCORE_HEADS, f"score_head {spec.score_head!r} is not one of {', '.join(SCORE_HEADS)}"),
+        (spec.input_kind in INPUT_KINDS, f"input_kind {spec.input_kind!r} is not one of {', '.join(INPUT_KINDS)}"),
+        (isinstance(spec.validation, dict), "validation is not an object"),
+    ]
+    problems = [message for ok, message in checks if not ok]
+    inference = spec.validation.get("inference", {}) if isinstance(spec.validation, dict) else {}
+    if not all_finite(inference):
+        problems.append("validation.inference holds a number that is not finite (NaN or infinity)")
+    return problems
+
+
+def is_name(value: object) -> bool:
+    """A plain name: letters, digits, '_', '.', '-', not starting with a dot (no path)."""
+    return isinstance(value, str) and bool(NAME_PATTERN.fullmatch(value))
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_fraction(value: object) -> bool:
+    """A finite number strictly between 0 and 1."""
+    return is_number(value) and 0 < value < 1
+
+
+def labels_ok(labels: tuple) -> bool:
+    """Two distinct non-empty names: the negative class, then the finding (the score's class)."""
+    return len(labels) == 2 and all(isinstance(x, str) and x for x in labels) and labels[0] != labels[1]
+
+
+def percentiles_ok(percentiles: tuple) -> bool:
+    """Two finite numbers, 0 <= low < high <= 100."""
+    return (len(percentiles) == 2 and all(is_number(p) for p in percentiles)
+            and 0 <= percentiles[0] < percentiles[1] <= 100)
+
+
+def all_finite(value: object) -> bool:
+    """No NaN or infinity anywhere in a parsed JSON value."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(all_finite(v) for v in value)
+    return True
