@@ -77,8 +77,10 @@ def non_negative_seconds(text: str) -> float:
 
 
 def add_models_dir(parser: argparse.ArgumentParser) -> None:
-    """The hidden --models-dir option: use model specs and weights from another folder."""
+    """The hidden --models-dir option: use model specs and weights from another folder (each signed
+    with the site key by ``medassist models sign``, or all allowed unsigned with a warning)."""
     parser.add_argument("--models-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--allow-unsigned-models", action="store_true", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,11 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     models = commands.add_parser(
-        "models", help="list the shipped models",
-        description="List the shipped models: name, version, finding, threshold, scope, sha256 prefix.",
+        "models", help="list the shipped models (or sign a models folder)",
+        description="List the shipped models: name, version, finding, threshold, scope, sha256 prefix. "
+        "'models sign' signs a folder of models with the site key.",
     )
     add_models_dir(models)
     models.set_defaults(func=cmd_models)
+    models_commands = models.add_subparsers(dest="models_command", metavar="[ACTION]")
+    sign = models_commands.add_parser(
+        "sign", help="sign the models in a folder with the site key",
+        description="Write NAME.sig beside every NAME.json in DIR: an HMAC-SHA256 under the site key of the "
+        "spec's and the weights' sha256, after checking the spec's values and its weights. Models from a "
+        "--models-dir folder are used only when their signature verifies under the site key.",
+    )
+    sign.add_argument("--models-dir", dest="sign_dir", type=Path, required=True, metavar="DIR")
+    sign.add_argument("--key-file", type=Path, metavar="PATH",
+                      help="the site key (default: $MEDASSIST_KEY_FILE, else ~/.config/medassist/site.key; "
+                      "created on first use, mode 0600)")
+    sign.set_defaults(func=cmd_models_sign)
 
     review = commands.add_parser(
         "review", help="open the radiologist's review app on a triage output folder",
@@ -327,7 +342,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = train_from_config(args.config, device=args.device)
     print(f"medassist train: {spec.name} {spec.version}, threshold {spec.threshold}, "
           f"weights {spec.weights} (sha256 {spec.sha256[:12]})")
+    warn_if_unpinned(spec)
     return 0
+
+
+def warn_if_unpinned(spec: ModelSpec) -> None:
+    """After training into the shipped folder: say that the new model is refused until re-pinned."""
+    from medassist.models.integrity import SHIPPED_DIR, is_released_file
+    from medassist.models.spec import read_spec
+
+    path = SHIPPED_DIR / f"{spec.name}.json"
+    if path.is_file() and read_spec(path).sha256 == spec.sha256 and not is_released_file(path):
+        print(f"medassist train: {path} is not the pinned release, so medassist refuses it; to ship it, "
+              "run: python scripts/pin_models.py (and commit medassist/models/released.py)", file=sys.stderr)
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -386,6 +413,29 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_sign(args: argparse.Namespace) -> int:
+    """``medassist models sign --models-dir DIR``: one signature file per model."""
+    from medassist.models.integrity import read_signature, sign_models_dir
+
+    for path in sign_models_dir(args.sign_dir, key_file=args.key_file):
+        signed = read_signature(path)
+        print(f"signed {signed['model']} {signed['version']}: spec {signed['spec_sha256'][:12]}, "
+              f"weights {signed['weights_sha256'][:12]}, key {signed['key_id']} -> {path}")
+    return 0
+
+
+@contextlib.contextmanager
+def models_trust(args: argparse.Namespace) -> Iterator[None]:
+    """--allow-unsigned-models: unsigned models in --models-dir are used (each read warns)."""
+    if not getattr(args, "allow_unsigned_models", False):
+        yield
+        return
+    from medassist.models.integrity import unsigned_models_allowed
+
+    with unsigned_models_allowed(args.models_dir):
+        yield
+
+
 class RedactingFilter(logging.Filter):
     """A handler filter that takes credentials out of every record's message (any library's)."""
 
@@ -432,11 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "triage" and bool(args.inputs) == bool(args.pacs):
             parser.error("triage: give either INPUT paths or --pacs URL (exactly one of them)")
+        if getattr(args, "allow_unsigned_models", False) and args.models_dir is None:
+            parser.error("--allow-unsigned-models applies to --models-dir DIR only (shipped models are pinned)")
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return int(exc.code or 0)
     verbose = args.verbose + (1 if args.command == "train" else 0)  # training reports its progress
     try:
-        with logging_configured(verbose):
+        with logging_configured(verbose), models_trust(args):
             return args.func(args)
     except MedassistError as exc:
         print(f"medassist: error: {redact_credentials(exc)}", file=sys.stderr)

@@ -1,13 +1,17 @@
 """The shipped models: their specs, which series each applies to, and integrity-checked loading.
 
 Each shipped model is a pair in ``medassist/models/weights/``: ``NAME.json`` (a ModelSpec) and the
-weights file it names. Weights are checked against the spec's sha256 before use and loaded with
-``torch.load(weights_only=True)``: a tampered or truncated file is refused with a clear error.
+weights file it names. Specs are read through ``integrity.trusted_spec``: a shipped spec must be
+the released one (its sha256 pinned in ``medassist/models/released.py``), a spec from another
+folder must be released or signed with the site key; every spec's values are validated. Weights
+are checked against the pinned (shipped folder) or the spec's sha256 and loaded, from the bytes
+that were checked, with ``torch.load(weights_only=True)``: a tampered or truncated file is refused
+with a clear error.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +20,16 @@ from torch import nn
 
 from medassist.datamodel import Series
 from medassist.errors import MedassistError
+from medassist.models.integrity import SHIPPED_DIR, check_released_spec, is_shipped_folder, sha256_bytes, trusted_spec
 from medassist.models.networks import build_network
-from medassist.models.spec import ModelSpec, read_spec
+from medassist.models.spec import ModelSpec
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = SHIPPED_DIR
 
 
 def shipped_specs(weights_dir: Path = WEIGHTS_DIR) -> list[ModelSpec]:
-    """Every model spec shipped in ``weights_dir``, sorted by name."""
-    return [read_spec(p) for p in sorted(weights_dir.glob("*.json"))]
+    """Every model spec in ``weights_dir``, sorted by name, each released or signed (``trusted_spec``)."""
+    return [trusted_spec(p) for p in sorted(Path(weights_dir).glob("*.json"))]
 
 
 def spec_by_name(name: str, weights_dir: Path = WEIGHTS_DIR) -> ModelSpec:
@@ -69,17 +74,44 @@ def not_applicable_reason(series: Series, specs: list[ModelSpec] = ()) -> str:
 
 
 def verify_weights(spec: ModelSpec, weights_dir: Path = WEIGHTS_DIR) -> Path:
-    """The weights path, after checking it exists and matches the spec's sha256."""
-    path = weights_dir / spec.weights
-    if not path.is_file():
-        raise MedassistError(f"{path}: weights file for model {spec.name} is missing")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    """The weights path, after checking it exists and has the sha256 it must have."""
+    return read_weights(spec, weights_dir)[0]
+
+
+def read_weights(spec: ModelSpec, weights_dir: Path = WEIGHTS_DIR) -> tuple[Path, bytes]:
+    """The weights path and bytes, checked against the spec's sha256 (in the shipped folder the
+    spec must be the released one, so that is the pinned sha256)."""
+    check_released_spec(spec, weights_dir)
+    path = Path(weights_dir) / spec.weights
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise MedassistError(f"{path}: weights file for model {spec.name} is missing") from exc
+    except OSError as exc:
+        raise MedassistError(f"{path}: weights file for model {spec.name} cannot be read "
+                             f"({exc.strerror or exc})") from exc
+    digest = sha256_bytes(data)
     if digest != spec.sha256:
+        whose = f"the released {spec.name} {spec.version}" if is_shipped_folder(weights_dir) else "the spec's"
         raise MedassistError(
-            f"{path}: sha256 {digest[:16]}... does not match the spec's {spec.sha256[:16]}...; "
+            f"{path}: sha256 {digest[:16]}... does not match {whose} {spec.sha256[:16]}...; "
             "the weights were modified or corrupted and will not be used"
         )
-    return path
+    return path, data
+
+
+def check_outputs(spec: ModelSpec, network: nn.Module, path: Path) -> None:
+    """The network's outputs fit the spec's labels: output 0 is the finding's logit, and the type
+    labels a spec declares (``validation.inference.type_labels``) are the outputs after it."""
+    head = getattr(network, "image_head", None)
+    outputs = getattr(head, "out_features", None)
+    if outputs is None:
+        return
+    types = (spec.validation.get("inference") or {}).get("type_labels")
+    expected = 1 + len(types) if isinstance(types, list) else None
+    if outputs < 1 or (expected is not None and outputs != expected):
+        raise MedassistError(f"{path}: network {spec.network} has {outputs} output(s); labels {list(spec.labels)} "
+                             f"and type labels {types} need {expected or 1}, refused")
 
 
 @dataclass
@@ -112,18 +144,23 @@ class LoadedModel:
 
 
 def load_model(spec: ModelSpec, device: torch.device, weights_dir: Path = WEIGHTS_DIR) -> LoadedModel:
-    """Verify the weights' sha256, load them with weights_only=True, return the model in eval mode
-    with frozen parameters (inference only: saliency needs gradients of activations, not weights)."""
-    path = verify_weights(spec, weights_dir)
+    """Verify the weights' sha256, load the checked bytes with weights_only=True, check the outputs
+    against the labels, return the model in eval mode with frozen parameters (inference only:
+    saliency needs gradients of activations, not weights)."""
+    path, data = read_weights(spec, weights_dir)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # an unpicklable or foreign object is refused by weights_only
         raise MedassistError(f"{path}: refused to load weights ({exc})") from exc
-    network = build_network(spec.network, spec.network_args)
+    try:
+        network = build_network(spec.network, spec.network_args)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MedassistError(f"{path}: model {spec.name}: cannot build network {spec.network!r} ({exc})") from exc
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:
         raise MedassistError(f"{path}: weights do not fit network {spec.network} ({exc})") from exc
+    check_outputs(spec, network, path)
     network = network.to(device).eval().requires_grad_(False)
     # channels_last on every device: oneDNN's CPU convolutions run this network ~25% faster in
     # it (47 vs 63 ms per 448 px image on one core), and cuDNN's tensor cores want it

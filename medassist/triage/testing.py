@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medassist.keys import load_site_key
+from medassist.models.integrity import sign_model
 from medassist.models.networks import build_network
 from medassist.models.spec import ModelSpec, PreprocessSpec
 
@@ -31,9 +33,11 @@ def write_throwaway_model(
     seed: int = 0,
     modalities: tuple[str, ...] = ("DX", "CR", "RG"),
     excluded_body_parts: tuple[str, ...] = FRACTURE_EXCLUDED_BODY_PARTS,
+    sign: bool = True,
 ) -> ModelSpec:
     """A randomly initialised ``localising_resnet`` with the fracture model's scope (or the given
-    ``modalities`` and ``excluded_body_parts``), spec + sha256."""
+    ``modalities`` and ``excluded_body_parts``), spec + sha256, signed with the site key unless
+    ``sign`` is False (the tests point MEDASSIST_KEY_FILE at a key of their own)."""
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -56,6 +60,8 @@ def write_throwaway_model(
         training_data="none (random weights, for tests)",
     )
     (weights_dir / f"{name}.json").write_text(spec.to_json())
+    if sign:
+        sign_model(weights_dir / f"{name}.json", load_site_key())
     return spec
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medassist.keys import load_site_key
+from medassist.models.integrity import sign_model
 from medassist.models.networks import build_network
 from medassist.models.spec import ModelSpec, PreprocessSpec
 
@@ -45,6 +47,7 @@ def make_shipped_model(weights_dir: Path, *, name: str = "toy_fracture", version
         },
     )
     (weights_dir / f"{name}.json").write_text(spec.to_json())
+    sign_model(weights_dir / f"{name}.json", load_site_key())  # a --models-dir folder must be signed
     return spec
 
 
@@ -148,6 +151,7 @@ def make_tumour_model(weights_dir: Path, *, name: str = "toy_tumour", version: s
         },
     )
     (weights_dir / f"{name}.json").write_text(spec.to_json())
+    sign_model(weights_dir / f"{name}.json", load_site_key())  # a --models-dir folder must be signed
     return spec
 
 

@@ -1,0 +1,22 @@
+"""Fixtures for every test folder: the tests' own site key.
+
+MEDASSIST_KEY_FILE points at a key made for this test session (in the environment, so commands the
+tests start as subprocesses use it too): tests never sign with, or create, the user's real key.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_KEY_DIR = Path(tempfile.mkdtemp(prefix="medassist-test-key-"))
+
+
+def pytest_configure(config) -> None:
+    os.environ["MEDASSIST_KEY_FILE"] = str(_KEY_DIR / "site.key")
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_KEY_DIR, ignore_errors=True)
