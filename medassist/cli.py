@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("out", type=Path, metavar="OUT_DIR", help="a folder written by medassist triage")
     review.add_argument("--port", type=positive_int, default=8501, metavar="N", help="port (default: 8501)")
     review.add_argument("--host", default="127.0.0.1", metavar="H", help="address to bind (default: 127.0.0.1)")
+    add_key_file(review)
     review.set_defaults(func=cmd_review)
 
     audit = commands.add_parser(
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         "split when the data is found: the fracture model on FracAtlas, the tumour model on the brain-tumour "
         "slices (through its own slice preprocessing). --model NAME rebuilds one card only. Images and "
         "DICOM series are scored through the model's own input path (volume models: slice preprocessing, "
-        "study aggregation). --verify only checks the review log's hash chain.",
+        "study aggregation). --verify only checks the review log (its keyed chain and anchor).",
     )
     audit.add_argument("--model", action="append", dest="models", metavar="NAME",
                        help="only this model's card (repeatable; default: every shipped model)")
@@ -231,10 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--review-db", type=Path, metavar="PATH", help="decisions.sqlite from the review app")
     audit.add_argument("--out", type=Path, default=Path("model_cards"), metavar="DIR", help="default: model_cards")
     audit.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    audit.add_argument("--verify", action="store_true", help="only check the review log's hash chain")
+    audit.add_argument("--verify", action="store_true",
+                       help="only check the review log: keyed MAC chain and its anchor (exit 1 on any problem)")
+    add_key_file(audit)
+    audit.add_argument("--anchor", type=Path, metavar="FILE",
+                       help="the review log's anchor (default: the one kept for --review-db beside the site key; "
+                       "give it when the output folder was moved)")
     add_models_dir(audit)
     audit.set_defaults(func=cmd_audit)
     return parser
+
+
+def add_key_file(parser: argparse.ArgumentParser) -> None:
+    """--key-file: the site key that signs the decision log (kept outside every output folder)."""
+    parser.add_argument("--key-file", type=Path, metavar="FILE",
+                        help="site key of the decision log (default: $MEDASSIST_KEY_FILE, else "
+                        "~/.config/medassist/site.key; created mode 0600 on first use)")
 
 
 def add_pacs_credentials(parser: argparse.ArgumentParser) -> None:
@@ -361,7 +374,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     """``medassist review OUT_DIR``: the Streamlit review app, until Ctrl-C."""
     from medassist.review.server import launch
 
-    return launch(args.out, port=args.port, host=args.host)
+    return launch(args.out, port=args.port, host=args.host, key_file=args.key_file)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -371,7 +384,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.verify:
         if args.review_db is None:
             raise MedassistError("--verify needs --review-db PATH")
-        problems = verify_review_log(args.review_db)
+        problems = verify_review_log(args.review_db, key_file=args.key_file, anchor_file=args.anchor)
         for problem in problems:
             print(problem)
         print(f"medassist audit: review log {'intact' if not problems else f'{len(problems)} problem(s)'}")

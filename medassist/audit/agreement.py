@@ -166,60 +166,14 @@ def _by_month(rows: list[dict]) -> dict[str, dict]:
     }
 
 
-def verify_review_log(db: str | Path) -> list[str]:
-    """Problems found in the review log's hash chain; an empty list means it verifies.
+def verify_review_log(db: str | Path, *, key_file: str | Path | None = None,
+                      anchor_file: str | Path | None = None) -> list[str]:
+    """Problems found in the review log (keyed MAC chain, anchor); an empty list means it verifies.
 
-    Uses the review stage's ``verify_chain`` when it exists. Otherwise checks what can be checked
-    without knowing how row hashes are computed: each row's ``prev_hash`` equals the previous
-    row's ``row_hash``, and no row hash is missing or repeated.
+    See ``medassist.review.store.verify_chain``: ``key_file`` and ``anchor_file`` default to the
+    site key (``$MEDASSIST_KEY_FILE``) and the anchor kept beside it. An unkeyed log from an
+    earlier medassist is reported as such (it cannot be verified).
     """
-    import importlib
+    from medassist.review.store import verify_chain
 
-    for module_name in ("medassist.review", "medassist.review.store", "medassist.review.decisions",
-                        "medassist.review.log", "medassist.review.db"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        verify = getattr(module, "verify_chain", None)
-        if callable(verify):
-            return _as_problems(verify(db))
-    return _check_links(db)
-
-
-def _as_problems(result) -> list[str]:
-    """Normalise whatever ``verify_chain`` returns to a list of messages."""
-    if result is None or result is True:
-        return []
-    if result is False:
-        return ["the review log's hash chain does not verify"]
-    if isinstance(result, str):
-        return [result] if result else []
-    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], bool):
-        return [] if result[0] else (_as_problems(result[1]) or ["the review log's hash chain does not verify"])
-    return [str(p) for p in result]
-
-
-def _check_links(db: str | Path) -> list[str]:
-    db = Path(db)
-    if not db.is_file():
-        raise MedassistError(f"{db}: review database not found")
-    con = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True)
-    try:
-        rows = con.execute("SELECT id, prev_hash, row_hash FROM decisions ORDER BY id").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise MedassistError(f"{db}: cannot read the decisions hash chain ({exc})") from exc
-    finally:
-        con.close()
-    problems, seen, previous = [], set(), None
-    for row_id, prev_hash, row_hash in rows:
-        if not row_hash:
-            problems.append(f"row {row_id}: no row_hash")
-        elif row_hash in seen:
-            problems.append(f"row {row_id}: row_hash repeats an earlier row's")
-        if previous is not None and prev_hash != previous:
-            problems.append(f"row {row_id}: prev_hash does not match the previous row's row_hash "
-                            "(a row was removed, reordered or edited)")
-        seen.add(row_hash)
-        previous = row_hash
-    return problems
+    return verify_chain(db, key_file=key_file, anchor_file=anchor_file)

@@ -2,7 +2,8 @@
 
 Map of the package:
 
-* ``store``  - append-only, hash-chained decisions in SQLite (``OUT/decisions.sqlite``);
+* ``store``  - append-only decisions in SQLite (``OUT/decisions.sqlite``), chained with a keyed MAC
+  and anchored outside the output folder (``keys``: the site key; ``anchor``: the chain's head);
 * ``logic``  - what the app does, as plain functions: worklist, priority, filters, windowing,
   saliency overlay as a separate layer, zoom, the decoded-image cache;
 * ``server`` - ``launch(out_dir, port=, host=)`` runs ``apps/streamlit_viewer.py`` on loopback.
@@ -18,8 +19,8 @@ from medassist.review.store import (
 __all__ = ["DecisionStore", "default_db_path", "open_store", "verify_chain", "launch"]
 
 
-def launch(out_dir, *, port: int = 8501, host: str = "127.0.0.1") -> int:
+def launch(out_dir, *, port: int = 8501, host: str = "127.0.0.1", key_file=None) -> int:
     """Run the review app (see ``medassist.review.server.launch``)."""
     from medassist.review.server import launch as _launch
 
-    return _launch(out_dir, port=port, host=host)
+    return _launch(out_dir, port=port, host=host, key_file=key_file)

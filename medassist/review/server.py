@@ -18,6 +18,8 @@ from pathlib import Path
 
 from medassist.datamodel import worklist_path
 from medassist.errors import MedassistError
+from medassist.keys import KEY_FILE_ENV
+from medassist.review.store import default_db_path, open_store
 
 PASSWORD_ENV = "MEDASSIST_REVIEW_PASSWORD"
 APP = Path(__file__).resolve().parents[2] / "apps" / "streamlit_viewer.py"
@@ -50,8 +52,13 @@ def build_command(out_dir: str | os.PathLike[str], *, port: int = 8501, host: st
     ]
 
 
-def check_launch(out_dir: str | os.PathLike[str], *, port: int, host: str) -> None:
-    """Refuse what would not work or would expose the app: raises MedassistError."""
+def check_launch(out_dir: str | os.PathLike[str], *, port: int, host: str,
+                 key_file: str | os.PathLike[str] | None = None) -> None:
+    """Refuse what would not work or would expose the app: raises MedassistError.
+
+    The decision log is opened (created on first use) and verified here, so a log that fails
+    verification stops the command before the app starts.
+    """
     if not APP.is_file():
         raise MedassistError(f"{APP}: the review app is missing (run from a source checkout)")
     worklist_path(out_dir)  # raises when OUT has no worklist
@@ -68,12 +75,16 @@ def check_launch(out_dir: str | os.PathLike[str], *, port: int, host: str) -> No
             probe.bind((host.strip("[]"), int(port)))
         except OSError as exc:
             raise MedassistError(f"{host}:{port}: cannot listen there ({exc.strerror or exc})") from exc
+    open_store(default_db_path(out_dir), key_file=key_file)
 
 
-def launch(out_dir: str | os.PathLike[str], *, port: int = 8501, host: str = "127.0.0.1") -> int:
+def launch(out_dir: str | os.PathLike[str], *, port: int = 8501, host: str = "127.0.0.1",
+           key_file: str | os.PathLike[str] | None = None) -> int:
     """Run the review app until it stops (Ctrl-C); returns streamlit's exit code."""
-    check_launch(out_dir, port=port, host=host)
+    check_launch(out_dir, port=port, host=host, key_file=key_file)
     env = dict(os.environ, MEDASSIST_OUT=str(Path(out_dir).resolve()))
+    if key_file is not None:
+        env[KEY_FILE_ENV] = str(Path(key_file).expanduser().absolute())
     print(f"medassist review: http://{host}:{port}  (decisions in {Path(out_dir) / 'decisions.sqlite'})", flush=True)
     process = subprocess.Popen(build_command(out_dir, port=port, host=host), env=env)
     try:

@@ -1,4 +1,4 @@
-"""The radiologist's decisions: an append-only, hash-chained SQLite table.
+"""The radiologist's decisions: an append-only SQLite table, chained with a keyed MAC and anchored.
 
 A human decides every finding; this module only records what they decided. Nothing is ever
 updated or deleted: a change of mind is a new row, and the latest row (highest ``id``) per
@@ -12,22 +12,29 @@ The table (read by ``medassist.audit`` too, so the column names are a contract):
               decision TEXT CHECK(decision IN ('accept','reject','correct')),
               corrected_finding TEXT, location TEXT, comment TEXT, reviewer TEXT NOT NULL,
               decided_at TEXT, prev_hash TEXT, row_hash TEXT)
+    chain_meta(name TEXT PRIMARY KEY, value TEXT)   -- log_id: a random id naming this log
 
 * ``location`` is canonical JSON ``{"col":c,"row":r,"slice":i}`` (source pixel indices) or NULL.
 * ``decided_at`` is ISO-8601 UTC, e.g. ``2024-05-01T09:30:12.345678Z``.
-* Tamper evidence: ``row_hash = sha256(prev_hash + canonical_json(fields)).hexdigest()`` where
-  ``fields`` maps every column of :data:`HASH_COLUMNS` to its stored value, canonical JSON is
-  ``json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` and the
-  first row's ``prev_hash`` is :data:`GENESIS_HASH` (64 zeros). :func:`verify_chain` recomputes it.
-  A chain without an external anchor cannot reveal that the *last* rows were removed and the
-  rest left intact; compare :meth:`DecisionStore.head` with a copy kept elsewhere for that.
+* Tamper evidence (format 2): ``row_hash`` is an HMAC-SHA256 (:mod:`medassist.review.mac`) under
+  a key derived from the site key (:mod:`medassist.keys`, kept outside the output folder) of the
+  row's id, ``prev_hash`` and every column of :data:`HASH_COLUMNS` (:func:`compute_row_mac`);
+  the first row's ``prev_hash`` is :func:`genesis_mac` of the log id. Ids run 1, 2, 3... without
+  gaps.
+* The chain's head (last id, last MAC, row count) is anchored outside the database
+  (:mod:`medassist.review.anchor`) and updated with every write, so removing the newest rows,
+  or truncating, replacing or re-creating the database, is detected too (:func:`verify_chain`).
 * Triggers refuse UPDATE and DELETE, so a slip in code cannot overwrite history; someone with
-  the file can still drop them, which is what the chain is for.
+  the file can still drop them, which is what the MAC chain and the anchor are for.
+* :func:`open_store` verifies an existing log before it is used and refuses one that fails,
+  rather than starting a fresh log over it. Database and anchor files are mode 0600.
+* Format 1 logs (an unkeyed sha256 chain, :func:`compute_row_hash`) are not upgraded: they are
+  refused by :func:`open_store` and reported as unkeyed by :func:`verify_chain`.
 
-Concurrency: WAL journal, ``busy_timeout``, and every write in ``BEGIN IMMEDIATE`` (the write lock
-is taken before the previous row's hash is read), so concurrent writers - threads or processes -
-serialise and lose nothing. A new connection is opened per operation, so one store object can be
-shared between threads (Streamlit sessions).
+Concurrency: WAL journal, ``busy_timeout``, every write in ``BEGIN IMMEDIATE`` inside an ``flock``
+of the anchor's lock file, so concurrent writers - threads or processes - serialise, lose nothing
+and never move the anchor backwards. A new connection is opened per operation, so one store object
+can be shared between threads (Streamlit sessions).
 """
 
 from __future__ import annotations
@@ -36,24 +43,42 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import math
 import os
+import secrets
 import sqlite3
 import tempfile
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from medassist.errors import MedassistError
+from medassist.review import mac
+from medassist.review.anchor import (
+    EMPTY_HEAD,
+    Anchor,
+    Head,
+    anchor_lock,
+    anchor_path_for,
+    read_anchor,
+    write_anchor,
+)
 from medassist.sanitize import csv_writer
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DB_NAME = "decisions.sqlite"
 DECISIONS = ("accept", "reject", "correct")
-GENESIS_HASH = "0" * 64
+GENESIS_HASH = "0" * 64  # format 1 (unkeyed) logs only
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: keyed MAC chain + anchor; 1: unkeyed sha256 chain (legacy, read-only)
+LEGACY_SCHEMA_VERSION = 1
+TRIGGERS = ("decisions_no_update", "decisions_no_delete")
+MAX_ROW_PROBLEMS = 20
 
 COLUMNS: tuple[str, ...] = (
     "id",
@@ -74,7 +99,7 @@ COLUMNS: tuple[str, ...] = (
     "prev_hash",
     "row_hash",
 )
-# What row_hash covers (besides prev_hash): every column but the id and the two hashes.
+# What the MAC covers besides the id and prev_hash: every column but the id and the two MACs.
 HASH_COLUMNS: tuple[str, ...] = COLUMNS[1:-2]
 
 FindingKey = tuple[str, str, str, str]  # (series_uid, model, model_version, finding)
@@ -99,6 +124,7 @@ CREATE TABLE IF NOT EXISTS decisions(
     prev_hash TEXT NOT NULL,
     row_hash TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS chain_meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS decisions_by_finding
     ON decisions(series_uid, model, model_version, finding, id);
 CREATE INDEX IF NOT EXISTS decisions_by_study ON decisions(study_uid, id);
@@ -107,6 +133,10 @@ BEGIN SELECT RAISE(ABORT, 'decisions are append-only: record a new decision inst
 CREATE TRIGGER IF NOT EXISTS decisions_no_delete BEFORE DELETE ON decisions
 BEGIN SELECT RAISE(ABORT, 'decisions are append-only: they cannot be deleted'); END;
 """
+
+
+class DecisionLogError(MedassistError):
+    """A decision log that fails verification, or that medassist will not open or write."""
 
 
 @dataclass(frozen=True)
@@ -164,32 +194,88 @@ def canonical_json(value: Any) -> str:
 
 
 def compute_row_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
-    """sha256 of ``prev_hash`` followed by the canonical JSON of the hashed columns."""
+    """Format 1 (unkeyed, legacy): sha256 of ``prev_hash`` + the canonical JSON of the hashed columns."""
     payload = {name: fields[name] for name in HASH_COLUMNS}
     return hashlib.sha256((prev_hash + canonical_json(payload)).encode("utf-8")).hexdigest()
 
 
-def open_store(path: str | os.PathLike[str]) -> "DecisionStore":
-    """Open (creating if needed) the decisions database at ``path``.
+def genesis_mac(key: bytes, log_id: str) -> str:
+    """The first row's ``prev_hash``: binds the chain to its log id."""
+    return mac.mac_hex(key, b"medassist-decisions-genesis-v2\x00" + log_id.encode("utf-8"))
 
-    ``path`` may also be a triage output folder, meaning ``path/decisions.sqlite``.
+
+def compute_row_mac(key: bytes, row_id: int, prev_mac: str, fields: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 of the row's id, ``prev_mac`` and hashed columns (canonical JSON)."""
+    payload = {"id": int(row_id), "prev": prev_mac, "row": {name: fields[name] for name in HASH_COLUMNS}}
+    return mac.mac_hex(key, b"medassist-decision-v2\x00" + canonical_json(payload).encode("utf-8"))
+
+
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    key_file: str | os.PathLike[str] | None = None,
+    anchor_file: str | os.PathLike[str] | None = None,
+) -> "DecisionStore":
+    """Open the decisions database at ``path``, verified; a new one is created when there is none.
+
+    ``path`` may also be a triage output folder, meaning ``path/decisions.sqlite``. Raises
+    DecisionLogError, naming the file, when the log fails verification (edited, shortened,
+    truncated, replaced, anchor missing) or is an unkeyed format 1 log.
     """
     target = Path(path)
     if target.is_dir():
         target = default_db_path(target)
     if not target.parent.is_dir():
         raise MedassistError(f"{target}: cannot create the decisions database, folder {target.parent} does not exist")
-    store = DecisionStore(target)
-    store._initialise()
+    store = DecisionStore(target, key_file=key_file, anchor_file=anchor_file)
+    store._open()
     return store
 
 
-class DecisionStore:
-    """The decisions database at one path. Cheap to keep; opens a connection per operation."""
+@dataclass
+class _DbState:
+    """What is in a database file, read once: kind is missing, empty, foreign, unreadable, legacy or keyed."""
 
-    def __init__(self, path: str | os.PathLike[str]):
+    kind: str
+    rows: list[sqlite3.Row] = field(default_factory=list)
+    seq: int | None = None
+    triggers: set[str] = field(default_factory=set)
+    log_id: str | None = None
+    user_version: int = 0
+    error: str = ""
+
+    @property
+    def head(self) -> Head:
+        if not self.rows:
+            return EMPTY_HEAD
+        return Head(int(self.rows[-1]["id"]), str(self.rows[-1]["row_hash"]), len(self.rows))
+
+    @property
+    def unused(self) -> bool:
+        """Nothing was ever recorded here: no table, or an empty one whose counter never moved."""
+        return self.kind in ("missing", "empty") or (self.kind == "legacy" and not self.rows and not self.seq)
+
+
+class DecisionStore:
+    """The decisions database at one path. Cheap to keep; opens a connection per operation.
+
+    ``key_file`` (the site key, :mod:`medassist.keys`) defaults to ``$MEDASSIST_KEY_FILE`` or
+    ``~/.config/medassist/site.key``; ``anchor_file`` to the anchor folder beside the key
+    (:func:`medassist.review.anchor.anchor_path_for`).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key_file: str | os.PathLike[str] | None = None,
+        anchor_file: str | os.PathLike[str] | None = None,
+    ):
         self.path = Path(path)
+        self.key_file = mac.key_file_path(key_file)
+        self.anchor_path = anchor_path_for(self.path, self.key_file, anchor_file)
         self.journal_mode = ""
+        self._key: bytes | None = None
 
     def __repr__(self) -> str:
         return f"DecisionStore({str(self.path)!r})"
@@ -197,34 +283,93 @@ class DecisionStore:
     # -- connections -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection in autocommit mode (transactions are explicit), closed afterwards."""
-        try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise MedassistError(f"{self.path}: cannot open the decisions database: {exc}") from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.row_factory = sqlite3.Row
-            yield conn
-        finally:
-            conn.close()
+    def connect(self, *, readonly: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection in autocommit mode (transactions are explicit), closed afterwards.
 
-    def _initialise(self) -> None:
+        Never creates the file (:func:`open_store` does, with mode 0600).
+        """
+        with _connect(self.path, readonly=readonly) as conn:
+            yield conn
+
+    def key(self) -> bytes:
+        """The decision log's key, derived from the site key (read once)."""
+        if self._key is None:
+            self._key = mac.log_key(self.key_file)
+        return self._key
+
+    def _open(self) -> None:
+        """Verify the log and repair an interrupted write's anchor, or create a new log."""
+        _refuse_inside(self.path.parent, self.key_file, "the site key")
+        _refuse_inside(self.path.parent, self.anchor_path, "the decision log's anchor")
+        with anchor_lock(self.anchor_path):
+            state = _inspect(self.path)
+            if state.unused:
+                self._start(state)
+            elif state.kind == "legacy":
+                raise DecisionLogError(
+                    f"{self.path}: an unkeyed decision log from an earlier medassist (format "
+                    f"{LEGACY_SCHEMA_VERSION}); it is not upgraded, since nothing proves its rows untouched. "
+                    "Check it with `medassist audit --verify`, keep it read-only as the record it is, and move it "
+                    "aside (e.g. decisions.format1.sqlite) to start a keyed log"
+                )
+            elif state.kind in ("foreign", "unreadable"):
+                raise DecisionLogError(f"{self.path}: not a usable decisions database: {state.error}")
+            elif state.user_version > SCHEMA_VERSION:
+                raise DecisionLogError(
+                    f"{self.path}: decisions format {state.user_version} is newer than this medassist "
+                    f"understands ({SCHEMA_VERSION})"
+                )
+            else:
+                self._check_existing(state)
+        _make_private(self.path)
+
+    def _check_existing(self, state: _DbState) -> None:
+        """Refuse a keyed log that fails verification; settle an interrupted write's anchor."""
+        if not self.key_file.exists():
+            raise DecisionLogError(
+                f"{self.path}: the site key {self.key_file} is missing, so this log cannot be verified; "
+                "restore the key (a new key would not verify it)"
+            )
+        problems = self._problems(state)
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise DecisionLogError(
+                f"{self.path}: the decision log fails verification, refusing to open it "
+                f"(and to start a fresh one over it): {shown}. Full report: medassist audit --verify "
+                f"--review-db {self.path}"
+            )
+        anchor = read_anchor(self.anchor_path, self.key())
+        if anchor is not None and anchor.pending is not None:  # a writer died mid-write: the head verified
+            write_anchor(self.anchor_path, self.key(), Anchor(anchor.log_id, state.head))
+        with self.connect() as conn:
+            self.journal_mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+
+    def _start(self, state: _DbState) -> None:
+        """A new log: key (created on first use), anchor, then schema. Refuses when an anchor says
+        that decisions were recorded here (the database was deleted, truncated or re-created)."""
+        anchor = read_anchor(self.anchor_path, mac.log_key(self.key_file)) if self.anchor_path.exists() else None
+        if anchor is not None and anchor.head.count:
+            what = {"missing": "is missing", "empty": "is empty (truncated?)"}.get(state.kind, "has no decisions")
+            raise DecisionLogError(
+                f"{self.path}: the database {what} but its anchor {self.anchor_path} records "
+                f"{anchor.head.describe()}: it was deleted, truncated or re-created. Restore it from a backup; "
+                "medassist will not start a fresh log over it"
+            )
+        key = mac.log_key(self.key_file, create=True)
+        self._key = key
+        if anchor is None:
+            anchor = Anchor(secrets.token_hex(16), EMPTY_HEAD)
+            write_anchor(self.anchor_path, key, anchor)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
         with self.connect() as conn:
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 conn.execute("BEGIN IMMEDIATE")
                 for statement in _statements(_SCHEMA):
                     conn.execute(statement)
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                elif version > SCHEMA_VERSION:
-                    raise MedassistError(
-                        f"{self.path}: decisions schema version {version} is newer than this medassist "
-                        f"understands ({SCHEMA_VERSION})"
-                    )
+                conn.execute("INSERT OR REPLACE INTO chain_meta(name, value) VALUES ('log_id', ?)", (anchor.log_id,))
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
                 if conn.in_transaction:
@@ -232,9 +377,6 @@ class DecisionStore:
                 raise MedassistError(f"{self.path}: not a usable decisions database: {exc}") from exc
             # "wal" unless the file system cannot share memory; still correct, only less concurrent.
             self.journal_mode = str(mode).lower()
-            missing = set(COLUMNS) - {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
-            if missing:
-                raise MedassistError(f"{self.path}: decisions table lacks columns {sorted(missing)}")
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -259,7 +401,8 @@ class DecisionStore:
         """Append one decision and return the stored row.
 
         ``decision`` is accept, reject or correct; a correction names a ``corrected_finding`` or a
-        ``location`` (or both). ``reviewer`` is required. Raises MedassistError on bad input.
+        ``location`` (or both). ``reviewer`` is required. Raises MedassistError on bad input, and
+        DecisionLogError when the database's head no longer matches its anchor.
         """
         fields = _validated(
             study_uid=study_uid,
@@ -277,24 +420,50 @@ class DecisionStore:
             comment=comment,
             decided_at=decided_at,
         )
+        key = self.key()
         placeholders = ", ".join("?" for _ in HASH_COLUMNS)
-        with self.connect() as conn:
+        with anchor_lock(self.anchor_path), self.connect() as conn:
             conn.execute("BEGIN IMMEDIATE")  # take the write lock before reading the chain's head
             try:
-                last = conn.execute("SELECT row_hash FROM decisions ORDER BY id DESC LIMIT 1").fetchone()
-                prev_hash = last[0] if last else GENESIS_HASH
-                row_hash = compute_row_hash(prev_hash, fields)
-                cursor = conn.execute(
-                    f"INSERT INTO decisions ({', '.join(HASH_COLUMNS)}, prev_hash, row_hash) "
-                    f"VALUES ({placeholders}, ?, ?)",
-                    [fields[name] for name in HASH_COLUMNS] + [prev_hash, row_hash],
+                anchor = self._anchor_for_write(conn, key)
+                head = _head_of(conn)
+                prev_mac = head.last_mac if head.count else genesis_mac(key, anchor.log_id)
+                new_id = head.last_id + 1
+                row_mac = compute_row_mac(key, new_id, prev_mac, fields)
+                conn.execute(
+                    f"INSERT INTO decisions (id, {', '.join(HASH_COLUMNS)}, prev_hash, row_hash) "
+                    f"VALUES (?, {placeholders}, ?, ?)",
+                    [new_id] + [fields[name] for name in HASH_COLUMNS] + [prev_mac, row_mac],
                 )
-                new_id = cursor.lastrowid
+                new_head = Head(new_id, row_mac, head.count + 1)
+                write_anchor(self.anchor_path, key, Anchor(anchor.log_id, head, pending=new_head))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-        return Decision(id=int(new_id), prev_hash=prev_hash, row_hash=row_hash, **fields)
+            write_anchor(self.anchor_path, key, Anchor(anchor.log_id, new_head))
+        return Decision(id=new_id, prev_hash=prev_mac, row_hash=row_mac, **fields)
+
+    def _anchor_for_write(self, conn: sqlite3.Connection, key: bytes) -> Anchor:
+        """The anchor, checked against the database's head; DecisionLogError when they disagree."""
+        try:
+            meta = conn.execute("SELECT value FROM chain_meta WHERE name = 'log_id'").fetchone()
+        except sqlite3.DatabaseError:
+            meta = None
+        if meta is None:
+            raise DecisionLogError(f"{self.path}: not a keyed decision log (open it with open_store)")
+        anchor = read_anchor(self.anchor_path, key)
+        if anchor is None:
+            raise DecisionLogError(f"{self.path}: its anchor {self.anchor_path} is missing; refusing to write")
+        head = _head_of(conn)
+        if anchor.log_id != meta[0] or not anchor.accepts(head):
+            raise DecisionLogError(
+                f"{self.path}: the database ({head.describe()}) no longer matches its anchor "
+                f"({anchor.head.describe()}); it was changed outside medassist. Refusing to write; run "
+                f"medassist audit --verify --review-db {self.path}"
+            )
+        return anchor
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -350,12 +519,6 @@ class DecisionStore:
         decided = self.current_decisions() if current is None else current
         return status_of(finding_keys, decided)
 
-    def head(self) -> str:
-        """The last row's hash (GENESIS_HASH when empty): an anchor to keep outside the file."""
-        with self.connect() as conn:
-            row = conn.execute("SELECT row_hash FROM decisions ORDER BY id DESC LIMIT 1").fetchone()
-        return row[0] if row else GENESIS_HASH
-
     # -- export ------------------------------------------------------------------------------
 
     def to_csv(self, *, current_only: bool = False) -> str:
@@ -384,8 +547,66 @@ class DecisionStore:
             raise
         return target
 
+    def head(self) -> str:
+        """The last row's MAC ("" when empty); the anchor keeps it outside the file."""
+        return self.chain_head().last_mac
+
+    def chain_head(self) -> Head:
+        """Last id, last MAC and row count of the database as it is."""
+        with self.connect(readonly=True) as conn:
+            return _head_of(conn)
+
+    # -- verification ------------------------------------------------------------------------
+
     def verify_chain(self) -> list[str]:
-        return verify_chain(self)
+        """The problems found in this log (empty when it verifies): see :func:`verify_chain`."""
+        with anchor_lock(self.anchor_path, create=False):
+            state = _inspect(self.path)
+            if state.kind == "missing" and not self.anchor_path.exists():
+                raise MedassistError(f"{self.path}: no decisions database there")
+            return self._problems(state)
+
+    def _problems(self, state: _DbState) -> list[str]:
+        """Everything wrong with ``state`` measured against the key and the anchor."""
+        if state.kind == "legacy":
+            return _legacy_problems(self.path, state)
+        try:
+            key = self.key()
+        except MedassistError as exc:
+            return [f"{self.path}: cannot verify the log without its site key: {exc}"]
+        try:
+            anchor = read_anchor(self.anchor_path, key)
+        except MedassistError as exc:
+            return [str(exc)]
+        if state.kind != "keyed":
+            return _gone_problems(self.path, state, anchor, self.anchor_path)
+        problems: list[str] = []
+        if anchor is None:
+            problems.append(
+                f"{self.path}: its anchor {self.anchor_path} is missing, so removed or replaced rows cannot be "
+                "ruled out (anchor deleted, or the log was moved: pass --anchor FILE)"
+            )
+            log_id = state.log_id or ""
+        else:
+            log_id = anchor.log_id
+            if state.log_id != anchor.log_id:
+                problems.append(
+                    f"{self.path}: the database belongs to another decision log than its anchor "
+                    f"{self.anchor_path} (the database was replaced or re-created)"
+                )
+        problems += _row_problems(state.rows, key, genesis_mac(key, log_id))
+        head = state.head
+        if anchor is not None and not anchor.accepts(head):
+            problems.append(_head_problem(self.path, head, anchor))
+        if state.seq is not None and state.seq > head.last_id:
+            problems.append(
+                f"{self.path}: rows after id {head.last_id} are missing (ids were issued up to {state.seq}): "
+                "the newest rows were removed"
+            )
+        for trigger in TRIGGERS:
+            if trigger not in state.triggers:
+                problems.append(f"{self.path}: the guard trigger {trigger} was dropped")
+        return problems
 
 
 def status_of(finding_keys: Iterable[FindingKey], decided: Mapping[FindingKey, Any]) -> str:
@@ -399,52 +620,177 @@ def status_of(finding_keys: Iterable[FindingKey], decided: Mapping[FindingKey, A
     return "in progress" if done else "unreviewed"
 
 
-def verify_chain(db: "DecisionStore | str | os.PathLike[str]") -> list[str]:
-    """Recompute the hash chain; returns the problems found (empty when intact).
+def verify_chain(
+    db: "DecisionStore | str | os.PathLike[str]",
+    *,
+    key_file: str | os.PathLike[str] | None = None,
+    anchor_file: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """Check a decision log; returns the problems found (empty when it verifies).
 
-    Detects an edited row (its hash no longer matches its contents), a removed, inserted or
-    reordered row (the next row's ``prev_hash`` no longer matches), and removed trailing rows
-    when SQLite's AUTOINCREMENT counter is ahead of the last id.
+    Reports an edited, inserted, reordered or removed row (MAC chain, ids without gaps), removed
+    newest rows and a database that was truncated, replaced or re-created (the anchor), a missing
+    or altered anchor, dropped guard triggers, and an unkeyed format 1 log as such. Raises
+    MedassistError only when there is neither a database nor an anchor for it.
     """
     if isinstance(db, DecisionStore):
-        store = db
-    else:
-        path = Path(db)
-        if path.is_dir():
-            path = default_db_path(path)
-        if not path.is_file():
-            raise MedassistError(f"{path}: no decisions database there")
-        store = DecisionStore(path)
+        return db.verify_chain()
+    path = Path(db)
+    if path.is_dir():
+        path = default_db_path(path)
+    return DecisionStore(path, key_file=key_file, anchor_file=anchor_file).verify_chain()
+
+
+def _inspect(path: Path) -> _DbState:
+    """Read everything verification needs from the database at ``path``, read-only."""
+    if not path.exists():
+        return _DbState("missing")
+    try:
+        if path.stat().st_size == 0:
+            return _DbState("empty")
+        with _connect(path, readonly=True) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                return _DbState("empty")
+            if "decisions" not in tables:
+                return _DbState("foreign", error="it has no decisions table")
+            state = _DbState("keyed" if "chain_meta" in tables else "legacy")
+            state.rows = conn.execute("SELECT * FROM decisions ORDER BY id").fetchall()
+            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").fetchone()
+            state.seq = None if seq is None or seq[0] is None else int(seq[0])
+            state.triggers = {
+                row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            }
+            state.user_version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if state.kind == "keyed":
+                meta = conn.execute("SELECT value FROM chain_meta WHERE name = 'log_id'").fetchone()
+                state.log_id = None if meta is None else str(meta[0])
+            return state
+    except (sqlite3.DatabaseError, MedassistError, OSError) as exc:
+        return _DbState("unreadable", error=str(exc))
+
+
+@contextlib.contextmanager
+def _connect(path: Path, *, readonly: bool = False) -> Iterator[sqlite3.Connection]:
+    """An autocommit connection to an existing database file (``mode=rw`` or ``ro``: never creates it)."""
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode={'ro' if readonly else 'rw'}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise MedassistError(f"{path}: cannot open the decisions database: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.row_factory = sqlite3.Row
+        yield conn
+    finally:
+        conn.close()
+
+
+def _head_of(conn: sqlite3.Connection) -> Head:
+    """The database's head: last id and MAC, and the number of rows."""
+    last = conn.execute("SELECT id, row_hash FROM decisions ORDER BY id DESC LIMIT 1").fetchone()
+    if last is None:
+        return EMPTY_HEAD
+    count = conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+    return Head(int(last[0]), str(last[1]), int(count))
+
+
+def _row_problems(rows: list[sqlite3.Row], key: bytes, genesis: str) -> list[str]:
+    """MAC chain and id sequence of the rows, oldest first (at most MAX_ROW_PROBLEMS messages)."""
     problems: list[str] = []
-    with store.connect() as conn:
-        try:
-            rows = conn.execute("SELECT * FROM decisions ORDER BY id").fetchall()
-            seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'decisions'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            return [f"{store.path}: cannot read the decisions table: {exc}"]
-    expected_prev = GENESIS_HASH
-    last_id = 0
-    for row in rows:
-        fields = {name: row[name] for name in HASH_COLUMNS}
-        if row["prev_hash"] != expected_prev:
+    expected_prev = genesis
+    for position, row in enumerate(rows, start=1):
+        if row["id"] != position:
+            problems.append(f"row {row['id']}: expected id {position} (rows before it were removed or inserted)")
+        if not mac.same_mac(row["prev_hash"], expected_prev):
             problems.append(
-                f"row {row['id']}: prev_hash does not match the previous row's hash "
+                f"row {row['id']}: prev_hash does not match the previous row's MAC "
                 "(a row before it was removed, inserted or reordered)"
             )
         try:
-            recomputed = compute_row_hash(row["prev_hash"] or "", fields)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"row {row['id']}: contents cannot be hashed ({exc})")
+            fields = {name: row[name] for name in HASH_COLUMNS}
+            recomputed = compute_row_mac(key, row["id"], str(row["prev_hash"]), fields)
+        except (TypeError, ValueError, IndexError) as exc:
+            problems.append(f"row {row['id']}: contents cannot be checked ({exc})")
+        else:
+            if not mac.same_mac(recomputed, row["row_hash"]):
+                problems.append(
+                    f"row {row['id']}: its MAC does not match its contents (the row was edited, or not "
+                    "written by medassist with this site key)"
+                )
+        expected_prev = row["row_hash"]
+    if len(problems) > MAX_ROW_PROBLEMS:
+        problems = problems[:MAX_ROW_PROBLEMS] + [f"... and {len(problems) - MAX_ROW_PROBLEMS} more row problems"]
+    return problems
+
+
+def _head_problem(path: Path, head: Head, anchor: Anchor) -> str:
+    """Why the database's head and the anchored head differ, in words."""
+    said = f"{path}: the database holds {head.describe()} but its anchor records {anchor.head.describe()}"
+    if head.count < anchor.head.count:
+        return said + ": the newest decisions were deleted, or the database was replaced by an older copy"
+    if head.count > anchor.head.count:
+        return said + ": rows were added outside medassist, or the anchor was replaced by an older copy"
+    return said + " with another last row: the database was replaced or rewritten"
+
+
+def _gone_problems(path: Path, state: _DbState, anchor: Anchor | None, anchor_path: Path) -> list[str]:
+    """Problems of a database that is missing, empty, unreadable or not a decision log."""
+    what = {
+        "missing": "is missing",
+        "empty": "is empty (truncated, or re-created)",
+        "foreign": f"is not a decision log ({state.error})",
+        "unreadable": f"cannot be read ({state.error})",
+    }[state.kind]
+    if anchor is None:
+        return [f"{path}: the database {what}, and there is no anchor for it at {anchor_path}"]
+    if not anchor.head.count and state.kind in ("missing", "empty"):
+        return []  # the anchor says nothing was recorded yet
+    return [f"{path}: the database {what} but its anchor {anchor_path} records {anchor.head.describe()}"]
+
+
+def _legacy_problems(path: Path, state: _DbState) -> list[str]:
+    """A format 1 log: always reported as unkeyed, with what its sha256 chain shows."""
+    problems = [
+        f"{path}: an unkeyed decision log (format {LEGACY_SCHEMA_VERSION}, sha256 chain, no anchor): anyone who "
+        "could write the file could have rewritten it and recomputed the chain, so it cannot be verified; "
+        "keep it read-only and start a keyed log"
+    ]
+    expected_prev = GENESIS_HASH
+    last_id = 0
+    for row in state.rows:
+        if row["prev_hash"] != expected_prev:
+            problems.append(f"row {row['id']}: prev_hash does not match the previous row's hash (format 1 chain)")
+        try:
+            recomputed = compute_row_hash(row["prev_hash"] or "", {name: row[name] for name in HASH_COLUMNS})
+        except (TypeError, ValueError):
             recomputed = None
-        if recomputed is not None and recomputed != row["row_hash"]:
-            problems.append(f"row {row['id']}: row_hash does not match its contents (the row was edited)")
+        if recomputed != row["row_hash"]:
+            problems.append(f"row {row['id']}: row_hash does not match its contents (format 1 chain)")
         expected_prev = row["row_hash"]
         last_id = row["id"]
-    if seq_row is not None and seq_row[0] is not None and seq_row[0] > last_id:
-        problems.append(
-            f"rows after id {last_id} are missing (ids were issued up to {seq_row[0]}): trailing rows were removed"
-        )
+    if state.seq is not None and state.seq > last_id:
+        problems.append(f"rows after id {last_id} are missing (ids were issued up to {state.seq}) (format 1 chain)")
     return problems
+
+
+def _refuse_inside(folder: Path, path: Path, what: str) -> None:
+    """The key and the anchor must not live in the output folder they protect."""
+    if folder.resolve() in path.resolve().parents:
+        raise DecisionLogError(
+            f"{path}: {what} is inside the output folder {folder}, where anyone who can write the decisions can "
+            "reach it too; keep it elsewhere (MEDASSIST_KEY_FILE, MEDASSIST_ANCHOR_DIR)"
+        )
+
+
+def _make_private(db: Path) -> None:
+    """Mode 0600 for the database and its WAL files (owner only)."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            if path.exists() and path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)
+        except OSError as exc:
+            log.warning("%s: cannot make it private (mode 0600): %s", path, exc.strerror or exc)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -89,7 +89,20 @@ HASHED = ("study_uid", "series_uid", "model", "model_version", "finding", "score
 
 
 def make_review_db(path: Path, rows: list[dict]) -> Path:
-    """A decisions table in the review stage's layout, hash-chained like the review store does it."""
+    """A keyed decision log written through the review store (site key: $MEDASSIST_KEY_FILE)."""
+    from medassist.review.store import open_store
+
+    store = open_store(path)
+    for row in rows:
+        fields = dict(row)
+        fields.setdefault("finding", "fracture")
+        location = fields.pop("location", None)
+        store.record_decision(**fields, location=json.loads(location) if location else None)
+    return path
+
+
+def make_legacy_review_db(path: Path, rows: list[dict]) -> Path:
+    """A format 1 decisions table (unkeyed sha256 chain, no anchor), as medassist wrote them before."""
     con = sqlite3.connect(path)
     con.execute(DECISIONS_SCHEMA)
     prev = "0" * 64
@@ -101,6 +114,7 @@ def make_review_db(path: Path, rows: list[dict]) -> Path:
         con.execute(f"INSERT INTO decisions ({', '.join(HASHED)}, prev_hash, row_hash) "
                     f"VALUES ({', '.join('?' * (len(HASHED) + 2))})", [fields[k] for k in HASHED] + [prev, row_hash])
         prev = row_hash
+    con.execute("PRAGMA user_version = 1")
     con.commit()
     con.close()
     return path

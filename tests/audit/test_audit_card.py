@@ -129,7 +129,7 @@ def test_review_db_and_localisation_in_the_card(tmp_path, shipped):
     out = tmp_path / "cards"
     out.mkdir()
     rows = [decision("a", 1, "accept"), decision("b", 1, "reject"), decision("c", 0, "accept"),
-            decision("d", 0, "correct", corrected="fracture")]
+            decision("d", 0, "correct", corrected="fracture", location='{"col":1,"row":2,"slice":0}')]
     db = make_review_db(tmp_path / "decisions.sqlite", rows)
     report = {"model": {"name": spec.name, "sha256": spec.sha256},
               "data": {"dataset": "FracAtlas validation fractures", "n_images": 40},

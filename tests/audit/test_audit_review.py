@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from audit_helpers import decision, make_review_db
+from audit_helpers import decision, make_legacy_review_db, make_review_db
 from sklearn.metrics import cohen_kappa_score
 
 from medassist.audit.agreement import final_call, review_agreement, verify_review_log
@@ -79,24 +79,37 @@ def test_constant_calls_give_undefined_kappa(tmp_path):
     assert v["cohen_kappa"] is None and v["agreement"] == 1.0 and v["accept_rate"] == 1.0
 
 
+def _edit(db, sql: str) -> None:
+    """Change the log as someone with the file could: drop the guard triggers, then edit."""
+    con = sqlite3.connect(db)
+    con.execute("DROP TRIGGER decisions_no_update")
+    con.execute("DROP TRIGGER decisions_no_delete")
+    con.execute(sql)
+    con.commit()
+    con.close()
+
+
 def test_review_log_verification_detects_an_edit(tmp_path):
     db = make_review_db(tmp_path / "decisions.sqlite", _rows())
     assert verify_review_log(db) == []
-    con = sqlite3.connect(db)
-    con.execute("UPDATE decisions SET decision = 'accept' WHERE id = 5")
-    con.commit()
-    con.close()
+    _edit(db, "UPDATE decisions SET decision = 'accept' WHERE id = 5")
     problems = verify_review_log(db)
-    assert problems and any("5" in p for p in problems)
+    assert any(p.startswith("row 5: its MAC does not match") for p in problems)
 
 
 def test_review_log_verification_detects_a_removed_row(tmp_path):
     db = make_review_db(tmp_path / "decisions.sqlite", _rows())
-    con = sqlite3.connect(db)
-    con.execute("DELETE FROM decisions WHERE id = 3")
-    con.commit()
-    con.close()
-    assert any("prev_hash" in p for p in verify_review_log(db))
+    _edit(db, "DELETE FROM decisions WHERE id = 3")
+    problems = verify_review_log(db)
+    assert any(p.startswith("row 4: prev_hash") for p in problems)
+    assert any("holds 15 row(s), last id 16 but its anchor records 16 row(s)" in p for p in problems)
+
+
+def test_review_log_verification_reports_an_unkeyed_log(tmp_path):
+    db = make_legacy_review_db(tmp_path / "decisions.sqlite", _rows())
+    problems = verify_review_log(db)
+    assert len(problems) == 1 and "an unkeyed decision log (format 1" in problems[0]
+    assert review_agreement(db, "toy_fracture")["rows_in_log"] == 15  # still readable for the statistics
 
 
 def test_not_a_review_database(tmp_path):

@@ -47,6 +47,7 @@ def test_decisions_survive_a_sigkilled_reviewer_while_another_one_writes(tmp_pat
     assert set(survivor_ids) <= set(rows) and len(survivor_ids) == 60
     assert {rows[i].reviewer for i in acknowledged} == {"victim"}
     assert verify_chain(db) == [], "the hash chain is intact after the kill"
+    open_store(db)  # the app opens it again (and settles an anchor the kill left pending)
     after = store.record_decision(
         study_uid="1.2.3", series_uid="1.2.3.999", model="fracture_xray", model_version="1.0.0", finding="fracture",
         score=0.2, threshold=0.5, model_flagged=False, decision="reject", reviewer="next-day",

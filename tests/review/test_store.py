@@ -11,11 +11,14 @@ import pytest
 
 from medassist.errors import MedassistError
 from medassist.review import store as store_mod
+from medassist.review.anchor import Head
 from medassist.review.store import (
     COLUMNS,
     GENESIS_HASH,
     compute_row_hash,
+    compute_row_mac,
     default_db_path,
+    genesis_mac,
     open_store,
     verify_chain,
 )
@@ -171,9 +174,14 @@ def test_chain_links_rows_and_verifies(store):
     assert verify_chain(store) == []
     a = store.record_decision(**finding(), decision="accept", reviewer="Dr A")
     b = store.record_decision(**finding(), decision="reject", reviewer="Dr B")
-    assert a.prev_hash == GENESIS_HASH and b.prev_hash == a.row_hash
-    assert a.row_hash == compute_row_hash(GENESIS_HASH, a.as_dict())
+    with store.connect() as conn:
+        log_id = conn.execute("SELECT value FROM chain_meta WHERE name = 'log_id'").fetchone()[0]
+    assert (a.id, b.id) == (1, 2)
+    assert a.prev_hash == genesis_mac(store.key(), log_id) and b.prev_hash == a.row_hash
+    assert a.row_hash == compute_row_mac(store.key(), a.id, a.prev_hash, a.as_dict())
+    assert a.row_hash != compute_row_hash(GENESIS_HASH, a.as_dict())  # keyed, not the format 1 sha256
     assert store.head() == b.row_hash
+    assert store.chain_head() == Head(2, b.row_hash, 2)
     assert verify_chain(store.path) == [] and store.verify_chain() == []
 
 
@@ -190,17 +198,25 @@ def test_chain_verify_detects_an_edited_row(store):
         store.record_decision(**finding(), decision=decision, reviewer="Dr A")
     _tamper(store, "UPDATE decisions SET decision = 'accept' WHERE id = 2")
     problems = verify_chain(store)
-    assert len(problems) == 1 and problems[0].startswith("row 2: row_hash does not match")
+    assert [p for p in problems if p.startswith("row ")] == [
+        "row 2: its MAC does not match its contents (the row was edited, or not written by medassist with this "
+        "site key)"
+    ]
+    assert sum("guard trigger" in p for p in problems) == 2
 
 
 def test_chain_verify_detects_removed_rows(store):
     for decision in ("accept", "reject", "accept", "reject"):
         store.record_decision(**finding(), decision=decision, reviewer="Dr A")
     _tamper(store, "DELETE FROM decisions WHERE id = 2")
-    assert any(p.startswith("row 3: prev_hash") for p in verify_chain(store))
+    problems = verify_chain(store)
+    assert any(p.startswith("row 3: prev_hash") for p in problems)
+    assert any(p.startswith("row 3: expected id 2") for p in problems)
     with store.connect() as conn:
         conn.execute("DELETE FROM decisions WHERE id = 4")
-    assert any("trailing rows were removed" in p for p in verify_chain(store))
+    problems = verify_chain(store)
+    assert any("the newest rows were removed" in p for p in problems)
+    assert any("newest decisions were deleted" in p for p in problems)
 
 
 def test_verify_chain_on_missing_file(tmp_path):
