@@ -12,8 +12,9 @@ DEMO_OUT := out/demo
 # System packages (Debian) the project needs: Chromium + driver for the real-browser test,
 # Orthanc with its DICOMweb and GDCM plugins for the real-PACS tests, mricron-data for the Colin27
 # normal brain (sample rebuild, normal-volume checks of the tumour model), dicom3tools (dciodvfy) and dcmtk (dsrdump),
-# the independent validators of the DICOM results in the tests.
-SYSTEM_PACKAGES := chromium chromium-driver orthanc orthanc-dicomweb orthanc-gdcm mricron-data dicom3tools dcmtk
+# the independent validators of the DICOM results in the tests, nginx for `medassist review --public` (TLS and
+# sign-in in front of the review app) and its test.
+SYSTEM_PACKAGES := chromium chromium-driver orthanc orthanc-dicomweb orthanc-gdcm mricron-data dicom3tools dcmtk nginx
 # python3-venv too, where this Python cannot create a virtualenv (Debian splits ensurepip out).
 APT_PACKAGES := $(strip $(SYSTEM_PACKAGES) $(shell $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv))
 # the stamp names the package list, so adding a package installs it on machines set up before

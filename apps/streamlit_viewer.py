@@ -1,7 +1,12 @@
 """medassist review: the radiologist's viewer over a triage output folder.
 
-    streamlit run apps/streamlit_viewer.py -- OUT_DIR      (or MEDASSIST_OUT=OUT_DIR)
     medassist review OUT_DIR                               (binds 127.0.0.1, see review/server.py)
+    streamlit run apps/streamlit_viewer.py --server.address 127.0.0.1 -- OUT_DIR   (or MEDASSIST_OUT=OUT_DIR)
+
+Who records a decision: behind ``medassist review --public`` (nginx) the name in the signed session
+cookie; on loopback with reviewer accounts, the account that signed in here (failed sign-ins slowed
+down by ``review.throttle``); on loopback without accounts, a typed name marked
+"(unauthenticated, loopback)". The app refuses to serve on anything but loopback itself.
 
 A thin layout over ``medassist.review.logic`` (worklist, windowing, overlay, zoom) and
 ``medassist.review.store`` (decisions in OUT/decisions.sqlite). The model only proposes: every
@@ -12,7 +17,6 @@ Never shows a patient name (it is never read); patient ID is shown, never logged
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import sys
 from pathlib import Path
@@ -21,10 +25,15 @@ import streamlit as st
 
 from medassist.datamodel import WorklistRow, read_worklist, worklist_path
 from medassist.errors import MedassistError
-from medassist.review import logic
+from medassist.keys import load_site_key
+from medassist.review import accounts, logic, session
+from medassist.review.server import is_loopback
 from medassist.review.store import DecisionStore, default_db_path, open_store
+from medassist.review.throttle import shared_throttle
 
-PASSWORD_ENV = "MEDASSIST_REVIEW_PASSWORD"
+MODE_ENV = "MEDASSIST_REVIEW_SESSION"  # "proxy": set by `medassist review --public`
+UNVERIFIED = "(unauthenticated, loopback)"
+LOGIN_URL, LOGOUT_URL = "/_medassist/login", "/_medassist/logout"
 DECISION_LABELS = {
     "accept": "Accept - the finding is right",
     "reject": "Reject - no such finding",
@@ -51,19 +60,66 @@ def _store(path: str) -> DecisionStore:
     return open_store(path)
 
 
-def _password_gate() -> bool:
-    """When MEDASSIST_REVIEW_PASSWORD is set (required to bind beyond loopback), ask for it."""
-    expected = os.environ.get(PASSWORD_ENV, "")
-    if not expected or st.session_state.get("authenticated"):
+def _mode() -> str:
+    """proxy (signed cookie from nginx's sign-in), accounts (sign in here) or single (no accounts)."""
+    if os.environ.get(MODE_ENV) == "proxy":
+        return "proxy"
+    return "accounts" if accounts.has_accounts() else "single"
+
+
+def _proxy_user() -> str | None:
+    """The account named by a valid session cookie (signature, expiry, account still there)."""
+    token = st.context.cookies.get(session.COOKIE_NAME)
+    found = session.verify(session.session_key(load_site_key(create=False)), token) if token else None
+    return found.user if found and accounts.account_exists(found.user) else None
+
+
+def current_reviewer() -> str | None:
+    """The reviewer recorded with a decision now, or None when nobody may record one."""
+    mode = _mode()
+    if mode == "proxy":
+        return _proxy_user()
+    if mode == "accounts":
+        user = st.session_state.get("signed_in")
+        return user if user and accounts.account_exists(user) else None
+    typed = " ".join(str(st.session_state.get("reviewer", "")).split())
+    return f"{typed} {UNVERIFIED}" if typed else None
+
+
+def _sign_in(name_key: str, password_key: str) -> None:
+    """Button callback: check the account's password (throttled); the password leaves the state."""
+    state = st.session_state
+    name, password = state.get(name_key, ""), state.get(password_key, "")
+    state[password_key] = ""
+    result = accounts.sign_in(name, password, st.context.ip_address or "loopback", throttle=shared_throttle())
+    if result.user:
+        state["signed_in"] = result.user
+        state.pop("signin_error", None)
+    else:
+        state["signin_error"] = result.message
+
+
+def _sign_out() -> None:
+    st.session_state.pop("signed_in", None)
+
+
+def _identity_gate() -> bool:
+    """Show the sign-in where one is needed; True when the page may be shown."""
+    mode = _mode()
+    if current_reviewer() is not None or mode == "single":
         return True
     st.title("medassist review")
-    entered = st.text_input("Password", type="password", key="password")
-    if entered:
-        if hmac.compare_digest(entered.encode("utf-8"), expected.encode("utf-8")):
-            st.session_state["authenticated"] = True
-            st.session_state.pop("password", None)
-            st.rerun()
-        st.error("Wrong password.")
+    if mode == "proxy":
+        st.error("Not signed in (or the session has ended).")
+        st.markdown(f"[Sign in]({LOGIN_URL})")
+        return False
+    st.caption("Sign in with your reviewer account.")
+    st.text_input("Account", key="signin_name")
+    st.text_input("Password", type="password", key="signin_password")
+    st.button("Sign in", key="signin", type="primary", on_click=_sign_in, args=("signin_name", "signin_password"))
+    error = st.session_state.get("signin_error")
+    if error:
+        st.error(error)
     return False
 
 
@@ -72,8 +128,17 @@ def _flash(kind: str, text: str) -> None:
 
 
 def _record(store: DecisionStore, row: WorklistRow, fk: str) -> None:
-    """Button callback: store the decision held in the finding's widgets (before the rerun)."""
+    """Button callback: store the decision held in the finding's widgets (before the rerun), under
+    the reviewer of this moment (never a name the widgets hold when accounts are in use)."""
     state = st.session_state
+    try:
+        reviewer = current_reviewer()
+    except MedassistError as exc:  # the users file became unreadable meanwhile
+        _flash("error", f"Not recorded: {exc}")
+        return
+    if reviewer is None:
+        _flash("error", "Not recorded: sign in (or enter your name) first.")
+        return
     decision = state.get(f"dec_{fk}")
     corrected = location = None
     if decision == "correct":
@@ -87,7 +152,7 @@ def _record(store: DecisionStore, row: WorklistRow, fk: str) -> None:
             store,
             row,
             decision=decision or "",
-            reviewer=state.get("reviewer", ""),
+            reviewer=reviewer,
             corrected_finding=corrected,
             location=location,
             comment=state.get(f"comment_{fk}") or None,
@@ -107,9 +172,18 @@ def _go_to(study_uid: str | None) -> None:
 def _sidebar(studies: list[logic.Study], store: DecisionStore, out_dir: Path) -> logic.StudyFilter:
     side = st.sidebar
     side.title("medassist review")
-    side.text_input("Reviewer name", key="reviewer", help="Required before recording a decision.")
-    if not st.session_state.get("reviewer", "").strip():
-        side.warning("Enter your name to record decisions.")
+    mode = _mode()
+    if mode == "single":
+        side.text_input("Reviewer name", key="reviewer", help="Required before recording a decision.")
+        side.caption(f"Single-user mode: no reviewer accounts, loopback only; decisions are marked {UNVERIFIED}.")
+        if not current_reviewer():
+            side.warning("Enter your name to record decisions.")
+    else:
+        side.markdown(f"Signed in as **{current_reviewer()}**")
+        if mode == "proxy":
+            side.markdown(f"[Sign out]({LOGOUT_URL})")
+        else:
+            side.button("Sign out", key="signout", on_click=_sign_out)
 
     counts = logic.count_studies(studies)
     side.subheader("Filters")
@@ -290,12 +364,14 @@ def _decision_panel(store: DecisionStore, row: WorklistRow, fk: str) -> None:
             l2.number_input("Row", 0, max(shape[0] - 1, 0), int(peak[1]), key=f"loc_row_{fk}")
             l3.number_input("Column", 0, max(shape[1] - 1, 0), int(peak[2]), key=f"loc_col_{fk}")
     st.text_area("Comment", key=f"comment_{fk}", height=80)
-    reviewer = st.session_state.get("reviewer", "").strip()
+    reviewer = current_reviewer()
     chosen = st.session_state.get(f"dec_{fk}")
     st.button("Record decision", key=f"record_{fk}", type="primary", disabled=not (reviewer and chosen),
               on_click=_record, args=(store, row, fk))
     if not reviewer:
         st.caption("Enter your name in the sidebar to record a decision.")
+    else:
+        st.caption(f"Recorded as: {reviewer}")
 
     history = store.history(row.key)
     if history:
@@ -361,10 +437,20 @@ def main() -> None:
     st.set_page_config(page_title="medassist review", layout="wide")
     out_dir = logic.resolve_out_dir(sys.argv[1:], os.environ)
     if out_dir is None:
-        st.error("No triage output folder: run `streamlit run apps/streamlit_viewer.py -- OUT_DIR` "
-                 "or set MEDASSIST_OUT.")
+        st.error("No triage output folder: run `medassist review OUT_DIR` "
+                 "(or `streamlit run apps/streamlit_viewer.py --server.address 127.0.0.1 -- OUT_DIR`).")
         st.stop()
-    if not _password_gate():
+    address = st.get_option("server.address")
+    if not address or not is_loopback(str(address)):
+        st.error("This app serves patient images: it runs on loopback only (server.address 127.0.0.1). "
+                 "Start it with `medassist review OUT_DIR`, or `--public` for nginx with TLS and sign-in in front.")
+        st.stop()
+    try:
+        allowed = _identity_gate()
+    except MedassistError as exc:  # a users file others can read, a missing site key...
+        st.error(str(exc))
+        st.stop()
+    if not allowed:
         st.stop()
     try:
         path = worklist_path(out_dir)

@@ -199,14 +199,43 @@ def build_parser() -> argparse.ArgumentParser:
     review = commands.add_parser(
         "review", help="open the radiologist's review app on a triage output folder",
         description="Serve the review app for OUT_DIR (its worklist; decisions go to "
-        "OUT_DIR/decisions.sqlite). Binds 127.0.0.1 unless --host is given; other hosts need "
-        "MEDASSIST_REVIEW_PASSWORD set, and the app then asks for it.",
+        "OUT_DIR/decisions.sqlite) on 127.0.0.1. With reviewer accounts (medassist users add) each "
+        "reviewer signs in and is recorded by account; without any, single-user mode marks every "
+        "decision unauthenticated. Beyond loopback only with --public: nginx with TLS and a sign-in in "
+        "front of every path, Streamlit on loopback behind it.",
     )
     review.add_argument("out", type=Path, metavar="OUT_DIR", help="a folder written by medassist triage")
-    review.add_argument("--port", type=positive_int, default=8501, metavar="N", help="port (default: 8501)")
+    review.add_argument("--port", type=positive_int, default=None, metavar="N",
+                        help="port (default: 8501; with --public 8443)")
     review.add_argument("--host", default="127.0.0.1", metavar="H", help="address to bind (default: 127.0.0.1)")
+    review.add_argument("--public", action="store_true",
+                        help="serve beyond loopback through nginx (TLS, sign-in on every path; needs accounts)")
+    review.add_argument("--tls-cert", type=Path, metavar="FILE", help="with --public: the site's TLS certificate (PEM)")
+    review.add_argument("--tls-key", type=Path, metavar="FILE", help="with --public: its private key (PEM)")
     add_key_file(review)
+    add_users_file(review)
     review.set_defaults(func=cmd_review)
+
+    users = commands.add_parser(
+        "users", help="reviewer accounts: add, list, remove",
+        description="Reviewer accounts for the review app: names and Argon2id password hashes in a users file "
+        "outside every output folder (default: $MEDASSIST_USERS_FILE, else review-users.json beside the site key; "
+        "mode 0600).",
+    )
+    users_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    users_add = users_commands.add_parser("add", help="add an account (asks for its password)")
+    users_add.add_argument("name", metavar="NAME", help="account name: a-z 0-9 . _ @ - (recorded as the reviewer)")
+    users_add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    users_add.add_argument("--replace", action="store_true", help="set a new password for an existing account")
+    add_users_file(users_add)
+    users_add.set_defaults(func=cmd_users_add)
+    users_list = users_commands.add_parser("list", help="list the accounts")
+    add_users_file(users_list)
+    users_list.set_defaults(func=cmd_users_list)
+    users_remove = users_commands.add_parser("remove", help="remove an account (its sessions end)")
+    users_remove.add_argument("name", metavar="NAME")
+    add_users_file(users_remove)
+    users_remove.set_defaults(func=cmd_users_remove)
 
     audit = commands.add_parser(
         "audit", help="regenerate the model cards of the shipped models",
@@ -248,6 +277,13 @@ def add_key_file(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-file", type=Path, metavar="FILE",
                         help="site key of the decision log (default: $MEDASSIST_KEY_FILE, else "
                         "~/.config/medassist/site.key; created mode 0600 on first use)")
+
+
+def add_users_file(parser: argparse.ArgumentParser) -> None:
+    """--users-file: the reviewer accounts (kept outside every output folder)."""
+    parser.add_argument("--users-file", type=Path, metavar="FILE",
+                        help="reviewer accounts (default: $MEDASSIST_USERS_FILE, else review-users.json beside "
+                        "the site key)")
 
 
 def add_pacs_credentials(parser: argparse.ArgumentParser) -> None:
@@ -374,7 +410,54 @@ def cmd_review(args: argparse.Namespace) -> int:
     """``medassist review OUT_DIR``: the Streamlit review app, until Ctrl-C."""
     from medassist.review.server import launch
 
-    return launch(args.out, port=args.port, host=args.host, key_file=args.key_file)
+    if (args.tls_cert or args.tls_key) and not args.public:
+        raise MedassistError("--tls-cert and --tls-key go with --public")
+    return launch(args.out, port=args.port, host=args.host, key_file=args.key_file, users_file=args.users_file,
+                  public=args.public, tls_cert=args.tls_cert, tls_key=args.tls_key)
+
+
+def read_new_password(from_stdin: bool) -> str:
+    """The new account's password: one line from stdin, else asked twice (not echoed)."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != first:
+        raise MedassistError("the passwords differ; nothing changed")
+    return first
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    """``medassist users add NAME``."""
+    from medassist.review import accounts
+
+    name = accounts.normalise_name(args.name)  # refuse a bad name before asking for a password
+    account = accounts.add_user(name, read_new_password(args.password_stdin), args.users_file, replace=args.replace)
+    print(f"medassist users: {'password set for' if args.replace else 'added'} {account.name} "
+          f"in {accounts.users_path(args.users_file)}")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    """``medassist users list``: one line per account (name, created)."""
+    from medassist.review import accounts
+
+    listed = accounts.list_accounts(args.users_file)
+    if not listed:
+        print(f"no reviewer accounts in {accounts.users_path(args.users_file)}")
+    for account in listed:
+        print(f"{account.name}  {account.created}")
+    return 0
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    """``medassist users remove NAME``."""
+    from medassist.review import accounts
+
+    accounts.remove_user(args.name, args.users_file)
+    print(f"medassist users: removed {accounts.normalise_name(args.name)}")
+    return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

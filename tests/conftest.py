@@ -2,6 +2,7 @@
 
 MEDASSIST_KEY_FILE points at a key made for this test session (in the environment, so commands the
 tests start as subprocesses use it too): tests never sign with, or create, the user's real key.
+MEDASSIST_USERS_FILE likewise: the reviewer accounts beside that key, never the user's real ones.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ _KEY_DIR = Path(tempfile.mkdtemp(prefix="medassist-test-key-"))
 
 def pytest_configure(config) -> None:
     os.environ["MEDASSIST_KEY_FILE"] = str(_KEY_DIR / "site.key")
+    os.environ["MEDASSIST_USERS_FILE"] = str(_KEY_DIR / "review-users.json")
 
 
 def pytest_unconfigure(config) -> None:

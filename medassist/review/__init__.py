@@ -6,7 +6,10 @@ Map of the package:
   and anchored outside the output folder (``keys``: the site key; ``anchor``: the chain's head);
 * ``logic``  - what the app does, as plain functions: worklist, priority, filters, windowing,
   saliency overlay as a separate layer, zoom, the decoded-image cache;
-* ``server`` - ``launch(out_dir, port=, host=)`` runs ``apps/streamlit_viewer.py`` on loopback.
+* ``server`` - ``launch(out_dir, port=, host=)`` runs ``apps/streamlit_viewer.py`` on loopback;
+* ``accounts`` - reviewer accounts (Argon2id hashes in a users file beside the site key);
+  ``throttle`` - failed sign-ins slowed down per account and per client; ``session`` - signed
+  session cookies; ``proxy`` - ``review --public``: nginx with TLS and a sign-in in front.
 """
 
 from medassist.review.store import (
@@ -19,8 +22,8 @@ from medassist.review.store import (
 __all__ = ["DecisionStore", "default_db_path", "open_store", "verify_chain", "launch"]
 
 
-def launch(out_dir, *, port: int = 8501, host: str = "127.0.0.1", key_file=None) -> int:
+def launch(out_dir, *, port: int | None = None, host: str = "127.0.0.1", key_file=None, **options) -> int:
     """Run the review app (see ``medassist.review.server.launch``)."""
     from medassist.review.server import launch as _launch
 
-    return _launch(out_dir, port=port, host=host, key_file=key_file)
+    return _launch(out_dir, port=port, host=host, key_file=key_file, **options)

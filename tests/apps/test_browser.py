@@ -38,8 +38,9 @@ def served(triage_out, tmp_path):
     """The app as `launch` runs it (same command line), on a free loopback port."""
     port = free_port()
     log = (tmp_path / "streamlit.log").open("w")
-    env = dict(os.environ, MEDASSIST_OUT=str(triage_out))
+    env = dict(os.environ, MEDASSIST_OUT=str(triage_out), MEDASSIST_USERS_FILE=str(tmp_path / "no-users.json"))
     env.pop("MEDASSIST_REVIEW_PASSWORD", None)
+    env.pop("MEDASSIST_REVIEW_SESSION", None)  # single-user loopback mode: a typed name, marked unauthenticated
     proc = subprocess.Popen(build_command(triage_out, port=port, host="127.0.0.1"), stdout=log,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -124,7 +125,7 @@ def test_review_in_a_real_browser(served, browser, triage_out, tmp_path):
 
     with sqlite3.connect(triage_out / "decisions.sqlite") as conn:
         rows = conn.execute("SELECT decision, reviewer, model, finding, model_flagged FROM decisions").fetchall()
-    assert rows == [("accept", "Dr Browser", "fracture_xray", "fracture", 1)]
+    assert rows == [("accept", "Dr Browser (unauthenticated, loopback)", "fracture_xray", "fracture", 1)]
 
     time.sleep(1.0)  # let images finish painting
     shot = tmp_path / "review.png"

@@ -7,19 +7,43 @@ import sys
 from pathlib import Path
 
 import pytest
+from streamlit import config
 from streamlit.testing.v1 import AppTest
 
+from medassist.review import accounts, throttle
 from review_factory import PATIENT_NAMES
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "streamlit_viewer.py"
 
 TIMEOUT = 120
+PASSWORD = "correct horse battery"
+
+
+class Clock:
+    """A clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def loopback_app(tmp_path, monkeypatch):
+    """As `medassist review` runs it: bound to 127.0.0.1, its own (empty) users file, no proxy."""
+    previous = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")
+    monkeypatch.setenv(accounts.USERS_FILE_ENV, str(tmp_path / "conf" / "review-users.json"))
+    monkeypatch.delenv("MEDASSIST_REVIEW_SESSION", raising=False)
+    monkeypatch.delenv("MEDASSIST_REVIEW_PASSWORD", raising=False)
+    yield
+    config.set_option("server.address", previous)
 
 
 @pytest.fixture()
 def app(triage_out, monkeypatch):
     monkeypatch.setenv("MEDASSIST_OUT", str(triage_out))
-    monkeypatch.delenv("MEDASSIST_REVIEW_PASSWORD", raising=False)
     monkeypatch.setattr(sys, "argv", ["streamlit_viewer.py"])  # not pytest's arguments
 
     def start() -> AppTest:
@@ -154,13 +178,14 @@ def test_decide_persists_and_shows_after_reload(app, triage_out):
             "FROM decisions"
         ).fetchall()
     assert rows == [("bleed_ct", "haemorrhage", "correct", "calcification", '{"col":24,"row":21,"slice":2}',
-                     "dense, not blood", "Dr Grey", 0.75, 1)]
+                     "dense, not blood", "Dr Grey (unauthenticated, loopback)", 0.75, 1)]
 
     fresh = app()  # a new session: nothing in session state, everything from SQLite
     table = table_with(fresh, "Accession")
     assert dict(zip(table["Accession"], table["Status"]))["ACC002"] == "reviewed"
     select_study(fresh, "ACC002")
-    assert any("Current decision: **correct → calcification** by Dr Grey" in s.value for s in fresh.success)
+    assert any("Current decision: **correct → calcification** by Dr Grey (unauthenticated, loopback)" in s.value
+               for s in fresh.success)
     history = table_with(fresh, "Reviewer")
     assert list(history["Decision"]) == ["correct"] and list(history["Comment"]) == ["dense, not blood"]
     assert "Cyan cross: marked location (row 21, col 24)" in " ".join(c.value for c in fresh.caption)
@@ -212,11 +237,75 @@ def test_missing_out_dir_and_worklist(monkeypatch, tmp_path):
     assert any("no worklist.json" in e.value for e in at.error)
 
 
-def test_password_gate(app, monkeypatch):
-    monkeypatch.setenv("MEDASSIST_REVIEW_PASSWORD", "s3cret")
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
-    assert not at.selectbox and at.text_input(key="password")
-    at.text_input(key="password").input("wrong").run()
-    assert any("Wrong password" in e.value for e in at.error) and not at.selectbox
-    at.text_input(key="password").input("s3cret").run()
+def test_refuses_to_serve_beyond_loopback(app):
+    config.set_option("server.address", "0.0.0.0")
+    at = app()
+    assert any("loopback only" in e.value for e in at.error)
+    assert not at.selectbox and "PID-" not in all_text(at)
+
+
+def sign_in(at: AppTest, name: str, password: str) -> AppTest:
+    at.text_input(key="signin_name").input(name)
+    at.text_input(key="signin_password").input(password)
+    at.button(key="signin").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_with_accounts_the_reviewer_is_the_signed_in_account(app, triage_out, monkeypatch):
+    monkeypatch.setattr(throttle, "_shared", throttle.LoginThrottle(clock=Clock()))
+    accounts.add_user("dr.grey", PASSWORD)
+    at = app()
+    assert not at.selectbox and "PID-" not in all_text(at)  # nothing before signing in
+    sign_in(at, "dr.grey", "wrong password")
+    assert any("Wrong account name or password" in e.value for e in at.error) and not at.selectbox
+    assert at.text_input(key="signin_password").value == ""  # the password does not stay in the session
+    sign_in(at, "dr.grey", PASSWORD)
     assert at.selectbox(key="study").options
+    assert not [t for t in at.text_input if t.key == "reviewer"]  # no typed name to claim someone else's
+    assert "Signed in as **dr.grey**" in " ".join(m.value for m in at.sidebar.markdown)
+    select_study(at, "ACC001")
+    decision_radio(at).set_value("reject").run()
+    record_button(at).click().run()
+    with sqlite3.connect(triage_out / "decisions.sqlite") as conn:
+        assert conn.execute("SELECT decision, reviewer FROM decisions").fetchall() == [("reject", "dr.grey")]
+    at.button(key="signout").click().run()
+    assert not at.selectbox and at.text_input(key="signin_name")
+
+
+def test_removed_account_is_signed_out_on_the_next_rerun(app, monkeypatch):
+    monkeypatch.setattr(throttle, "_shared", throttle.LoginThrottle(clock=Clock()))
+    accounts.add_user("dr.grey", PASSWORD)
+    accounts.add_user("house", PASSWORD)
+    at = sign_in(app(), "dr.grey", PASSWORD)
+    assert at.selectbox(key="study").options
+    accounts.remove_user("dr.grey")
+    at.run()
+    assert not at.selectbox and at.text_input(key="signin_name")
+
+
+def test_failed_sign_ins_back_off_across_sessions(app, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(throttle, "_shared", throttle.LoginThrottle(clock=clock, free=3, base=5))
+    accounts.add_user("dr.grey", PASSWORD)
+    at = app()
+    for _ in range(3):
+        sign_in(at, "dr.grey", "a wrong guess")
+        assert any("Wrong account name or password" in e.value for e in at.error)
+    sign_in(at, "dr.grey", "a wrong guess")
+    assert any("try again in 5 s" in e.value for e in at.error)
+    sign_in(at, "dr.grey", PASSWORD)  # the right password is not even checked while locked
+    assert any("try again in 5 s" in e.value for e in at.error) and not at.selectbox
+    fresh = sign_in(app(), "dr.grey", PASSWORD)  # a new session (reload) waits all the same
+    assert any("try again in 5 s" in e.value for e in fresh.error) and not fresh.selectbox
+    clock.now += 5
+    sign_in(fresh, "dr.grey", PASSWORD)
+    assert fresh.selectbox(key="study").options
+
+
+def test_behind_the_proxy_no_session_cookie_shows_nothing(app, monkeypatch):
+    monkeypatch.setenv("MEDASSIST_REVIEW_SESSION", "proxy")
+    accounts.add_user("dr.grey", PASSWORD)
+    at = app()
+    assert any("Not signed in" in e.value for e in at.error)
+    assert not at.selectbox and not at.text_input and "PID-" not in all_text(at)

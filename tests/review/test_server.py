@@ -1,14 +1,15 @@
-"""review.server: the streamlit command line and the loopback / password rule."""
+"""review.server: the streamlit command line, the loopback rule, accounts and --public checks."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 
 import pytest
 
 from medassist.errors import MedassistError
-from medassist.review import server
+from medassist.review import accounts, server
 
 
 def test_command_is_headless_loopback_without_usage_stats(triage_out):
@@ -30,15 +31,50 @@ def test_is_loopback(host, loopback):
     assert server.is_loopback(host) is loopback
 
 
-def test_non_loopback_needs_a_password(triage_out, monkeypatch):
-    monkeypatch.delenv(server.PASSWORD_ENV, raising=False)
-    with pytest.raises(MedassistError, match="MEDASSIST_REVIEW_PASSWORD"):
-        server.check_launch(triage_out, port=8501, host="0.0.0.0")
-    monkeypatch.setenv(server.PASSWORD_ENV, "s3cret")
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
-    server.check_launch(triage_out, port=free, host="0.0.0.0")  # allowed now
+        return s.getsockname()[1]
+
+
+def test_streamlit_never_serves_beyond_loopback_itself(triage_out, monkeypatch):
+    monkeypatch.delenv(server.PASSWORD_ENV, raising=False)
+    with pytest.raises(MedassistError, match="--public"):
+        server.check_launch(triage_out, port=free_port(), host="0.0.0.0")
+    monkeypatch.setenv(server.PASSWORD_ENV, "s3cret")  # the old shared password opens nothing now
+    with pytest.raises(MedassistError, match="shared password is gone"):
+        server.check_launch(triage_out, port=free_port(), host="127.0.0.1")
+
+
+def test_public_needs_accounts_and_users_file_outside_out(triage_out, tmp_path, monkeypatch):
+    monkeypatch.delenv(server.PASSWORD_ENV, raising=False)
+    users = tmp_path / "conf" / "users.json"
+    with pytest.raises(MedassistError, match="no reviewer accounts"):
+        server.check_launch(triage_out, port=free_port(), host="0.0.0.0", users_file=users, public=True)
+    accounts.add_user("dr.grey", "correct horse battery", users)
+    server.check_launch(triage_out, port=free_port(), host="0.0.0.0", users_file=users, public=True)
+    inside = triage_out / "users.json"
+    accounts.add_user("dr.grey", "correct horse battery", inside)
+    with pytest.raises(MedassistError, match="inside the output folder"):
+        server.check_launch(triage_out, port=free_port(), host="127.0.0.1", users_file=inside)
+    os.chmod(users, 0o644)
+    with pytest.raises(MedassistError, match="accessible to others"):
+        server.check_launch(triage_out, port=free_port(), host="127.0.0.1", users_file=users)
+
+
+def test_public_needs_tls_files(triage_out, tmp_path, monkeypatch):
+    monkeypatch.delenv(server.PASSWORD_ENV, raising=False)
+    users = tmp_path / "users.json"
+    accounts.add_user("dr.grey", "correct horse battery", users)
+    with pytest.raises(MedassistError, match="--tls-cert FILE --tls-key FILE"):
+        server.launch(triage_out, port=free_port(), host="0.0.0.0", users_file=users, public=True)
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    os.chmod(key, 0o644)
+    with pytest.raises(MedassistError, match="readable by everyone"):
+        server.launch(triage_out, port=free_port(), host="0.0.0.0", users_file=users, public=True,
+                      tls_cert=cert, tls_key=key)
 
 
 def test_refuses_missing_worklist_bad_port_and_busy_port(tmp_path, triage_out):
@@ -53,7 +89,7 @@ def test_refuses_missing_worklist_bad_port_and_busy_port(tmp_path, triage_out):
             server.check_launch(triage_out, port=busy.getsockname()[1], host="127.0.0.1")
 
 
-def test_launch_runs_streamlit_and_returns_its_exit_code(triage_out, monkeypatch):
+def test_launch_runs_streamlit_and_returns_its_exit_code(triage_out, tmp_path, monkeypatch):
     seen = {}
 
     class FakeProcess:
@@ -65,5 +101,9 @@ def test_launch_runs_streamlit_and_returns_its_exit_code(triage_out, monkeypatch
 
     monkeypatch.setattr(server, "check_launch", lambda *a, **k: None)
     monkeypatch.setattr(subprocess, "Popen", FakeProcess)
-    assert server.launch(triage_out, port=9999) == 3
+    users = tmp_path / "users.json"
+    assert server.launch(triage_out, port=9999, users_file=users) == 3
     assert "--server.port" in seen["cmd"] and seen["env"]["MEDASSIST_OUT"] == str(triage_out.resolve())
+    assert seen["env"][accounts.USERS_FILE_ENV] == str(users.absolute())
+    assert "MEDASSIST_REVIEW_SESSION" not in seen["env"]  # only --public's app trusts session cookies
+    assert seen["cmd"][seen["cmd"].index("--server.enableAgentApi") + 1] == "false"

@@ -252,11 +252,15 @@ def test_an_open_store_refuses_to_write_after_newest_rows_were_removed(log):
     assert len(log.all_rows()) == 3
 
 
-def test_the_review_app_shows_the_error_instead_of_a_fresh_log(out, monkeypatch):
+def test_the_review_app_shows_the_error_instead_of_a_fresh_log(out, monkeypatch, request):
+    from streamlit import config
     from streamlit.testing.v1 import AppTest
 
     from review_factory import make_triage_out
 
+    address = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")  # as `medassist review` serves it (else refused)
+    request.addfinalizer(lambda: config.set_option("server.address", address))
     triage = make_triage_out(out.parent)
     store = open_store(triage)
     _record(store, 2)
