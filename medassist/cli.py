@@ -76,6 +76,14 @@ def non_negative_seconds(text: str) -> float:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def add_models_dir(parser: argparse.ArgumentParser) -> None:
     """The hidden --models-dir option: use model specs and weights from another folder (each signed
     with the site key by ``medassist models sign``, or all allowed unsigned with a warning)."""
@@ -139,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     listen = commands.add_parser(
         "listen", help="receive studies over DICOM (C-STORE SCP) and triage each once complete",
         description="Listen for studies pushed by a PACS or modality; a study with no new instance for "
-        "--idle-seconds is triaged into OUT/studies/<study> and OUT/worklist.csv is updated.",
+        "--idle-seconds is triaged into OUT/studies/<study> and OUT/worklist.csv is updated. Only the calling "
+        "AEs given with --allow-ae may send (or any, with --allow-any-ae).",
     )
     listen.add_argument("--ae-title", "--aet", dest="aet", default="MEDASSIST", metavar="AE")
     listen.add_argument("--port", type=positive_int, default=11112, metavar="N")
@@ -148,6 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--idle-seconds", type=float, default=30.0, metavar="S")
     listen.add_argument("--send", metavar="TARGET", help="send results back (DICOMweb URL or dicom://AET@host:port)")
     listen.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    peers = listen.add_argument_group("DICOM peers and limits")
+    peers.add_argument("--allow-ae", action="append", default=[], metavar="AE[@HOST]",
+                       help="a calling AE title allowed to send, repeat for each; @HOST: only from that address")
+    peers.add_argument("--allow-any-ae", action="store_true",
+                       help="accept any calling AE title (not recommended: whoever reaches the port can send)")
+    peers.add_argument("--max-associations", type=positive_int, metavar="N", help="associations at once (default: 16)")
+    peers.add_argument("--max-per-peer", type=positive_int, metavar="N",
+                       help="associations at once from one calling AE at one address (default: 4)")
+    peers.add_argument("--max-instance-mb", type=positive_int, metavar="MB",
+                       help="refuse an instance larger than this (default: 2048)")
+    peers.add_argument("--acse-timeout", type=positive_seconds, metavar="S",
+                       help="seconds a connection may take to ask for an association (default: 10)")
+    peers.add_argument("--dimse-timeout", type=positive_seconds, metavar="S",
+                       help="seconds to wait on a DIMSE message (default: 30)")
+    peers.add_argument("--network-timeout", type=positive_seconds, metavar="S",
+                       help="an association silent this long is aborted (default: 15)")
+    tls = listen.add_argument_group("TLS (optional)")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="the listener's certificate (chain)")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    tls.add_argument("--tls-ca", type=Path, metavar="PEM", help="require peers to present a certificate from this CA")
     add_pacs_credentials(listen)
     add_models_dir(listen)
     listen.set_defaults(func=cmd_listen)
@@ -359,12 +388,34 @@ def send_triage_results(args: argparse.Namespace, password: str | None) -> int:
     return EXIT_RESULTS_FAILED if failed else 0
 
 
+def listener_limits(args: argparse.Namespace):
+    """``ListenerLimits`` from the listen options given (the rest keep their defaults)."""
+    from medassist.pacs.guard import MIB, ListenerLimits
+
+    given = {name: getattr(args, name) for name in ("acse_timeout", "dimse_timeout", "network_timeout",
+                                                    "max_associations", "max_per_peer")
+             if getattr(args, name) is not None}
+    if args.max_instance_mb is not None:
+        given["max_instance_bytes"] = args.max_instance_mb * MIB
+    return ListenerLimits(**given)
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     """``medassist listen``: a C-STORE SCP that triages each complete study, until Ctrl-C."""
+    from medassist.pacs.guard import tls_server_context
     from medassist.pacs.listener import listen
 
+    if not args.allow_ae and not args.allow_any_ae:
+        raise MedassistError("listen: give each sender with --allow-ae AE[@HOST] (repeatable), or --allow-any-ae "
+                             "to accept any calling AE title")
+    if args.allow_ae and args.allow_any_ae:
+        raise MedassistError("listen: --allow-ae and --allow-any-ae exclude each other")
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
+        raise MedassistError("listen: --tls-cert and --tls-key go together (and --tls-ca needs them)")
+    tls = tls_server_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     listen(args.aet, args.port, args.out, host=args.host, idle_seconds=args.idle_seconds, send_to=args.send,
-           send_username=args.pacs_user, send_password=pacs_password(args), device=args.device,
+           send_username=args.pacs_user, send_password=pacs_password(args), allow_ae=args.allow_ae,
+           allow_any_ae=args.allow_any_ae, limits=listener_limits(args), tls=tls, device=args.device,
            weights_dir=weights_dir_of(args), progress=False)
     return 0
 

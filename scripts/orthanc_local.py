@@ -46,7 +46,9 @@ def main() -> int:
             print(f"Orthanc {server.url} (DICOM AET {server.aet} port {server.dicom_port}), {uploaded} file(s) uploaded")
             print(f"  export PACS_PASSWORD={password}")
             print(f"  medassist triage --pacs {server.dicomweb} --pacs-user {user} --pacs-password-env PACS_PASSWORD --out OUT")
-            print(f"  its modality 'medassist' pushes to AET {conftest_orthanc.LISTENER_AET} on port {server.listener_port}")
+            print(f"  its modality 'medassist' pushes to AET {conftest_orthanc.LISTENER_AET} on port {server.listener_port}:")
+            print(f"  medassist listen --ae-title {conftest_orthanc.LISTENER_AET} --port {server.listener_port} "
+                  f"--allow-ae {server.aet}@127.0.0.1 --out OUT")
             print("Ctrl-C stops it.")
             while server.process.poll() is None:
                 time.sleep(1)

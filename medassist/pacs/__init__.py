@@ -4,6 +4,7 @@ Map of the package:
 
 * ``dicomweb`` - QIDO-RS search and WADO-RS retrieval (dicomweb-client), ``triage_from_pacs``;
 * ``listener`` - pynetdicom C-STORE receiver that triages each study once it goes idle, ``listen``;
+* ``guard``    - what the listener lets a peer do: allowed AEs, timeouts, association and size caps, TLS;
 * ``send``     - store our DICOM results at a PACS: STOW-RS (http...) or C-STORE (dicom://AET@host:port).
 
 dicomweb-client, requests and pynetdicom are imported when a function needs them.

@@ -3,17 +3,24 @@
 ``listen(ae_title, port, out_dir)`` (what ``medassist listen`` calls) runs until interrupted:
 
 * a pynetdicom storage SCP on ``host:port`` (loopback by default) accepts every storage SOP class
-  in any transfer syntax, plus C-ECHO;
-* each received instance is written, as received (no decoding), to
-  ``<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` (spool defaults to ``out_dir/spool``);
+  in any transfer syntax but the deflated ones, plus C-ECHO, from the calling AEs in ``allow_ae``
+  (``AE`` or ``AE@host``; ``allow_any_ae`` to take any), within ``ListenerLimits`` (timeouts, caps
+  on associations per peer and in all, on the size of one instance), optionally over TLS
+  (``medassist.pacs.guard`` has the details);
+* each received instance is streamed to a file as it arrives (pynetdicom's
+  ``STORE_RECV_CHUNKED_DATASET``, set for the process when a listener starts), never held whole in
+  memory, and moved, as received (no decoding), to ``<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm``
+  (spool defaults to ``out_dir/spool``); one over ``max_instance_bytes`` is refused with status
+  0xA700 and nothing of it is kept;
 * a study is complete when no instance of it has arrived for ``idle_seconds``; it is then
   triaged (``medassist.triage.run_triage``) into ``out_dir/studies/<StudyInstanceUID>/``, and
   ``out_dir/worklist.{csv,json}`` is rewritten with the rows of every study there (a restarted
   listener keeps the earlier ones), highest priority first across studies;
 * instances that arrive for a study after it was triaged make it due again: it is re-triaged
   once idle, on all its instances;
-* an instance is written to ``.<SOPInstanceUID>.part`` and renamed when complete; ``.part`` files
-  an interrupted run left behind are deleted when the listener starts.
+* an instance lands in the spool by one rename (from ``.<SOPInstanceUID>.part`` when pynetdicom's
+  temporary folder is on another file system); ``.part`` files an interrupted run left behind are
+  deleted when the listener starts, and the file of a transfer cut off mid-way at once.
 
 Studies are triaged one at a time in a background thread, so receiving never waits on a model.
 UIDs from the network are checked (digits and dots) before they become file names.
@@ -21,17 +28,21 @@ UIDs from the network are checked (digits and dots) before they become file name
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import shutil
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from medassist.errors import MedassistError
+from medassist.pacs.guard import AssociationGate, ListenerLimits, ReceiveGuard, gate_rules, guarded_server
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +91,21 @@ class StudyListener:
         triage: Callable | None = None,
         triage_kwargs: dict | None = None,
         on_study: Callable[[TriagedStudy], None] | None = None,
+        allow_ae: Sequence[str] = (),
+        allow_any_ae: bool = False,
+        limits: ListenerLimits | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
         if not 1 <= len(ae_title.strip()) <= 16:
             raise MedassistError(f"AE title {ae_title!r}: 1 to 16 characters")
+        if not allow_ae and not allow_any_ae:
+            raise MedassistError("no calling AE is allowed to send: give each sender with --allow-ae AE[@HOST] "
+                                 "(or --allow-any-ae to accept any calling AE title)")
         self.ae_title = ae_title.strip()
+        self.limits = limits or ListenerLimits()
+        self.gate = AssociationGate(gate_rules(allow_ae), allow_any=allow_any_ae, limits=self.limits)
+        self.receive_guard = ReceiveGuard(self.limits)
+        self.tls = tls
         self.host, self.port = host, int(port)
         self.out_dir = Path(out_dir)
         self.spool_dir = Path(spool_dir) if spool_dir is not None else self.out_dir / "spool"
@@ -97,16 +119,27 @@ class StudyListener:
         self._merge_lock = threading.Lock()  # one merged-worklist write at a time
         self._stop = threading.Event()
         self._server = None
+        self._accepting: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
 
     # ------------------------------------------------------------------ receiving
 
     def _handle_store(self, event) -> int:
+        """``evt.EVT_C_STORE``: move the instance pynetdicom wrote to a file into the spool."""
+        received = _received_file(event)
+        if received is None:
+            logger.error("listener: no file for an instance from %s (STORE_RECV_CHUNKED_DATASET off?)", _peer(event))
+            return STATUS_OUT_OF_RESOURCES
+        size = received.stat().st_size
+        if size > self.limits.max_instance_bytes:
+            logger.warning("listener: refused an instance from %s: more than %d bytes (the instance size cap)",
+                           _peer(event), self.limits.max_instance_bytes)
+            return STATUS_OUT_OF_RESOURCES
         try:
-            study_uid = str(event.dataset.StudyInstanceUID)
+            study_uid = _study_uid(received)
             sop_uid = str(event.request.AffectedSOPInstanceUID)
         except Exception as exc:
-            logger.warning("listener: unreadable instance from %s: %s", _peer(event), exc)
+            logger.warning("listener: unreadable instance from %s: %s", _peer(event), type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
         if not (_UID.match(study_uid) and _UID.match(sop_uid)) or len(study_uid) > 64 or len(sop_uid) > 64:
             logger.warning("listener: refused instance with invalid UIDs from %s", _peer(event))
@@ -115,10 +148,7 @@ class StudyListener:
         path = folder / f"{sop_uid}.dcm"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{sop_uid}{PART_SUFFIX}"
-            with open(tmp, "wb") as fh:
-                fh.write(event.encoded_dataset(include_meta=True))
-            os.replace(tmp, path)
+            _move_into(received, path)
         except OSError as exc:
             logger.error("listener: cannot store %s: %s", path, exc)
             return STATUS_OUT_OF_RESOURCES
@@ -131,28 +161,55 @@ class StudyListener:
 
     def start(self) -> "StudyListener":
         """Start accepting associations and watching for idle studies; returns at once."""
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
         from pynetdicom.sop_class import Verification
+        from pydicom.uid import UID
 
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self._remove_partial_files()
         self._recover_spool()
+        _config.STORE_RECV_CHUNKED_DATASET = True  # instances go to a file as they arrive, not to memory
         ae = AE(ae_title=self.ae_title)
+        # pydicom inflates a deflated data set whole in memory (even to read one attribute): not taken
+        syntaxes = [ts for ts in ALL_TRANSFER_SYNTAXES if not UID(ts).is_deflated]
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(context.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
-        ae.maximum_pdu_size = 0  # no limit
+        limits = self.limits
+        ae.maximum_pdu_size = limits.max_pdu
+        ae.acse_timeout, ae.dimse_timeout = limits.acse_timeout, limits.dimse_timeout
+        ae.network_timeout = limits.network_timeout
+        # The gate admits associations; pynetdicom's own cap (which also counts connections still to
+        # ask, each dropped after acse_timeout) is only a backstop, as is its calling AE check.
+        ae.maximum_associations = 4 * limits.max_associations
+        if not self.gate.allow_any:
+            ae.require_calling_aet = sorted({rule.ae for rule in self.gate.rules})
+        handlers = [
+            (evt.EVT_CONN_OPEN, self.receive_guard.on_connection_open),
+            (evt.EVT_REQUESTED, self.gate.on_requested),
+            (evt.EVT_PDU_RECV, self.receive_guard.on_pdu_received),
+            (evt.EVT_CONN_CLOSE, self.receive_guard.on_connection_closed),
+            (evt.EVT_C_STORE, self._handle_store),
+        ]
         try:
-            self._server = ae.start_server(
-                (self.host, self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle_store)]
-            )
+            server = ae.make_server((self.host, self.port), ssl_context=self.tls, evt_handlers=handlers,
+                                    server_class=guarded_server())
         except OSError as exc:
             raise MedassistError(f"cannot listen on {self.host}:{self.port} ({exc})") from exc
+        self._server = server
+        self._accepting = threading.Thread(target=server.serve_forever, name="medassist-listener-accept", daemon=True)
+        self._accepting.start()
         self._stop.clear()
         self._watcher = threading.Thread(target=self._watch, name="medassist-listener-watch", daemon=True)
         self._watcher.start()
-        logger.info("listener: %s listening on %s:%d, spool %s, studies triaged after %.0f s idle",
-                    self.ae_title, self.host, self.port, self.spool_dir, self.idle_seconds)
+        logger.info("listener: %s listening on %s:%d%s, spool %s, studies triaged after %.0f s idle",
+                    self.ae_title, self.host, self.port, " (TLS)" if self.tls else "", self.spool_dir,
+                    self.idle_seconds)
+        if self.gate.allow_any:
+            logger.warning("listener: accepting any calling AE title (--allow-any-ae): whoever can reach %s:%d "
+                           "can send studies", self.host, self.port)
+        else:
+            logger.info("listener: calling AEs allowed: %s", ", ".join(str(rule) for rule in self.gate.rules))
         return self
 
     def _remove_partial_files(self) -> int:
@@ -248,8 +305,16 @@ class StudyListener:
         """Stop receiving; with ``flush``, triage studies still waiting, without the idle wait."""
         self._stop.set()
         if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+            server, self._server = self._server, None
+            server.shutdown()
+            for assoc in server.active_associations:  # no instance arrives after stop()
+                try:
+                    assoc.abort()
+                except Exception:
+                    logger.debug("listener: abort on stop failed", exc_info=True)
+        if self._accepting is not None:
+            self._accepting.join(timeout=10)
+            self._accepting = None
         if self._watcher is not None:
             self._watcher.join()
             self._watcher = None
@@ -290,18 +355,24 @@ def listen(
     send_to: str | None = None,
     send_username: str | None = None,
     send_password: str | None = None,
+    allow_ae: Sequence[str] = (),
+    allow_any_ae: bool = False,
+    limits: ListenerLimits | None = None,
+    tls: ssl.SSLContext | None = None,
     **triage_kwargs,
 ) -> list[TriagedStudy]:
     """Receive and triage until Ctrl-C (or ``stop_event`` is set); see the module docstring.
 
     ``triage_kwargs`` go to ``run_triage`` (device, batch_size, num_workers, weights_dir, ...).
     ``send_to``: after each study, send its SR and saliency captures there (``pacs.send`` targets).
+    ``allow_ae``/``allow_any_ae``, ``limits``, ``tls``: who may send and how much (``StudyListener``).
     On stop, studies still waiting are triaged before returning. Returns what was triaged.
     """
     if send_to:
         on_study = _sending(on_study, send_to, send_username, send_password)
     listener = StudyListener(ae_title, port, out_dir, host=host, idle_seconds=idle_seconds, spool_dir=spool_dir,
-                             triage=triage, triage_kwargs=triage_kwargs, on_study=on_study)
+                             triage=triage, triage_kwargs=triage_kwargs, on_study=on_study, allow_ae=allow_ae,
+                             allow_any_ae=allow_any_ae, limits=limits, tls=tls)
     listener.start()
     stop_event = stop_event or threading.Event()
     try:
@@ -331,6 +402,43 @@ def _sending(then: Callable | None, target: str, username: str | None, password:
             then(done)
 
     return callback
+
+
+def _received_file(event) -> Path | None:
+    """The file pynetdicom streamed this C-STORE's data set into, if there is one."""
+    try:
+        path = event.dataset_path
+    except AttributeError:
+        return None
+    return Path(path) if path is not None and Path(path).is_file() else None
+
+
+def _study_uid(path: Path) -> str:
+    """StudyInstanceUID of a received file, read without its pixel data or other large values."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=64 * 1024, specific_tags=["StudyInstanceUID"])
+    return str(ds.StudyInstanceUID)
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """Put ``source`` at ``target`` atomically: one rename, or (across file systems) a copy to
+    ``.<name>.part`` beside ``target`` and a rename; the copy is removed if anything fails."""
+    try:
+        os.replace(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    part = target.with_name(f".{target.stem}{PART_SUFFIX}")
+    try:
+        shutil.copyfile(source, part)
+        os.chmod(part, 0o600)
+        os.replace(part, target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    source.unlink(missing_ok=True)
 
 
 def _peer(event) -> str:

@@ -124,7 +124,7 @@ def store_cstore(
     if not datasets:
         return report
     ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets})
     for sop_class, syntax in contexts[:128]:  # 128: the most presentation contexts one association may propose
         ae.add_requested_context(sop_class, [syntax])

@@ -33,7 +33,7 @@ def worklist_studies(path) -> list[str]:
 def test_orthanc_pushes_a_study_and_its_worklist_appears(orthanc_loaded, tmp_path, fake_triage):
     orthanc = orthanc_loaded
     listener = StudyListener(LISTENER_AET, orthanc.listener_port, tmp_path, idle_seconds=1.0, triage=fake_triage,
-                             triage_kwargs={"device": "cpu"})
+                             triage_kwargs={"device": "cpu"}, allow_ae=[f"{orthanc.aet}@127.0.0.1", "TESTSCU"])
     with listener:
         echo = requests.post(f"{orthanc.url}/modalities/medassist/echo", data="{}", auth=orthanc.auth, timeout=30)
         assert echo.status_code == 200
@@ -69,7 +69,7 @@ def test_a_failing_triage_does_not_stop_the_listener(tmp_path):
         raise RuntimeError("model exploded")
 
     port = free_port()
-    listener = StudyListener("MA", port, tmp_path, idle_seconds=0.3, triage=broken)
+    listener = StudyListener("MA", port, tmp_path, idle_seconds=0.3, triage=broken, allow_ae=["MEDASSIST"])
     with listener:
         ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
         assert store_cstore("127.0.0.1", port, "MA", [ds]).ok
@@ -80,10 +80,20 @@ def test_a_failing_triage_does_not_stop_the_listener(tmp_path):
 
 
 def test_instances_with_unsafe_uids_are_refused(tmp_path):
-    listener = StudyListener("MA", free_port(), tmp_path)
-    event = SimpleNamespace(dataset=SimpleNamespace(StudyInstanceUID="../../etc"),
-                            request=SimpleNamespace(AffectedSOPInstanceUID="1.2.3"), assoc=None)
-    assert listener._handle_store(event) == STATUS_CANNOT_UNDERSTAND
+    import warnings
+
+    from pydicom.dataelem import DataElement
+
+    listener = StudyListener("MA", free_port(), tmp_path, allow_ae=["MEDASSIST"])
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    received = tmp_path / "received.dcm"  # as pynetdicom streams it (STORE_RECV_CHUNKED_DATASET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom: not a valid UI value, which is the point
+        ds["StudyInstanceUID"] = DataElement(0x0020000D, "UI", "../../etc")
+        ds.save_as(received, enforce_file_format=True)
+        event = SimpleNamespace(dataset_path=received, request=SimpleNamespace(AffectedSOPInstanceUID="1.2.3"),
+                                assoc=None)
+        assert listener._handle_store(event) == STATUS_CANNOT_UNDERSTAND
     assert not (tmp_path / "spool").exists() or not any((tmp_path / "spool").iterdir())
 
 
@@ -95,7 +105,7 @@ def test_studies_left_in_the_spool_are_triaged_after_a_restart(tmp_path, fake_tr
     study = str(pydicom.dcmread(sample, stop_before_pixels=True).StudyInstanceUID)
     (tmp_path / "spool" / study).mkdir(parents=True)
     shutil.copy(sample, tmp_path / "spool" / study / "x.dcm")
-    listener = StudyListener("MA", free_port(), tmp_path, idle_seconds=0.2, triage=fake_triage)
+    listener = StudyListener("MA", free_port(), tmp_path, idle_seconds=0.2, triage=fake_triage, allow_ae=["MEDASSIST"])
     with listener:
         assert listener.wait_for(1, timeout=60)
     assert worklist_studies(tmp_path / "worklist.csv") == [study]
@@ -113,7 +123,7 @@ def test_partial_files_of_interrupted_transfers_are_removed_when_the_listener_st
     (tmp_path / "spool" / "notes").mkdir()
     (tmp_path / "spool" / "notes" / ".mine.part").write_text("not the listener's")
 
-    listener = StudyListener("MA", free_port(), tmp_path, idle_seconds=3600, triage=fake_triage)
+    listener = StudyListener("MA", free_port(), tmp_path, idle_seconds=3600, triage=fake_triage, allow_ae=["MEDASSIST"])
     with listener:
         assert not list(kept.glob("*.part")) and not list(half.glob("*.part"))
         assert (kept / "1.2.3.1.dcm").is_file() and (tmp_path / "spool" / "notes" / ".mine.part").is_file()
@@ -136,7 +146,7 @@ def test_listen_sends_each_studys_results_back_to_the_pacs(orthanc_loaded, tmp_p
     port, stop = free_port(), threading.Event()
     thread = threading.Thread(target=listen, args=("MA2", port, tmp_path), daemon=True, kwargs=dict(
         idle_seconds=0.5, triage=fake_triage, stop_event=stop, send_to=orthanc.dicomweb,
-        send_username=user, send_password=password))
+        send_username=user, send_password=password, allow_ae=["MEDASSIST"]))
     thread.start()
 
     def stored() -> bool:
@@ -180,10 +190,10 @@ def test_merged_worklist_is_in_priority_order_across_studies_and_survives_a_rest
                           saliency_path="saliency/map.npy")
         write_worklist(out, [row.as_record()])
 
-    first = StudyListener("MEDASSIST", free_port(), tmp_path, triage=triage)
+    first = StudyListener("MEDASSIST", free_port(), tmp_path, triage=triage, allow_ae=["MEDASSIST"])
     first.triage_study("1.2.3")
     first.triage_study("1.2.4")
-    restarted = StudyListener("MEDASSIST", free_port(), tmp_path, triage=triage)
+    restarted = StudyListener("MEDASSIST", free_port(), tmp_path, triage=triage, allow_ae=["MEDASSIST"])
     restarted.triage_study("1.2.5")
 
     assert worklist_studies(tmp_path / "worklist.csv") == ["1.2.4", "1.2.5", "1.2.3"]  # flagged, then by score
