@@ -72,7 +72,7 @@ def runs(tmp_path_factory) -> dict[int, Path]:
     for workers in (0, 1, 2):
         outs[workers] = tmp_path_factory.mktemp(f"workers{workers}")
         triage_series(series, [], outs[workers], device="cpu", num_workers=workers, progress=False,
-                      explain="flagged", series_timeout=2.0)
+                      explain="flagged", series_timeout=10.0)  # real series decode well within it, even on a loaded machine
     return outs
 
 
@@ -94,7 +94,7 @@ def test_broken_volumes_are_error_rows_and_the_next_volumes_are_scored(runs):
     rows = {Path(r["source_path"]).name: r for r in json.loads((runs[1] / "worklist.json").read_text())}
     assert rows["undecodable"]["error"] == "/data/undecodable: pixel data lost"
     assert rows["crashing"]["error"] == "/data/crashing: could not score volume (RuntimeError: decoder bug)"
-    assert rows["slow"]["error"] == "/data/slow: decoding took longer than 2 s (--series-timeout)"
+    assert rows["slow"]["error"] == "/data/slow: decoding took longer than 10 s (--series-timeout)"
     assert rows["flat"]["error"].startswith("/data/flat: could not score volume (ValueError: ")
     assert all(rows[name]["score"] is None for name in ("undecodable", "crashing", "slow", "flat"))
     assert rows["SER1"]["flagged"] is True and rows["SER1"]["saliency_path"] and rows["SER1"]["error"] == ""
