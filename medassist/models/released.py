@@ -10,6 +10,6 @@ once and commit this file with the new weights (tests/models/test_integrity.py f
 RELEASED: dict[str, tuple[str, str, str]] = {
     "fracture_xray": ("1.1.0", "921acaf007a8ca35dff890debfcdb38a0bfd4bc6c39446f2a3a952250aacfb38",
         "d121e3115de7e289532b2b2a9d64daa998052f963d8358cb197cf2c439269063"),
-    "tumor_mri": ("1.0.0", "e41b9f492588744d435e1cc39f86ffa9ef4046d4df8c912af668347b94ad4b45",
-        "24e467c3313b6ec5023c723403a774faf22b885494ac7f1a47c3f0b1ff6aed7b"),
+    "tumor_mri": ("2.0.0", "23359536dd38ae80aeb243a368ee6de7d3ec6e0c870564b46167d4da022cd1be",
+        "32b7579d7ab9750e4ac4b39e7c273bb62a63ae926b035700832d5aa04a835487"),
 }

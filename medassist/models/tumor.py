@@ -841,7 +841,8 @@ def finish_tumor(config, net, pre, data: TrainingData, history) -> ModelSpec:
     threshold = choose_threshold(labels, scores, config.get("threshold_rule", {"youden": True}))
     inference = dict(DEFAULT_INFERENCE, **config.get("inference", {}))
     extent = float(inference["aggregation"]["extent_mm"])
-    null = vol.NullModel.fit(scores[labels == 0])
+    # The null models real normal slices: mirror negatives are made, and score nearly like tumours.
+    null = vol.NullModel.fit(scores[(labels == 0) & (kinds == 0)])
     calibration = pseudo_volume_calibration(scores, labels, data.numbers[va], data.folders[va],
                                             threshold, extent, null, seed=config["train"]["seed"])
     tr = data.train_idx
