@@ -82,9 +82,7 @@ def _read_key_file(path: Path) -> bytes:
         text = path.read_text().strip()
     except OSError as exc:
         raise MedassistError(f"{path}: cannot read the site key ({exc.strerror or exc})") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise MedassistError(f"{path}: the site key is accessible to others (mode {stat.S_IMODE(mode):04o}); "
-                             f"run: chmod 600 {path}")
+    refuse_shared(path, mode, "the site key")
     try:
         key = bytes.fromhex(text)
     except ValueError:
@@ -92,3 +90,10 @@ def _read_key_file(path: Path) -> bytes:
     if len(key) < KEY_BYTES:
         raise MedassistError(f"{path}: not a site key ({KEY_BYTES * 2} or more hex digits expected)")
     return key
+
+
+def refuse_shared(path: Path, mode: int, what: str) -> None:
+    """MedassistError when a secret file (mode ``mode``) is accessible to the group or others."""
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise MedassistError(f"{path}: {what} is accessible to others (mode {stat.S_IMODE(mode):04o}); "
+                             f"run: chmod 600 {path}")

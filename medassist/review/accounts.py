@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from medassist.errors import MedassistError
-from medassist.keys import default_key_path
+from medassist.keys import default_key_path, refuse_shared
 from medassist.review.throttle import LoginThrottle, refusal
 
 USERS_FILE_ENV = "MEDASSIST_USERS_FILE"
@@ -87,9 +86,7 @@ def read_users(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str
         return {}
     except OSError as exc:
         raise MedassistError(f"{path}: cannot read the users file ({exc.strerror or exc})") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise MedassistError(f"{path}: the users file is accessible to others (mode {stat.S_IMODE(mode):04o}); "
-                             f"run: chmod 600 {path}")
+    refuse_shared(path, mode, "the users file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

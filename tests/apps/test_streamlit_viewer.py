@@ -11,22 +11,11 @@ from streamlit import config
 from streamlit.testing.v1 import AppTest
 
 from medassist.review import accounts, throttle
-from review_factory import PATIENT_NAMES
+from review_factory import PASSWORD, PATIENT_NAMES, Clock
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "streamlit_viewer.py"
 
 TIMEOUT = 120
-PASSWORD = "correct horse battery"
-
-
-class Clock:
-    """A clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(autouse=True)

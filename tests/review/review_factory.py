@@ -190,3 +190,16 @@ def write_many(db_path: str, writer: str, n: int) -> None:
             study_uid="1.2.3", series_uid=f"1.2.3.{i}", model="fracture_xray", model_version="1.0.0",
             finding="fracture", score=0.91, threshold=0.5, model_flagged=True, decision="accept", reviewer=writer,
         )
+
+
+PASSWORD = "correct horse battery"  # the reviewer accounts' test password
+
+
+class Clock:
+    """A clock that moves only when told (sign-in backoff tests)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -13,18 +13,8 @@ from medassist import cli
 from medassist.errors import MedassistError
 from medassist.review import accounts, session
 from medassist.review.throttle import LoginThrottle
+from review_factory import PASSWORD, Clock
 
-PASSWORD = "correct horse battery"
-
-
-class Clock:
-    """A clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture()

@@ -21,18 +21,10 @@ import pytest
 from medassist.review import accounts, proxy, session
 from medassist.review.server import build_command
 from medassist.review.throttle import LoginThrottle
+from review_factory import PASSWORD, Clock
 
 pytestmark = pytest.mark.skipif(proxy.nginx_binary() is None, reason="nginx is not installed (make system-deps)")
 
-PASSWORD = "correct horse battery"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
