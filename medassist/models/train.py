@@ -252,7 +252,11 @@ class ExternalInputs:
 def external_inputs(config: dict, pre: PreprocessSpec) -> ExternalInputs | None:
     """``data.external_dev`` prepared as inference prepares it, or None when the config has none."""
     root = config["data"].get("external_dev")
-    if not root or not resolve(root).exists():
+    if not root:
+        return None
+    if not resolve(root).exists():
+        log.warning("data.external_dev %s is missing: no other-source figures in this run, and the head and "
+                    "threshold are chosen on the validation split alone", resolve(root))
         return None
     records = read_external(resolve(root))
     return ExternalInputs(prepare_external(records, pre), np.array([r.fractured for r in records]),

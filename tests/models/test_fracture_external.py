@@ -36,3 +36,15 @@ def test_threshold_across_sources_keeps_the_sensitivity_on_every_source():
     for scores in (easy, hard):
         assert (scores[y == 1] >= threshold).mean() >= 0.8
     assert threshold == 0.3
+
+
+def test_a_configured_external_set_that_is_missing_is_warned_about(tmp_path, caplog):
+    from medassist.models.spec import PreprocessSpec
+    from medassist.models.train import external_inputs
+
+    pre = PreprocessSpec(input_size=32)
+    assert external_inputs({"data": {}}, pre) is None  # none configured: nothing to say
+    assert caplog.records == []
+    with caplog.at_level("WARNING", logger="medassist.models.train"):
+        assert external_inputs({"data": {"external_dev": str(tmp_path / "gone")}}, pre) is None
+    assert any("external_dev" in r.getMessage() and "is missing" in r.getMessage() for r in caplog.records)
