@@ -307,7 +307,7 @@ def build_card(
             "epochs": len(history),
             "last_epoch": history[-1] if history else None,
         },
-        "external_validation": _external_validation(validation, narrative),
+        "external_validation": _external_validation(validation, narrative, volume_validation, normal_volumes),
         "quantitative_analyses": {
             "evaluation": analysis,
             "human_ai_review": review,
@@ -330,13 +330,30 @@ def build_card(
     return sanitise(card)
 
 
-def _external_validation(validation: dict, narrative: dict) -> dict | None:
-    """Other-source figures measured at training time (``validation["external_dev"]``), with the
-    narrative's notes on where the model fails; None when the training run measured none."""
+OTHER_SOURCE_VOLUMES = ("brats",)  # volume-validation sources no training data came from
+
+
+def _external_validation(validation: dict, narrative: dict, volume_validation: dict | None = None,
+                         normal_volumes: dict | None = None) -> dict | None:
+    """Other-source figures: measured at training time (``validation["external_dev"]``), or a
+    volume model's volumes from sources it was not trained on (labelled volumes of
+    ``OTHER_SOURCE_VOLUMES``, and the normal-volume report), with the narrative's notes on where
+    the model fails; None when nothing from another source was measured."""
     external = validation.get("external_dev")
-    if not external:
+    volumes = [[key, r["n_volumes"], r["n_flagged"], _f(r.get("n_localised")), r["target"],
+                "yes" if r.get("target_met") else "no"]
+               for key, r in ((volume_validation or {}).get("sources") or {}).items()
+               if key.split("/")[0] in OTHER_SOURCE_VOLUMES]
+    runs = [r for variants in (normal_volumes or {}).get("volumes", {}).values() for r in variants.values()
+            if isinstance(r, dict) and "flagged" in r]
+    if runs:
+        volumes.append([f"normal volumes ({', '.join((normal_volumes or {}).get('volumes', {}))}), all variants",
+                        len(runs), sum(bool(r["flagged"]) for r in runs), "n/a", "none flagged",
+                        "yes" if not any(r["flagged"] for r in runs) else "no"])
+    if not external and not volumes:
         return None
-    return {"sets": {"external_dev": external},
+    return {"sets": {"external_dev": external} if external else {},
+            "volumes": volumes,
             "head_choice": validation.get("head_choice"),
             "notes": narrative.get("external_validation", {}).get("notes", [])}
 
@@ -703,9 +720,15 @@ def _external_blocks(ext: dict | None) -> list[tuple]:
     if not ext:
         return []
     out: list[tuple] = [("h", 2, "External validation")]
-    out.append(("p", "Radiographs from another source than the training data, measured at training time at the "
-                     "shipped threshold. They were used to choose the score head and the threshold, never for "
-                     "training, so these figures flatter a little; independent hold-out sets check the model apart."))
+    if ext["sets"]:
+        out.append(("p", "Radiographs from another source than the training data, measured at training time at the "
+                         "shipped threshold. They were used to choose the score head and the threshold, never for "
+                         "training, so these figures flatter a little; independent hold-out sets check the model "
+                         "apart."))
+    if ext.get("volumes"):
+        out.append(("p", "Volumes from sources no training data came from, scored as triage scores them at the "
+                         "shipped threshold (details under Volume level)."))
+        out.append(("table", ["Set", "Volumes", "Flagged", "Localised", "Target", "Met"], ext["volumes"]))
     for name, regions in ext["sets"].items():
         rows = [_metric_row(f"{name}: {region}", m) for region, m in regions.items()]
         out.append(("table", ["Set: subgroup", *METRIC_HEADERS], rows))

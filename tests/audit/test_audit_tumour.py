@@ -350,6 +350,9 @@ def test_volume_level_validation_is_shown_per_source_with_its_targets(tmp_path):
     assert "brats/as_given 1 of 1 flagged (1 with every reported slice in the tumour) (target met)" in md
     assert "lgg/stack 1 of 2 flagged" in md and "(target NOT met)" in md
     assert "#### Labelled volumes by source" in md and "| lgg/stack | p2 |" in md
+    external = card["external_validation"]["volumes"]  # only the source no training data came from
+    assert [row[0] for row in external] == ["brats/as_given"] and external[0][1:3] == [1, 1]
+    assert "## External validation" in md and "| brats/as_given | 1 | 1 |" in md
 
 
 def test_a_volume_model_without_volume_validation_says_so(tmp_path):
