@@ -171,3 +171,29 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, aug: dict, gen: tor
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return photometric(images, aug, gen), masks
+
+
+def random_crops(images: torch.Tensor, masks: torch.Tensor, size: int, gen: torch.Generator, *,
+                 on_finding: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``size`` x ``size`` window of each (N, 1, S, S) image and mask: local evidence only.
+
+    An image whose mask is not empty gets, with probability ``on_finding``, a window that holds a
+    random mask pixel (anywhere inside it); every other window is placed at random over the image's
+    non-zero pixels (not on the letterbox padding), so a crop shows anatomy, not black.
+    """
+    n, side = images.shape[0], images.shape[-1]
+    out_x = torch.empty(n, 1, size, size, dtype=images.dtype)
+    out_m = torch.empty(n, 1, size, size, dtype=masks.dtype)
+    for i in range(n):
+        use_mask = bool(masks[i].amax() > 0) and float(torch.rand(1, generator=gen)) < on_finding
+        where = torch.nonzero(masks[i, 0] > 0) if use_mask else torch.nonzero(images[i, 0] > 0.05)
+        if len(where):
+            r, c = (int(v) for v in where[int(torch.randint(0, len(where), (1,), generator=gen))])
+        else:
+            r, c = side // 2, side // 2
+        offset = torch.randint(size // 8, size - size // 8, (2,), generator=gen)
+        top = min(max(r - int(offset[0]), 0), side - size)
+        left = min(max(c - int(offset[1]), 0), side - size)
+        out_x[i] = images[i, :, top : top + size, left : left + size]
+        out_m[i] = masks[i, :, top : top + size, left : left + size]
+    return out_x, out_m

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medassist.audit.metrics import binary_metrics, metrics_with_ci, threshold_for_sensitivity, youden_threshold
-from medassist.models.augment import augment_batch
+from medassist.models.augment import augment_batch, random_crops
 from medassist.models.fracture_external import prepare_external, read_external, score_inputs
 from medassist.models.networks import build_network
 from medassist.models.spec import ModelSpec, PreprocessSpec
@@ -201,12 +201,17 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
             x = torch.from_numpy(images_u8[idx]).float().div_(255.0)[:, None]
             m = torch.from_numpy(masks_u8[idx]).float()[:, None]
             # on the CPU, from the seeded generator
-            x, m = augment_batch(x, m, cfg_train["augment"], gen, out_size=pre.input_size)
+            crop = cfg_train.get("crop_size")  # local-evidence training: windows of the full-size input
+            x, m = augment_batch(x, m, cfg_train["augment"], gen, out_size=None if crop else pre.input_size)
+            if crop and pre.equalize:  # equalised over the whole image, as inference does, then cropped
+                x = equalize_nonzero(x)
+            if crop:
+                x, m = random_crops(x, m, int(crop), gen, on_finding=float(cfg_train.get("crop_on_finding", 0.6)))
             y = torch.from_numpy(labels[idx]).float()
             if cfg_train.get("label_from_mask"):  # a crop that lost every fracture pixel shows none
                 kept = m.amax(dim=(1, 2, 3)) > 0
                 y = torch.where(torch.from_numpy(has_mask[idx]) & ~kept, 0.0, y)
-            if pre.equalize:
+            if pre.equalize and not crop:
                 x = equalize_nonzero(x)
             x, m, y = x.to(device, non_blocking=True), m.to(device, non_blocking=True), y.to(device)
             logits, cells = net.forward_all(x.contiguous(memory_format=torch.channels_last))

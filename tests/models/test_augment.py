@@ -2,7 +2,7 @@
 
 import torch
 
-from medassist.models.augment import augment_batch, photometric
+from medassist.models.augment import augment_batch, photometric, random_crops
 
 STRONG = {"rotate_deg": 25, "rotate_any": 0.5, "scale": [0.8, 2.4], "translate": 0.25, "hflip": True,
           "vflip": True, "contrast": 0.3, "gamma": 0.5, "invert": 0.5, "unsharp": 1.5, "blur": 2.0,
@@ -52,3 +52,19 @@ def test_black_borders_and_markers_touch_only_the_chosen_images():
     assert (out == 0).any() and float(out.max()) == 0.5
     marked = photometric(images, {"markers": 1.0}, torch.Generator().manual_seed(5))
     assert all(float(marked[i].max()) >= 0.8 for i in range(4))
+
+
+def test_crops_on_a_finding_hold_it_and_other_crops_stay_on_the_anatomy():
+    images = torch.zeros(8, 1, 96, 96)
+    images[:, :, :, 48:] = 0.7  # anatomy on the right half; the left half is letterbox black
+    masks = torch.zeros(8, 1, 96, 96)
+    masks[:4, :, 70:74, 80:84] = 1  # a small finding on the first four
+    gen = torch.Generator().manual_seed(0)
+    x, m = random_crops(images, masks, 32, gen, on_finding=1.0)
+    assert x.shape == (8, 1, 32, 32) and m.shape == (8, 1, 32, 32)
+    assert all(float(m[i].max()) == 1.0 for i in range(4))  # every finding crop holds mask pixels
+    assert all(float(x[i].max()) > 0 for i in range(4, 8))  # the rest show anatomy, not padding
+    again, _ = random_crops(images, masks, 32, torch.Generator().manual_seed(0), on_finding=1.0)
+    assert torch.equal(x, again)  # the seeded generator decides the placement
+    anywhere, _ = random_crops(images, masks, 32, torch.Generator().manual_seed(1), on_finding=0.0)
+    assert all(float(anywhere[i].max()) > 0 for i in range(8))
