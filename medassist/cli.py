@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     triage = commands.add_parser(
         "triage", help="score every series under INPUT and write a prioritised worklist",
-        description="Find every image series under INPUT (folders, DICOM files, DICOMDIRs, NIfTI), run "
-        "each shipped model that applies, and write OUT/worklist.csv and OUT/worklist.json, highest "
+        description="Find every image series under INPUT (folders, DICOM files, DICOMDIRs, NIfTI, NRRD, "
+        "MetaImage), run each shipped model that applies, and write OUT/worklist.csv and OUT/worklist.json, highest "
         "priority first, and OUT/quarantine.csv listing the files and series that could not be used. "
         "Re-running into the same OUT resumes: finished series are not redone.",
     )

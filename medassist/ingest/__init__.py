@@ -1,4 +1,4 @@
-"""ingest stage: find image series in folders, DICOM files, DICOMDIRs and NIfTI, decode lazily.
+"""ingest stage: find image series in folders, DICOM files, DICOMDIRs, NIfTI, NRRD and MetaImage, decode lazily.
 
 Map of the package:
 
@@ -8,6 +8,8 @@ Map of the package:
 * ``pixels``    - decode + Modality LUT -> ``Image.pixels``; VOI LUT/window -> ``Image.display``;
 * ``geometry``  - spacing, orientation, positions and the LPS affine;
 * ``nifti``     - NIfTI files (nibabel), RAS converted to LPS;
+* ``research_volume`` - NRRD and MetaImage files (SimpleITK), already LPS;
+* ``volumes``   - what the volume readers share: shape, size and voxel-value checks, the Image;
 * ``images``    - plain JPEG/PNG as grayscale uint8 for training code.
 """
 

@@ -1,8 +1,9 @@
 """Walk the user's inputs and turn them into Series: the ingest stage's entry point.
 
-Inputs may be folders (walked recursively; names and suffixes do not matter), single files,
-DICOMDIR files (their records are followed) and NIfTI files. Every file is visited once, even
-when it is reached twice (a folder and the DICOMDIR inside it, say).
+Inputs may be folders (walked recursively), single files, DICOMDIR files (their records are
+followed), NIfTI files and research volumes (NRRD, MetaImage). Volume files are recognised by their
+suffix (``volume_reader``), everything else is looked at as DICOM by content, whatever its name.
+Every file is visited once, even when it is reached twice (a folder and the DICOMDIR inside it, say).
 
 Junk found while walking a folder (README, thumbnails...) is skipped quietly; a file the user
 named explicitly is reported if it yields nothing, and so is anything that looks like DICOM
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from medassist.datamodel import IngestProblem, Series
 from medassist.errors import MedassistError
 from medassist.ingest.dicom import DicomHeader, Skipped, first_line, quiet_pydicom, read_dicom_header
 from medassist.ingest.nifti import is_nifti_path, read_nifti_series
+from medassist.ingest.research_volume import is_research_volume_path, read_research_volume_series
 from medassist.ingest.series import group_into_series
 from medassist.timelimit import DecodeTimeout, time_limit
 
@@ -31,6 +33,19 @@ logger = logging.getLogger(__name__)
 # Seconds one file's header may take to read: no real header needs more than a fraction of that,
 # a crafted one (a sequence of millions of items, say) could take hours.
 HEADER_TIMEOUT_S = 30.0
+
+VolumeReader = Callable[..., "Series | IngestProblem"]
+# The volume formats recognised by name, each with its reader: the one place that decides which
+# files are volumes (a file matching none is read as DICOM).
+VOLUME_READERS: tuple[tuple[Callable[[str], bool], VolumeReader], ...] = (
+    (is_nifti_path, read_nifti_series),
+    (is_research_volume_path, read_research_volume_series),
+)
+
+
+def volume_reader(path: str) -> VolumeReader | None:
+    """The reader of a NIfTI or research volume file (by its name), or None for anything else."""
+    return next((reader for matches, reader in VOLUME_READERS if matches(path)), None)
 
 
 @dataclass(frozen=True)
@@ -56,8 +71,9 @@ def discover_series(
 ) -> tuple[list[Series], list[IngestProblem]]:
     """Find every image series in ``inputs``; return them with the files that could not be used.
 
-    Reads headers only. ``modality_override`` sets the modality of NIfTI series (default "MR")
-    and of DICOM series whose header has none; it never replaces a DICOM header's modality.
+    Reads headers only. ``modality_override`` sets the modality of volume files (NIfTI, NRRD,
+    MetaImage; default "MR", or a MetaImage header's) and of DICOM series whose header has none;
+    it never replaces a DICOM header's modality.
     """
     found = discover_files(inputs, modality_override=modality_override)
     return found.series, found.problems
@@ -95,12 +111,13 @@ def discover_files(inputs: Sequence[str | Path], *, modality_override: str | Non
 
 def read_input_file(item: InputFile, modality_override: str | None = None
                     ) -> Series | DicomHeader | Skipped | IngestProblem:
-    """What one file is: a NIfTI series, a DICOM header, skipped or a problem. An unexpected
+    """What one file is: a volume file's series, a DICOM header, skipped or a problem. An unexpected
     exception (a bug, or a reader's failure on input nobody foresaw) is that file's problem."""
     try:
         with time_limit(HEADER_TIMEOUT_S):
-            if is_nifti_path(item.path):
-                return read_nifti_series(item.path, modality_override=modality_override)
+            reader = volume_reader(item.path)
+            if reader is not None:
+                return reader(item.path, modality_override=modality_override)
             return read_dicom_header(item.path, explicit=item.explicit)
     except DecodeTimeout as exc:
         if exc.outer:  # the caller's time limit, not this header's
@@ -116,7 +133,7 @@ def unexpected_failure(action: str, exc: BaseException) -> str:
 
 
 def read_series_file(path: str | Path, *, modality_override: str | None = None) -> Series:
-    """The one Series in a single file (DICOM or NIfTI), or a MedassistError saying why not."""
+    """The one Series in a single file (DICOM or a volume file), or a MedassistError saying why not."""
     found, problems = discover_series([path], modality_override=modality_override)
     if problems:
         raise MedassistError(str(problems[0]))
@@ -152,7 +169,7 @@ def iter_input_files(inputs: Sequence[str | Path], problems: list[IngestProblem]
         if key in seen:
             continue
         seen.add(key)
-        if item.explicit and not is_nifti_path(item.path):
+        if item.explicit and volume_reader(item.path) is None:
             listed = _expand_if_dicomdir(item.path, problems)
             if listed is not None:
                 queue[index:index] = [InputFile(p, explicit=True) for p in listed]  # next in line

@@ -1,4 +1,4 @@
-"""Patient-space geometry shared by the DICOM and NIfTI readers (DICOM LPS, millimetres).
+"""Patient-space geometry shared by the DICOM and volume readers (DICOM LPS, millimetres).
 
 Index order everywhere is (slice, row, column). DICOM's ImageOrientationPatient gives the row
 direction (the way column indices grow) then the column direction (the way row indices grow);
@@ -18,6 +18,10 @@ Vec3 = tuple[float, float, float]
 
 # Slices count as evenly spaced when every gap is within this fraction of the median gap.
 _EVEN_SPACING_TOLERANCE = 0.01
+# Column permutation taking our (slice, row, column) indices to a volume file's (i, j, k).
+_SRC_TO_IJK = np.array(
+    [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float
+)
 
 
 def slice_normal(orientation: Sequence[float]) -> np.ndarray:
@@ -94,6 +98,25 @@ def build_geometry(
         spacing=(float(slice_spacing), float(row_spacing), float(col_spacing)),
         orientation=tuple(float(v) for v in orientation),  # type: ignore[union-attr]
         positions=tuple(tuple(float(v) for v in p) for p in pos),  # type: ignore[misc]
+        affine=affine,
+    )
+
+
+def affine_geometry(lps_ijk_affine: np.ndarray, *, n_slices: int) -> Geometry:
+    """Geometry of a volume file whose 4x4 affine maps its (i, j, k) voxel indices (i varying
+    fastest in the file) to LPS millimetres, for our (slice, row, column) = (k, j, i) indices."""
+    affine = lps_ijk_affine @ _SRC_TO_IJK
+    slice_step, row_step, col_step = affine[:3, 0], affine[:3, 1], affine[:3, 2]
+    spacing = tuple(float(np.linalg.norm(v)) or 1.0 for v in (slice_step, row_step, col_step))
+    row_dir = col_step / spacing[2]  # DICOM "row direction": the way column indices grow
+    col_dir = row_step / spacing[1]
+    positions = tuple(
+        tuple(float(v) for v in affine[:3, 3] + s * slice_step) for s in range(n_slices)
+    )
+    return Geometry(
+        spacing=spacing,  # type: ignore[arg-type]
+        orientation=tuple(float(v) for v in (*row_dir, *col_dir)),
+        positions=positions,  # type: ignore[arg-type]
         affine=affine,
     )
 

@@ -10,7 +10,8 @@ extensions that end before it (nibabel reads each extension's declared size whol
 that the file, or for .nii.gz a deflate stream of the file's size, can hold (deflate never expands
 more than ``MAX_DEFLATE_RATIO`` times). nibabel then reads exactly the declared voxels: a gzip
 bomb's stream is never expanded past them. Volumes with no finite voxel, an infinite one, or one
-value throughout are refused when loaded.
+value throughout are refused when loaded. These checks are shared with the other volume readers
+(``volumes``).
 """
 
 from __future__ import annotations
@@ -29,22 +30,26 @@ import numpy as np
 
 from medassist.datamodel import Geometry, Image, IngestProblem, Series
 from medassist.errors import MedassistError
-from medassist.ingest.dicom import MAX_DECODED_BYTES, first_line
-from medassist.ingest.pixels import percentile_scale
+from medassist.ingest.dicom import first_line
+from medassist.ingest.geometry import affine_geometry
 from medassist.ingest.uids import uid_from_path
+from medassist.ingest.volumes import (
+    DEFAULT_MODALITY,
+    MAX_DEFLATE_RATIO,  # noqa: F401 (imported from here by callers)
+    declared_size_problem,
+    deflate_bound_problem,
+    spatial_shape,
+    truncated_problem,
+    voxel_values_problem,
+    volume_image,
+)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-DEFAULT_MODALITY = "MR"
-# Deflate's best case is 258 bytes from 2 bits: no stream expands more than 1032 times.
-MAX_DEFLATE_RATIO = 1032
+KIND = "NIfTI"  # the format's name in messages
 # Bytes of header extensions (between the header and the voxels) a file may have.
 MAX_EXTENSION_BYTES = 16 * 1024**2
 _HEADER_CLASSES = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-# Column permutation taking our (slice, row, column) indices to nibabel's (i, j, k).
-_SRC_TO_IJK = np.array(
-    [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float
-)
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ def read_nifti_series(path: str, *, modality_override: str | None = None) -> Ser
         return IngestProblem(path, f"unreadable NIfTI: {first_line(exc)}")
     if dtype.fields is not None:
         return IngestProblem(path, f"unsupported NIfTI data type {dtype} (colour/structured voxels)", kind="unsupported")
-    spatial = _spatial_shape(shape)
+    spatial = spatial_shape(shape, KIND)
     if isinstance(spatial, str):
         return IngestProblem(path, spatial, kind="unsupported" if spatial.startswith("4D") else "error")
     if not np.all(np.isfinite(affine)):
@@ -122,7 +127,7 @@ def nifti_layout(path: str) -> NiftiLayout | str:
         header = _HEADER_CLASSES[size].from_fileobj(io.BytesIO(head[:size] + bytes(4)))
         layout = NiftiLayout(header, tuple(int(n) for n in header.get_data_shape()), header.get_data_dtype(),
                              int(header.get_data_offset()))
-        problem = _declared_size_problem(layout) or _offset_problem(layout, size)
+        problem = declared_size_problem(layout.shape, layout.dtype) or _offset_problem(layout, size)
         if problem is None and head[size : size + 1] not in (b"", b"\0"):
             extensions = head[size + 4 :] + fp.read(max(0, layout.vox_offset - len(head)))
             problem = _extension_problem(extensions[: layout.vox_offset - size - 4], header.endianness)
@@ -136,18 +141,6 @@ def _header_size(head: bytes) -> int | None:
         if size in _HEADER_CLASSES and len(head) >= size:
             return size
     return None
-
-
-def _declared_size_problem(layout: NiftiLayout) -> str | None:
-    """Why the declared voxels are too many to decode (``MAX_DECODED_BYTES``), or None."""
-    if not layout.shape or min(layout.shape) < 1:
-        return None  # not an image: ``_spatial_shape`` says so
-    needed = math.prod(layout.shape) * max(4, layout.dtype.itemsize)  # float32 copy or the stored values
-    if needed <= MAX_DECODED_BYTES:
-        return None
-    dims = " x ".join(map(str, layout.shape))
-    return (f"declared image size {dims} x {layout.dtype} needs {needed} bytes decoded, over the "
-            f"{MAX_DECODED_BYTES} byte limit")
 
 
 def _offset_problem(layout: NiftiLayout, header_size: int) -> str | None:
@@ -181,48 +174,15 @@ def _stored_size_problem(path: str, layout: NiftiLayout) -> str | None:
     if not layout.shape or min(layout.shape) < 1:
         return None
     stored = os.path.getsize(path)
-    needed = layout.vox_offset + layout.voxel_bytes
     if not str(path).lower().endswith(".gz"):
-        if stored < needed:
-            return (f"NIfTI voxel data truncated: the header declares {layout.voxel_bytes} bytes from byte "
-                    f"{layout.vox_offset}, the file holds {max(stored - layout.vox_offset, 0)}")
-        return None
-    if needed > stored * MAX_DEFLATE_RATIO:
-        return (f"NIfTI voxel data truncated: the header declares {needed} bytes, more than a gzip stream of "
-                f"{stored} bytes can hold")
-    return None
-
-
-def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, int, int] | str:
-    """(i, j, k) sizes of a 2D or 3D image (trailing size-1 axes ignored), or why not."""
-    trimmed = list(shape)
-    while len(trimmed) > 3 and trimmed[-1] == 1:
-        trimmed.pop()
-    if len(trimmed) > 3:
-        return f"4D NIfTI ({' x '.join(map(str, shape))}) is not supported; split the volumes first"
-    if len(trimmed) < 2 or min(trimmed) < 1:
-        return f"NIfTI shape {shape} is not an image"
-    while len(trimmed) < 3:
-        trimmed.append(1)
-    return trimmed[0], trimmed[1], trimmed[2]
+        return truncated_problem(KIND, voxel_bytes=layout.voxel_bytes, offset=layout.vox_offset, stored=stored)
+    return deflate_bound_problem(KIND, needed=layout.vox_offset + layout.voxel_bytes, stream_bytes=stored)
 
 
 def nifti_geometry(ras_affine: np.ndarray, *, n_slices: int) -> Geometry:
-    """Geometry for (slice, row, column) = (k, j, i) indices, in LPS millimetres."""
-    affine = _RAS_TO_LPS @ ras_affine @ _SRC_TO_IJK
-    slice_step, row_step, col_step = affine[:3, 0], affine[:3, 1], affine[:3, 2]
-    spacing = tuple(float(np.linalg.norm(v)) or 1.0 for v in (slice_step, row_step, col_step))
-    row_dir = col_step / spacing[2]  # DICOM "row direction": the way column indices grow
-    col_dir = row_step / spacing[1]
-    positions = tuple(
-        tuple(float(v) for v in affine[:3, 3] + s * slice_step) for s in range(n_slices)
-    )
-    return Geometry(
-        spacing=spacing,  # type: ignore[arg-type]
-        orientation=tuple(float(v) for v in (*row_dir, *col_dir)),
-        positions=positions,  # type: ignore[arg-type]
-        affine=affine,
-    )
+    """Geometry for (slice, row, column) = (k, j, i) indices, in LPS millimetres: NIfTI's RAS
+    affine with its x and y axes negated."""
+    return affine_geometry(_RAS_TO_LPS @ ras_affine, n_slices=n_slices)
 
 
 def load_nifti_image(path: str, spatial: tuple[int, int, int], geometry: Geometry) -> Image:
@@ -238,33 +198,8 @@ def load_nifti_image(path: str, spatial: tuple[int, int, int], geometry: Geometr
         raise MedassistError(f"{path}: NIfTI voxels unreadable: {first_line(exc)}") from exc
     if data.size != spatial[0] * spatial[1] * spatial[2]:
         raise MedassistError(f"{path}: NIfTI holds {data.size} voxels, header says {spatial}")
-    problem = voxel_values_problem(data)
+    problem = voxel_values_problem(data, KIND)
     if problem:
         raise MedassistError(f"{path}: {problem}")
     volume = data.reshape(spatial)  # (i, j, k)
-    pixels = np.ascontiguousarray(volume.transpose(2, 1, 0), dtype=np.float32)
-    np.nan_to_num(pixels, copy=False, nan=0.0)
-    return Image(
-        pixels=pixels,
-        display=percentile_scale(pixels),
-        geometry=geometry,
-        window=None,
-        photometric="MONOCHROME2",
-    )
-
-
-def voxel_values_problem(data: np.ndarray) -> str | None:
-    """Why NIfTI voxel values are no image (none finite, some infinite, all one value with NaN
-    counted as 0), or None. Makes no copy of the voxels."""
-    infinite = int(np.count_nonzero(np.isinf(data)))
-    missing = int(np.count_nonzero(np.isnan(data)))
-    if infinite + missing == data.size:
-        return f"NIfTI volume has no finite voxel (all {data.size} are NaN or infinite)"
-    if infinite:
-        return f"NIfTI volume holds {infinite} infinite voxel value(s): the data or its scaling is corrupt"
-    low, high = float(np.nanmin(data)), float(np.nanmax(data))
-    if missing:  # NaN voxels become 0
-        low, high = min(low, 0.0), max(high, 0.0)
-    if low == high:
-        return f"NIfTI volume is constant (every voxel {low:g}): no image to score"
-    return None
+    return volume_image(volume.transpose(2, 1, 0), geometry)
