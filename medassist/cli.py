@@ -2,7 +2,8 @@
 
 Exit status: 0 when the command ran (even if some input files were unreadable: they are rows in the
 worklist), 2 for a usage error or a problem the user can fix (MedassistError: printed as
-``medassist: error: <message>``, no traceback), ``EXIT_RESULTS_FAILED`` (3) when ``triage --send``
+``medassist: error: <message>``, no traceback; a command whose extra is not installed is one:
+``medassist.optional`` names the command that installs it), ``EXIT_RESULTS_FAILED`` (3) when ``triage --send``
 wrote the worklist but could not build or send every result, 130 when interrupted. Messages and
 log lines never show credentials given inside a URL (``sanitize.redact_credentials``).
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medassist.errors import MedassistError
+from medassist.optional import require_extra
 from medassist.sanitize import redact_credentials
 
 if TYPE_CHECKING:
@@ -337,8 +339,19 @@ def weights_dir_of(args: argparse.Namespace) -> Path:
     return args.models_dir if args.models_dir is not None else WEIGHTS_DIR
 
 
+def require_triage_extras(args: argparse.Namespace) -> None:
+    """Refuse at once (before any series is scored) when an option needs an extra that is not installed."""
+    if args.backend == "ray":
+        require_extra("ray", feature="medassist triage --backend ray")
+    if args.pacs:
+        require_extra("pacs", feature="medassist triage --pacs")
+    if args.send:
+        require_extra("pacs", feature="medassist triage --send")
+
+
 def cmd_triage(args: argparse.Namespace) -> int:
     """``medassist triage``: run_triage, then one summary line without identifiers."""
+    require_triage_extras(args)
     from medassist.triage import run_triage
 
     options = dict(
@@ -412,6 +425,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         raise MedassistError("listen: --allow-ae and --allow-any-ae exclude each other")
     if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_ca and not args.tls_cert):
         raise MedassistError("listen: --tls-cert and --tls-key go together (and --tls-ca needs them)")
+    require_extra("pacs", feature="medassist listen")
     tls = tls_server_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     listen(args.aet, args.port, args.out, host=args.host, idle_seconds=args.idle_seconds, send_to=args.send,
            send_username=args.pacs_user, send_password=pacs_password(args), allow_ae=args.allow_ae,
@@ -484,6 +498,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     from medassist.review import accounts
 
     name = accounts.normalise_name(args.name)  # refuse a bad name before asking for a password
+    accounts.password_hasher()  # and refuse before asking when argon2-cffi (the review extra) is missing
     account = accounts.add_user(name, read_new_password(args.password_stdin), args.users_file, replace=args.replace)
     print(f"medassist users: {'password set for' if args.replace else 'added'} {account.name} "
           f"in {accounts.users_path(args.users_file)}")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import re
 
-from highdicom.sr import CodedConcept
+from medassist.dicom_out.results import DICOM_RESULTS
+from medassist.optional import require
+
+CodedConcept = require("highdicom.sr", extra="pacs", feature=DICOM_RESULTS).CodedConcept
 
 LOCAL_SCHEME = "99MEDASSIST"
 

@@ -29,6 +29,10 @@ from pydicom.valuerep import DA, TM
 
 from medassist.datamodel import IngestProblem, Series, WorklistRow, read_worklist
 from medassist.errors import MedassistError
+from medassist.optional import require
+
+# What needs highdicom (the pacs extra): sr.py, sc.py, seg.py and codes.py import it through the gate.
+DICOM_RESULTS = "DICOM results (SR, saliency SC and SEG)"
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +95,9 @@ def write_dicom_results(
 
     ``saliency_as``: any of "sc" (viewable overlay, default) and "seg" (FRACTIONAL map).
     Studies whose sources cannot be read again are reported in ``problems``; the rest are written.
+    Needs highdicom (pip install 'medassist[pacs]'): ``MissingDependency`` without it.
     """
+    require("highdicom", extra="pacs", feature=DICOM_RESULTS)
     from medassist.dicom_out.sc import build_saliency_sc
     from medassist.dicom_out.seg import build_saliency_seg
     from medassist.dicom_out.sr import build_study_sr

@@ -15,13 +15,15 @@ slice where the map peaks). Each capture references its source image (Source Ima
 
 from __future__ import annotations
 
-import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from medassist.dicom_out.results import check_map_shape, with_type2_attributes
+from medassist.dicom_out.results import DICOM_RESULTS, check_map_shape, with_type2_attributes
 from medassist.dicom_out.sr import MANUFACTURER, derived_uid, software_version
+from medassist.optional import require
+
+hd = require("highdicom", extra="pacs", feature=DICOM_RESULTS)
 
 SC_SERIES_NUMBER = 9902
 FLOOR = 0.2  # map values below this are left uncoloured

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from medassist.dicom_out import codes as mcodes
-from medassist.dicom_out.results import check_map_shape, with_type2_attributes
+from medassist.dicom_out.results import DICOM_RESULTS, check_map_shape, with_type2_attributes
 from medassist.dicom_out.sr import MANUFACTURER, derived_uid, software_version
+from medassist.optional import require
+
+hd = require("highdicom", extra="pacs", feature=DICOM_RESULTS)
 
 SEG_SERIES_NUMBER = 9903
 

@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from medassist.dicom_out import codes as mcodes
-from medassist.dicom_out.results import with_type2_attributes
+from medassist.dicom_out.results import DICOM_RESULTS, with_type2_attributes
+from medassist.optional import require
+
+hd = require("highdicom", extra="pacs", feature=DICOM_RESULTS)
 
 MANUFACTURER = "medassist"
 SR_SERIES_NUMBER = 9901

@@ -4,7 +4,9 @@ The chain for one series (``load_dicom_stack``), file by file:
 
 1. read the whole file (never asking for more bytes than it holds), check the header's sizes
    against the pixel data and against ``MAX_DECODED_BYTES`` (before allocating);
-2. decode (pydicom with pylibjpeg / gdcm for compressed syntaxes), colour -> grayscale luminance;
+2. decode (pydicom with pylibjpeg / gdcm for compressed syntaxes: the codecs extra; without it,
+   Pillow's 8-bit JPEG and JPEG 2000 and pydicom's RLE; a file nothing installed decodes is an
+   error naming the file and ``pip install 'medassist[codecs]'``), colour -> grayscale luminance;
 3. Modality LUT / rescale (per frame for enhanced multi-frame) -> ``Image.pixels`` (float32);
 4. for the whole stack: VOI LUT or the first default window, else the 0.5-99.5 percentile range,
    scaled to 0..1, MONOCHROME1 inverted so bright means dense -> ``Image.display``.
@@ -44,6 +46,7 @@ from medassist.ingest.dicom import (
     transfer_syntax_problem,
 )
 from medassist.ingest.percentiles import percentile
+from medassist.optional import install_command, missing
 
 logger = logging.getLogger(__name__)
 
@@ -252,10 +255,15 @@ def _decode(ds: Dataset, path: str, syntax: UID) -> tuple[np.ndarray, str]:
         decoder = get_decoder(syntax)
     except NotImplementedError:
         raise MedassistError(f"{path}: transfer syntax {syntax.name} ({syntax}) is not supported") from None
+    if syntax.is_compressed and not decoder.available_plugins:  # none of its decoders is installed
+        raise MedassistError(f"{path}: {codec_name(syntax)} not decoded: no decoder for {syntax.name} is "
+                             f"installed; the codecs extra has them: {install_command('codecs')}")
     try:
         array, meta = _as_array(decoder, ds, syntax)
     except Exception as exc:
-        raise MedassistError(f"{path}: {codec_name(syntax)} undecodable: {decoder_message(exc)}") from exc
+        raise MedassistError(
+            f"{path}: {codec_name(syntax)} undecodable: {decoder_message(exc)}{_codecs_hint()}"
+        ) from exc
     except BaseException as exc:  # a Rust decoder's panic (pyo3 PanicException) is a BaseException
         if type(exc).__name__ != "PanicException":
             raise
@@ -291,6 +299,14 @@ def _as_array(decoder: Any, ds: Dataset, syntax: UID) -> tuple[np.ndarray, dict]
             errors.append(f"{name}: {first_line(exc)}")
     left_out = ", ".join(sorted(avoid))
     raise RuntimeError("\n".join([f"no decoder could decode the pixel data ({left_out} not tried)", *errors]))
+
+
+def _codecs_hint() -> str:
+    """After a decoding failure: how to install the decoders of the codecs extra, when some are missing
+    (Pillow, in the core, decodes 8-bit JPEG and JPEG 2000 only; pydicom itself RLE)."""
+    if not missing("codecs"):
+        return ""
+    return f"; the codecs extra may decode it: {install_command('codecs')}"
 
 
 def _stored_below_allocated(ds: Dataset) -> bool:

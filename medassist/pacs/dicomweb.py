@@ -27,7 +27,10 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from medassist.errors import MedassistError
+from medassist.optional import require
 from medassist.sanitize import redact_credentials
+
+DICOMWEB = "DICOMweb (triage --pacs, sending to a DICOMweb URL)"  # what needs requests + dicomweb-client
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +79,8 @@ class PullResult:
 
 def connect(url: str, *, username: str | None = None, password: str | None = None, timeout: float = 60.0):
     """A ``dicomweb_client.DICOMwebClient`` for ``url`` (the DICOMweb root, e.g. ``.../dicom-web``)."""
-    import requests
-    from dicomweb_client.api import DICOMwebClient
+    requests = require("requests", extra="pacs", feature=DICOMWEB)
+    DICOMwebClient = require("dicomweb_client.api", extra="pacs", feature=DICOMWEB).DICOMwebClient
 
     if not re.match(r"^https?://", url or ""):
         raise MedassistError(redact_credentials(f"{url!r}: a DICOMweb URL starts with http:// or https://"))
@@ -119,7 +122,7 @@ def study_filters(date_from: str | None = None, date_to: str | None = None, moda
 
 def _pacs_call(url: str, what: str, call: Callable):
     """Run a dicomweb-client call; turn network/HTTP errors into MedassistError (credentials redacted)."""
-    import requests
+    requests = require("requests", extra="pacs", feature=DICOMWEB)
 
     try:
         return call()
@@ -129,7 +132,7 @@ def _pacs_call(url: str, what: str, call: Callable):
 
 def _pacs_failure(what: str, exc: Exception) -> str:
     """Why a PACS request failed, in words."""
-    import requests
+    requests = require("requests", extra="pacs", feature=DICOMWEB)
 
     if isinstance(exc, requests.exceptions.HTTPError):
         status = exc.response.status_code if exc.response is not None else None

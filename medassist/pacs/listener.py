@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medassist.errors import MedassistError
+from medassist.optional import require
 from medassist.pacs.guard import AssociationGate, ListenerLimits, ReceiveGuard, gate_rules, guarded_server
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ class StudyListener:
 
     def start(self) -> "StudyListener":
         """Start accepting associations and watching for idle studies; returns at once."""
+        require("pynetdicom", extra="pacs", feature="medassist listen (the DICOM C-STORE receiver)")
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
         from pynetdicom.sop_class import Verification
         from pydicom.uid import UID

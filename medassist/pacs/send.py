@@ -21,6 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from medassist.errors import MedassistError
+from medassist.optional import require
 from medassist.pacs.dicomweb import _pacs_call, connect
 from medassist.sanitize import redact_credentials
 
@@ -116,7 +117,7 @@ def store_cstore(
     timeout: float = 30.0,
 ) -> SendReport:
     """C-STORE ``items`` to ``called_aet`` at ``host:port`` over one association."""
-    from pynetdicom import AE
+    AE = require("pynetdicom", extra="pacs", feature="sending over DICOM (C-STORE)").AE
 
     target = f"dicom://{called_aet}@{host}:{port}"
     datasets = _datasets(items)

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from typing import Any
 
 from medassist.errors import MedassistError
 from medassist.keys import default_key_path, refuse_shared
+from medassist.optional import require
 from medassist.review.throttle import LoginThrottle, refusal
 
 USERS_FILE_ENV = "MEDASSIST_USERS_FILE"
@@ -35,7 +35,9 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 
-_hasher = PasswordHasher()
+HASHING = "reviewer accounts (Argon2id password hashes)"  # what needs argon2-cffi, for its message
+_hasher_lock = threading.Lock()
+_hasher_instance: Any = None
 _dummy_lock = threading.Lock()
 _dummy_hash: str | None = None
 
@@ -46,6 +48,17 @@ class Account:
 
     name: str
     created: str
+
+
+def password_hasher() -> Any:
+    """argon2-cffi's ``PasswordHasher`` (RFC 9106 defaults), made once; ``MissingDependency`` (pip
+    install 'medassist[review]') without argon2-cffi. Listing and removing accounts do not need it."""
+    global _hasher_instance
+    with _hasher_lock:
+        if _hasher_instance is None:
+            argon2 = require("argon2", extra="review", feature=HASHING)
+            _hasher_instance = argon2.PasswordHasher()
+        return _hasher_instance
 
 
 def default_users_path() -> Path:
@@ -127,7 +140,7 @@ def add_user(name: str, password: str, path: str | os.PathLike[str] | None = Non
     if name in users and not replace:
         raise MedassistError(f"account {name} exists already (use --replace to set a new password)")
     created = users.get(name, {}).get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")
-    users[name] = {"hash": _hasher.hash(password), "created": created}
+    users[name] = {"hash": password_hasher().hash(password), "created": created}
     _write_users(path, users)
     return Account(name, created)
 
@@ -153,10 +166,12 @@ def verify_password(name: str, password: str, path: str | os.PathLike[str] | Non
     except MedassistError:
         key = ""
     entry = read_users(path).get(key) if key else None
+    hasher = password_hasher()
+    errors = require("argon2.exceptions", extra="review", feature=HASHING)
     stored = entry["hash"] if entry else _dummy()
     try:
-        ok = _hasher.verify(stored, password[:MAX_PASSWORD])
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        ok = hasher.verify(stored, password[:MAX_PASSWORD])
+    except (errors.VerifyMismatchError, errors.VerificationError, errors.InvalidHashError):
         ok = False
     return key if ok and entry else None
 
@@ -190,7 +205,7 @@ def _dummy() -> str:
     global _dummy_hash
     with _dummy_lock:
         if _dummy_hash is None:
-            _dummy_hash = _hasher.hash(os.urandom(16).hex())
+            _dummy_hash = password_hasher().hash(os.urandom(16).hex())
         return _dummy_hash
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from medassist.datamodel import worklist_path
 from medassist.errors import MedassistError
 from medassist.keys import KEY_FILE_ENV
+from medassist.optional import require_extra
 from medassist.review import accounts
 from medassist.review.store import default_db_path, open_store
 
@@ -101,7 +102,10 @@ def launch(out_dir: str | os.PathLike[str], *, port: int | None = None, host: st
            key_file: str | os.PathLike[str] | None = None, users_file: str | os.PathLike[str] | None = None,
            public: bool = False, tls_cert: str | os.PathLike[str] | None = None,
            tls_key: str | os.PathLike[str] | None = None) -> int:
-    """Run the review app until it stops (Ctrl-C); returns streamlit's (or nginx's) exit code."""
+    """Run the review app until it stops (Ctrl-C); returns streamlit's (or nginx's) exit code.
+
+    Needs the review extra (Streamlit, argon2-cffi): ``MissingDependency`` before anything is opened."""
+    require_extra("review", feature="medassist review")
     port = port or (PUBLIC_PORT if public else 8501)
     check_launch(out_dir, port=port, host=host, key_file=key_file, users_file=users_file, public=public)
     users = accounts.users_path(users_file).absolute()

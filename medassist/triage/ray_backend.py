@@ -26,7 +26,7 @@ must be on storage every node mounts at the same path (relative paths are taken 
 working directory).
 
 Ray is an optional dependency (``pip install 'medassist[ray]'``), imported only here, by
-``import_ray``. Without ``ray_address`` a single-node cluster is started on this machine, bound to
+``import_ray`` (through ``medassist.optional.require``). Without ``ray_address`` a single-node cluster is started on this machine, bound to
 127.0.0.1, and shut down at the end; with one (or ``"auto"``) an existing cluster is joined; when
 Ray is already initialised in this process (tests, notebooks) that session is used and left running.
 """
@@ -54,6 +54,7 @@ from medassist.datamodel import Image, IngestProblem, Series
 from medassist.errors import MedassistError
 from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, load_model
 from medassist.models.spec import ModelSpec
+from medassist.optional import require
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
     Job,
@@ -87,17 +88,15 @@ LOCAL_HOST = "127.0.0.1"
 # it also keeps decoding a stage of its own: Ray Data fuses a task stage into the actor stage after
 # it when their requests are equal.
 DECODE_MEMORY = 3 << 29  # 1.5 GiB
-INSTALL_HINT = "--backend ray needs Ray: pip install 'medassist[ray]'"
+RAY_FEATURE = "medassist triage --backend ray"
 
 
 def import_ray() -> ModuleType:
-    """The ``ray`` module (with ``ray.data``), or a MedassistError saying how to install it."""
+    """The ``ray`` module (with ``ray.data``), or a MedassistError (``optional.MissingDependency``)
+    saying how to install it: pip install 'medassist[ray]'."""
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        raise MedassistError(f"{INSTALL_HINT} ({exc})") from exc
+    ray = require("ray", extra="ray", feature=RAY_FEATURE)
+    require("ray.data", extra="ray", feature=RAY_FEATURE)
     return ray
 
 
