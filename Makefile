@@ -49,9 +49,10 @@ $(SYSTEM_STAMP):
 $(BIN)/python: | $(SYSTEM_STAMP)
 	$(PYTHON) -m venv $(VENV)
 
-# Re-installs only when pyproject.toml changes; pip itself is idempotent.
+# Re-installs only when pyproject.toml changes; pip itself is idempotent. Every extra (all) and the test tools:
+# the demo opens the review app and the suite exercises PACS, Ray and the codecs.
 $(VENV)/.installed: pyproject.toml $(BIN)/python
-	$(BIN)/pip install $(PIP_ARGS) -e '.[test]'
+	$(BIN)/pip install $(PIP_ARGS) -e '.[all,test]'
 	@touch $@
 
 demo: install
