@@ -43,10 +43,10 @@ def normal_volume_paths() -> dict[str, Path]:
 @torch.no_grad()
 def forward(network, inputs: torch.Tensor, score_head: str) -> tuple[np.ndarray, np.ndarray]:
     """Presence probabilities (the spec's head) and cell logits (n, h, w) for (n, 1, S, S) inputs."""
+    from medassist.models.heads import score_probability
+
     logits, cells = network.forward_all(inputs.float())
-    image_p = torch.sigmoid(logits[:, 0].float())
-    cell_p = torch.sigmoid(cells.amax(dim=(1, 2, 3)).float())
-    presence = {"image": image_p, "cell_max": cell_p, "mean": (image_p + cell_p) / 2}[score_head]
+    presence = score_probability(logits, cells, score_head)
     return presence.numpy().astype(float), cells[:, 0].float().numpy()
 
 

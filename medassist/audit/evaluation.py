@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from medassist.errors import MedassistError
+from medassist.models.heads import score_probability
 from medassist.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -611,9 +612,7 @@ def slice_outputs(model, inputs, n_types: int) -> tuple[np.ndarray, np.ndarray |
 
     with torch.no_grad():
         logits, cells = model.network.forward_all(inputs.to(model.device).float())
-    image_p = torch.sigmoid(logits[:, 0].float())
-    cell_p = torch.sigmoid(cells.amax(dim=(1, 2, 3)).float())
-    presence = {"image": image_p, "cell_max": cell_p, "mean": (image_p + cell_p) / 2}[model.spec.score_head]
+    presence = score_probability(logits, cells, model.spec.score_head)
     types = None
     if n_types and logits.shape[1] >= 1 + n_types:
         types = torch.softmax(logits[:, 1 : 1 + n_types].float(), dim=1).cpu().numpy()

@@ -1,7 +1,7 @@
 """Saliency maps for a finding (Captum), in the network-input frame and in the source geometry.
 
-Three methods, all attributing the finding's logit (the score the spec's ``score_head`` uses;
-see ``finding_logit``):
+Three methods, all attributing the finding's logit (the logit of the spec's ``score_head``; see
+``medassist.models.heads.score_logit`` for what it is under each head):
 
 * ``gradcam`` (default, cheap): ``LayerGradCam`` on ``network.target_layer``, ReLU, upsampled
   bilinearly to the input size with ``LayerAttribution.interpolate``. The parameters are frozen
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medassist.models.heads import parse_score_head, score_logit
 from medassist.models.registry import LoadedModel
 from medassist.preprocess.transforms import Letterbox
 
@@ -42,29 +43,6 @@ OCCLUSION_STRIDE = 16
 OCCLUSION_FORWARD_BATCH = 32  # images per forward pass while occluding (batch x perturbations)
 
 
-SCORE_HEADS = ("image", "cell_max", "mean")
-
-
-def check_score_head(score_head: str) -> str:
-    """``score_head`` when it names a head ``finding_logit`` knows; ValueError otherwise."""
-    if score_head not in SCORE_HEADS:
-        raise ValueError(f"unknown score_head {score_head!r}; expected one of {', '.join(SCORE_HEADS)}")
-    return score_head
-
-
-def finding_logit(image_logits: torch.Tensor, cells: torch.Tensor, score_head: str) -> torch.Tensor:
-    """The (N, 1) logit a score head attributes: the image logit, the largest cell logit, or
-    (``mean``, whose score averages the two probabilities) the mean of those two logits."""
-    check_score_head(score_head)
-    image = image_logits[:, :1]
-    cell = cells.amax(dim=(1, 2, 3))[:, None]
-    if score_head == "image":
-        return image
-    if score_head == "cell_max":
-        return cell
-    return (image + cell) / 2
-
-
 class FindingLogit(nn.Module):
     """The finding's logit as a (N, 1) output, from the head the spec scores with.
 
@@ -74,10 +52,10 @@ class FindingLogit(nn.Module):
     def __init__(self, network: nn.Module, score_head: str = "image") -> None:
         super().__init__()
         self.network = network
-        self.score_head = check_score_head(score_head)
+        self.score_head = parse_score_head(score_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return finding_logit(*self.network.forward_all(x), self.score_head)
+        return score_logit(*self.network.forward_all(x), self.score_head)
 
 
 class FindingFromFeatures(nn.Module):
@@ -91,11 +69,11 @@ class FindingFromFeatures(nn.Module):
     def __init__(self, network: nn.Module, score_head: str = "image") -> None:
         super().__init__()
         self.network = network
-        self.score_head = check_score_head(score_head)
+        self.score_head = parse_score_head(score_head)
         self.feature_map = nn.Identity()
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return finding_logit(*self.network.heads(self.feature_map(feats)), self.score_head)
+        return score_logit(*self.network.heads(self.feature_map(feats)), self.score_head)
 
 
 @contextmanager

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from medassist.ingest.images import load_jpeg_grayscale
+from medassist.models.heads import HeadProbabilities, concatenate, head_probabilities
 from medassist.models.spec import PreprocessSpec
 from medassist.preprocess.transforms import prepare_2d
 
@@ -59,15 +60,12 @@ def prepare_external(records: list[ExternalRecord], spec: PreprocessSpec) -> np.
 
 
 @torch.no_grad()
-def score_inputs(net: nn.Module, inputs: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Image-head, cell-max and mean probabilities for prepared (N, S, S) float inputs."""
+def score_inputs(net: nn.Module, inputs: np.ndarray, batch_size: int = 32) -> HeadProbabilities:
+    """Every score head's probabilities (numpy, (N,)) for prepared (N, S, S) float inputs."""
     net.eval()
     device = next(net.parameters()).device
-    image_p, cell_p = [], []
+    parts = []
     for start in range(0, len(inputs), batch_size):
         x = torch.from_numpy(inputs[start : start + batch_size])[:, None].to(device)
-        logits, cells = net.forward_all(x.contiguous(memory_format=torch.channels_last))
-        image_p.append(torch.sigmoid(logits[:, 0]).cpu().numpy())
-        cell_p.append(torch.sigmoid(cells.amax(dim=(1, 2, 3))).cpu().numpy())
-    image, cell = np.concatenate(image_p), np.concatenate(cell_p)
-    return {"image": image, "cell_max": cell, "mean": (image + cell) / 2}
+        parts.append(head_probabilities(*net.forward_all(x.contiguous(memory_format=torch.channels_last))))
+    return concatenate(parts)

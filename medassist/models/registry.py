@@ -20,6 +20,7 @@ from torch import nn
 
 from medassist.datamodel import Series
 from medassist.errors import MedassistError
+from medassist.models.heads import score_probability
 from medassist.models.integrity import SHIPPED_DIR, check_released_spec, is_shipped_folder, sha256_bytes, trusted_spec
 from medassist.models.networks import build_network
 from medassist.models.spec import ModelSpec
@@ -137,10 +138,7 @@ class LoadedModel:
         with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
             feats = self.network.features(x)
             image_logits, cells = self.network.heads(feats)
-        image_p = torch.sigmoid(image_logits[:, 0].float())
-        cell_p = torch.sigmoid(cells.amax(dim=(1, 2, 3)).float())
-        heads = {"image": image_p, "cell_max": cell_p, "mean": (image_p + cell_p) / 2}
-        return heads[self.spec.score_head].cpu(), feats.float()
+        return score_probability(image_logits, cells, self.spec.score_head).cpu(), feats.float()
 
 
 def load_model(spec: ModelSpec, device: torch.device, weights_dir: Path = WEIGHTS_DIR) -> LoadedModel:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medassist.errors import MedassistError
+from medassist.models.heads import SCORE_HEADS
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class PreprocessSpec:
 class ModelSpec:
     """A shipped model: identity, network, preprocessing, decision rule, scope and provenance.
 
-    ``score_head``: which output is the score ("image", "cell_max" or "mean" of the two).
+    ``score_head``: which output is the score ("image", "cell_max" or "mean" of the two; see
+    ``medassist.models.heads``).
     ``input_kind``: "image2d" (one input per radiograph) or "volume" (scored slice by slice and
     aggregated to one study score, see ``medassist.models.tumor.score_volume``).
     """
@@ -103,7 +105,6 @@ def parse_spec(data: bytes, path: str | Path) -> ModelSpec:
 
 INPUT_SIZE_RANGE = (16, 2048)  # pixels, the square side of a network input
 SOURCES = ("display", "pixels")
-SCORE_HEADS = ("image", "cell_max", "mean")
 INPUT_KINDS = ("image2d", "volume")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

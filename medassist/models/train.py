@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from medassist.audit.metrics import binary_metrics, metrics_with_ci, threshold_for_sensitivity, youden_threshold
 from medassist.models.augment import augment_batch, random_crops
 from medassist.models.fracture_external import prepare_external, read_external, score_inputs
+from medassist.models.heads import SCORE_HEADS, HeadProbabilities
 from medassist.models.networks import build_network
 from medassist.models.spec import ModelSpec, PreprocessSpec
 from medassist.preprocess.transforms import equalize_nonzero
@@ -59,8 +60,8 @@ def cell_targets(masks: torch.Tensor, cell_shape: tuple[int, int]) -> torch.Tens
 
 
 def predict_scores(net: nn.Module, images: np.ndarray, batch_size: int, *,
-                   equalize: bool = False) -> dict[str, np.ndarray]:
-    """Image-head, cell-max and mean probabilities for uint8 (N, S, S) cached inputs.
+                   equalize: bool = False) -> HeadProbabilities:
+    """Every score head's probabilities for uint8 (N, S, S) cached inputs.
 
     ``equalize``: histogram-equalise each input first, as the spec's preprocessing does.
     """
@@ -227,11 +228,12 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
                 log.info("epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch, step, steps_per_epoch,
                          running / (step + 1), (step + 1) * batch_size / (time.time() - t0))
         val = predict_scores(net, cache["images"][val_idx], batch_size=32, equalize=pre.equalize)
-        aurocs = {k: binary_metrics(labels[val_idx], v, 0.5)["auroc"] for k, v in val.items()}
+        aurocs = {k: binary_metrics(labels[val_idx], val.of(k), 0.5)["auroc"] for k in SCORE_HEADS}
         entry = {"epoch": epoch, "loss": running / steps_per_epoch, "val_auroc": aurocs}
         if external is not None:
             ext = score_inputs(net, external.inputs)
-            entry["external_dev_auroc"] = {k: binary_metrics(external.labels, v, 0.5)["auroc"] for k, v in ext.items()}
+            entry["external_dev_auroc"] = {k: binary_metrics(external.labels, ext.of(k), 0.5)["auroc"]
+                                           for k in SCORE_HEADS}
         entry["seconds"] = time.time() - t0
         history.append(entry)
         log.info("epoch %d done: loss %.4f val AUROC %s external-dev AUROC %s (%.0f s)", epoch,
@@ -297,22 +299,22 @@ def finish_fracture(config, net, pre, cache, train_idx, val_idx, history, extern
     ext = score_inputs(net, external.inputs) if external is not None else None
 
     def choice(head: str) -> float:
-        auroc = binary_metrics(y_val, val[head], 0.5)["auroc"]
-        return auroc if ext is None else (auroc + binary_metrics(external.labels, ext[head], 0.5)["auroc"]) / 2
+        auroc = binary_metrics(y_val, val.of(head), 0.5)["auroc"]
+        return auroc if ext is None else (auroc + binary_metrics(external.labels, ext.of(head), 0.5)["auroc"]) / 2
 
-    head = max(val, key=choice)
-    scores = val[head]
+    head = max(SCORE_HEADS, key=choice)
+    scores = val.of(head)
     target = config["train"].get("threshold_sensitivity")
     if target:
         sources = {"validation": (y_val, scores)}
         if ext is not None:
-            sources["external_dev"] = (external.labels, ext[head])
+            sources["external_dev"] = (external.labels, ext.of(head))
         threshold = threshold_across_sources(sources, float(target))
     else:
         threshold = youden_threshold(y_val, scores)
     val_metrics = binary_metrics(y_val, scores, threshold)
     train_sub = train_idx[:: max(1, len(train_idx) // 800)]
-    train_scores = predict_scores(net, cache["images"][train_sub], 32, equalize=pre.equalize)[head]
+    train_scores = predict_scores(net, cache["images"][train_sub], 32, equalize=pre.equalize).of(head)
     train_metrics = binary_metrics(labels[train_sub], train_scores, threshold)
     operating_points = {
         f"sensitivity_{int(s * 100)}": threshold_for_sensitivity(y_val, scores, s) for s in (0.9, 0.95, 0.99)
@@ -320,10 +322,10 @@ def finish_fracture(config, net, pre, cache, train_idx, val_idx, history, extern
     validation = {"validation": val_metrics, "training_subset": train_metrics,
                   "operating_points": operating_points, "history": history}
     if ext is not None:
-        validation["external_dev"] = external_report(external, ext[head], threshold)
-        validation["head_choice"] = {k: {"validation_auroc": binary_metrics(y_val, val[k], 0.5)["auroc"],
-                                         "external_dev_auroc": binary_metrics(external.labels, ext[k], 0.5)["auroc"]}
-                                     for k in val}
+        validation["external_dev"] = external_report(external, ext.of(head), threshold)
+        validation["head_choice"] = {k: {"validation_auroc": binary_metrics(y_val, val.of(k), 0.5)["auroc"],
+                                         "external_dev_auroc": binary_metrics(external.labels, ext.of(k), 0.5)["auroc"]}
+                                     for k in SCORE_HEADS}
     return write_shipped_model(config, net, pre, threshold=threshold, score_head=head, validation=validation)
 
 

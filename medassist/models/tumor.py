@@ -45,6 +45,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from medassist.errors import MedassistError
+from medassist.models.heads import (HeadProbabilities, concatenate, head_probabilities, parse_score_head,
+                                    score_probability)
 from medassist.models.spec import ModelSpec, PreprocessSpec
 from medassist.preprocess import volume as vol
 from medassist.preprocess.transforms import Letterbox, PercentileScale, prepare_2d
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 
 TYPE_LABELS = ("glioma", "meningioma", "pituitary")
 CLASS_FOLDERS = TYPE_LABELS + ("no_tumor",)
+# The score heads training reports per epoch and chooses between when the config says score_head: auto.
+HEAD_CHOICES = ("image", "cell_max")
 # Inference settings that travel in ModelSpec.validation["inference"] (ModelSpec has no field for them).
 DEFAULT_INFERENCE = {
     "type_labels": list(TYPE_LABELS),
@@ -471,20 +475,18 @@ def _preprocess_spec(config: dict) -> PreprocessSpec:
 
 
 @torch.no_grad()
-def predict_all(net: nn.Module, images_u8: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Presence probabilities from both heads and type probabilities, for uint8 (N, S, S) inputs
-    (on the network's device)."""
+def predict_all(net: nn.Module, images_u8: np.ndarray, batch_size: int = 32) -> tuple[HeadProbabilities, np.ndarray]:
+    """Presence probabilities under every score head (numpy) and type probabilities (N, 3), for
+    uint8 (N, S, S) inputs (on the network's device)."""
     net.eval()
     device = next(net.parameters()).device
-    image_p, cell_p, type_p = [], [], []
+    presence, type_p = [], []
     for start in range(0, len(images_u8), batch_size):
         x = torch.from_numpy(images_u8[start : start + batch_size]).float().div_(255.0)[:, None]
         logits, cells = net.forward_all(x.to(device).contiguous(memory_format=torch.channels_last))
-        image_p.append(torch.sigmoid(logits[:, 0]).cpu().numpy())
-        cell_p.append(torch.sigmoid(cells.amax(dim=(1, 2, 3))).cpu().numpy())
+        presence.append(head_probabilities(logits, cells))
         type_p.append(torch.softmax(logits[:, 1:4], dim=1).cpu().numpy())
-    return {"image": np.concatenate(image_p), "cell_max": np.concatenate(cell_p),
-            "types": np.concatenate(type_p)}
+    return concatenate(presence), np.concatenate(type_p)
 
 
 @dataclass
@@ -691,15 +693,15 @@ def train_tumor(config: dict, device: torch.device = torch.device("cpu")) -> Mod
                 log.info("epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch, step, steps_per_epoch,
                          running / (step + 1), (step + 1) * batch_size / (time.time() - t0))
         va = data.val_idx
-        val = predict_all(net, data.images[va])
-        aurocs = {k: _auroc(labels[va], val[k]) for k in ("image", "cell_max")}
+        val, val_types = predict_all(net, data.images[va])
+        aurocs = {k: _auroc(labels[va], val.of(k)) for k in HEAD_CHOICES}
         in_domain = (kinds[va] == 1) | (labels[va] == 1)
-        aurocs_in = {k: _auroc(labels[va][in_domain], val[k][in_domain]) for k in ("image", "cell_max")}
-        by_stratum = {k: m["auroc"] for k, m in source_metrics(labels[va], val["cell_max"], data.origins[va],
+        aurocs_in = {k: _auroc(labels[va][in_domain], val.of(k)[in_domain]) for k in HEAD_CHOICES}
+        by_stratum = {k: m["auroc"] for k, m in source_metrics(labels[va], val.cell_max, data.origins[va],
                                                                 strata[va], 0.5).items()}
         history.append({"epoch": epoch, "loss": running / steps_per_epoch, "val_auroc": aurocs,
                         "val_auroc_tumour_vs_mirror": aurocs_in, "val_auroc_cell_max_by_source": by_stratum,
-                        "type_accuracy": _type_accuracy(val["types"], types[va]), "seconds": time.time() - t0})
+                        "type_accuracy": _type_accuracy(val_types, types[va]), "seconds": time.time() - t0})
         log.info("epoch %d done: loss %.4f val AUROC %s, tumour vs mirror negatives %s, cell_max by source %s "
                  "(%.0f s)", epoch, running / steps_per_epoch, {k: round(v, 4) for k, v in aurocs.items()},
                  {k: round(v, 4) for k, v in aurocs_in.items()}, {k: round(v, 3) for k, v in by_stratum.items()},
@@ -833,11 +835,12 @@ def finish_tumor(config, net, pre, data: TrainingData, history) -> ModelSpec:
 
     va = data.val_idx
     labels, types, kinds = data.labels[va], data.types[va], data.kinds[va]
-    val = predict_all(net, data.images[va])
+    val, val_types = predict_all(net, data.images[va])
     head = config.get("score_head", "auto")
     if head == "auto":
-        head = max(("image", "cell_max"), key=lambda k: _auroc(labels, val[k]))
-    scores = val[head]
+        head = max(HEAD_CHOICES, key=lambda k: _auroc(labels, val.of(k)))
+    head = parse_score_head(head).value
+    scores = val.of(head)
     threshold = choose_threshold(labels, scores, config.get("threshold_rule", {"youden": True}))
     inference = dict(DEFAULT_INFERENCE, **config.get("inference", {}))
     extent = float(inference["aggregation"]["extent_mm"])
@@ -847,10 +850,10 @@ def finish_tumor(config, net, pre, data: TrainingData, history) -> ModelSpec:
                                             threshold, extent, null, seed=config["train"]["seed"])
     tr = data.train_idx
     train_sub = tr[:: max(1, len(tr) // 800)]
-    train_scores = predict_all(net, data.images[train_sub])[head]
+    train_scores = predict_all(net, data.images[train_sub])[0].of(head)
     pos = types >= 0
     confusion = np.zeros((3, 3), dtype=int)
-    for true, pred in zip(types[pos], val["types"][pos].argmax(1)):
+    for true, pred in zip(types[pos], val_types[pos].argmax(1)):
         confusion[true, pred] += 1
     other_source = kinds == 0
     in_domain = (kinds == 1) | (labels == 1)
@@ -861,10 +864,11 @@ def finish_tumor(config, net, pre, data: TrainingData, history) -> ModelSpec:
         "validation_other_source_negatives": binary_metrics(labels[other_source], scores[other_source], threshold),
         "validation_tumour_vs_mirror_negatives": binary_metrics(labels[in_domain], scores[in_domain], threshold),
         "validation_by_source": source_metrics(labels, scores, data.origins[va], data.strata()[va], threshold),
-        "auroc_by_head": {k: {"all": _auroc(labels, val[k]), "tumour_vs_mirror": _auroc(labels[in_domain], val[k][in_domain])}
-                          for k in ("image", "cell_max")},
+        "auroc_by_head": {k: {"all": _auroc(labels, val.of(k)),
+                              "tumour_vs_mirror": _auroc(labels[in_domain], val.of(k)[in_domain])}
+                          for k in HEAD_CHOICES},
         "sensitivity_by_type": by_type,
-        "type": {"labels": list(TYPE_LABELS), "accuracy": _type_accuracy(val["types"], types),
+        "type": {"labels": list(TYPE_LABELS), "accuracy": _type_accuracy(val_types, types),
                  "confusion_rows_true": confusion.tolist()},
         "training_subset": binary_metrics(data.labels[train_sub], train_scores, threshold),
         "operating_points": {f"sensitivity_{int(s * 100)}": threshold_for_sensitivity(labels, scores, s)
@@ -907,8 +911,8 @@ def slice_probabilities(network: nn.Module, spec: ModelSpec, inputs: torch.Tenso
     """Presence (the spec's score head) and type probabilities of (k, 1, S, S) network inputs."""
     device = next(network.parameters()).device
     logits, cells = network.forward_all(inputs.to(device).contiguous(memory_format=torch.channels_last))
-    presence = cells.amax(dim=(1, 2, 3)) if spec.score_head == "cell_max" else logits[:, 0]
-    return torch.sigmoid(presence.float()).cpu().numpy(), torch.softmax(logits[:, 1:4].float(), 1).cpu().numpy()
+    presence = score_probability(logits, cells, spec.score_head)
+    return presence.cpu().numpy(), torch.softmax(logits[:, 1:4].float(), 1).cpu().numpy()
 
 
 @dataclass
