@@ -106,15 +106,11 @@ def review_agreement(db_path: str | Path, model: str, negative_labels: tuple[str
     """
     rows = [r for r in read_decisions(db_path) if r["model"] == model]
     current = current_decisions(rows)
+    decided, unknown = decided_findings(current, negative_labels)
     versions: dict[str, list[dict]] = defaultdict(list)
-    overrides, unknown = [], 0
-    for row in current:
-        flagged = _truthy(row["model_flagged"])
-        call = final_call(row["decision"], flagged, row["corrected_finding"], negative_labels)
-        if call is None:
-            unknown += 1
-            continue
-        row = {**row, "model_flagged": flagged, "final_positive": call}
+    overrides = []
+    for row in decided:
+        flagged, call = row["model_flagged"], row["final_positive"]
         versions[str(row["model_version"])].append(row)
         if call != flagged:
             kind = ("flagged, rejected" if row["decision"] == "reject" else "flagged, corrected to negative") \
@@ -128,13 +124,29 @@ def review_agreement(db_path: str | Path, model: str, negative_labels: tuple[str
         "rows_in_log": len(rows),
         "current_decisions": len(current),
         "unknown_decisions": unknown,
-        "by_version": {v: _summarise(r) for v, r in sorted(versions.items())},
+        "by_version": {v: summarise_agreement(r) for v, r in sorted(versions.items())},
         "by_month": {v: _by_month(r) for v, r in sorted(versions.items())},
         "overrides": overrides,
     }
 
 
-def _summarise(rows: list[dict]) -> dict:
+def decided_findings(current: list[dict], negative_labels: tuple[str, ...] = ()) -> tuple[list[dict], int]:
+    """The current decisions with ``model_flagged`` as a bool and ``final_positive`` (the
+    radiologist's call, :func:`final_call`) added, and how many had an unknown decision (left out)."""
+    decided, unknown = [], 0
+    for row in current:
+        flagged = _truthy(row["model_flagged"])
+        call = final_call(row["decision"], flagged, row["corrected_finding"], negative_labels)
+        if call is None:
+            unknown += 1
+            continue
+        decided.append({**row, "model_flagged": flagged, "final_positive": call})
+    return decided, unknown
+
+
+def summarise_agreement(rows: list[dict]) -> dict:
+    """Counts, accept / reject / correct rates, observed agreement, Cohen's kappa (sklearn) and
+    overrides of rows from :func:`decided_findings` (kappa None when undefined or under 2 rows)."""
     n = len(rows)
     counts = {d: sum(r["decision"] == d for r in rows) for d in ("accept", "reject", "correct")}
     model = [int(r["model_flagged"]) for r in rows]
@@ -160,7 +172,7 @@ def _by_month(rows: list[dict]) -> dict[str, dict]:
     for r in rows:
         months[str(r["decided_at"] or "")[:7] or "unknown"].append(r)
     return {
-        m: {k: v for k, v in _summarise(rs).items() if k in ("n_decided", "accept_rate", "reject_rate", "correct_rate",
+        m: {k: v for k, v in summarise_agreement(rs).items() if k in ("n_decided", "accept_rate", "reject_rate", "correct_rate",
                                                               "agreement", "cohen_kappa", "n_overrides")}
         for m, rs in sorted(months.items())
     }
