@@ -300,6 +300,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "give it when the output folder was moved)")
     add_models_dir(audit)
     audit.set_defaults(func=cmd_audit)
+
+    monitor = commands.add_parser(
+        "monitor", help="score drift and reviewer agreement over triage runs, with alerts",
+        description="Read triage output folders (RUN_DIR/worklist.csv, and RUN_DIR/decisions.sqlite where the "
+        "review app was used; read-only) and report per model and version, per run and per ISO week: studies, "
+        "flag rate, the score distribution against --reference (population stability index on the reference's "
+        "quantile bins with a bootstrap interval, Kolmogorov-Smirnov test), and agreement with the reviewers "
+        "(accept/reject/correct, Cohen's kappa, overrides) overall and by body part and modality. Writes "
+        "REPORT_DIR/monitor.json and REPORT_DIR/report.html; alerts when a limit of configs/monitor.yaml is "
+        "crossed (exit 0 with alerts; 2 when a folder cannot be used, after reporting on the others).",
+    )
+    monitor.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="a triage output folder")
+    monitor.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR", help="where the report goes")
+    monitor.add_argument("--reference", type=Path, metavar="RUN_DIR",
+                         help="a triage run whose scores are the reference distribution (e.g. the same source's "
+                         "validation run); the shipped model specs store none, so without it drift and flag rate "
+                         "are not compared")
+    monitor.add_argument("--limits", type=Path, metavar="YAML",
+                         help="alert limits (default: configs/monitor.yaml of this checkout, else the same built-in "
+                         "defaults)")
+    add_key_file(monitor)
+    monitor.set_defaults(func=cmd_monitor)
     return parser
 
 
@@ -546,6 +568,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """``medassist monitor``: the report, one line per alert (no identifiers); exit 2 when a run folder
+    could not be used (the report covers the others)."""
+    from medassist.monitor import run_monitor
+
+    result = run_monitor(args.runs, args.out, reference=args.reference, limits_path=args.limits,
+                         key_file=args.key_file)
+    if result.reference["kind"] == "none":
+        print("medassist monitor: no --reference: drift and flag rate not compared", file=sys.stderr)
+    for alert in result.alerts:
+        print(f"ALERT {alert.model} {alert.version} {alert.kind} {alert.metric}: {alert.detail}")
+    print(f"medassist monitor: {len(result.runs)} run(s), {len(result.models)} model version(s), "
+          f"{len(result.alerts)} alert(s); report: {', '.join(result.written)}")
+    for problem in result.problems:
+        print(f"medassist: error: {redact_credentials(problem)}", file=sys.stderr)
+    return 2 if result.problems else 0
 
 
 def scope_text(spec: ModelSpec) -> str:
