@@ -116,3 +116,15 @@ def test_without_the_site_key_the_log_is_read_but_not_verified(tmp_path, reviewe
     assert log["integrity"] == "not checked" and "no site key" in log["note"]
     assert _period(report)["agreement"]["n_decided"] == 60
     assert report["alerts"] == []
+
+
+def test_an_unreadable_log_is_a_problem_and_the_scores_are_still_reported(tmp_path, mon):
+    records = mon.finding_records(mon.beta_scores(40, seed=2), prefix="bad")
+    run = mon.write_run(tmp_path / "run", records)
+    (run / "decisions.sqlite").write_bytes(b"not a database at all" * 100)
+    out = tmp_path / "report"
+    result = run_monitor([run], out)
+    assert len(result.problems) == 1 and str(run / "decisions.sqlite") in result.problems[0]
+    report = json.loads((out / "monitor.json").read_text())
+    assert report["runs"][0]["decisions"]["integrity"] == "unreadable"
+    assert _period(report)["scores"]["n_findings"] == 40 and _period(report)["agreement"] is None
