@@ -204,7 +204,9 @@ def test_require_of_a_missing_module_names_package_feature_and_command(monkeypat
 
 
 def test_require_of_a_submodule_names_the_distribution(monkeypatch):
+    # both entries: an earlier test in the same process may have imported the submodule already
     monkeypatch.setitem(sys.modules, "argon2", None)
+    monkeypatch.setitem(sys.modules, "argon2.exceptions", None)
     with pytest.raises(MissingDependency, match=re.escape("needs argon2-cffi (not installed): "
                                                           "pip install 'medassist[review]'")):
         require("argon2.exceptions", extra="review", feature="accounts")
