@@ -189,6 +189,8 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
     has_mask = masks_u8.reshape(len(masks_u8), -1).max(axis=1) > 0
     cell_bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(cfg_train["cell_pos_weight"], device=device))
     image_bce = nn.BCEWithLogitsLoss()
+    crop = int(cfg_train.get("crop_size") or 0)  # local-evidence training: windows of the full-size input
+    crop_on_finding = float(cfg_train.get("crop_on_finding", 0.6))
     for epoch in range(start_epoch, epochs):
         cycle, first = cycle_of(epoch, cycles)
         if epoch == first and epoch != start_epoch:  # warm restart: a new one-cycle schedule
@@ -202,18 +204,15 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
             x = torch.from_numpy(images_u8[idx]).float().div_(255.0)[:, None]
             m = torch.from_numpy(masks_u8[idx]).float()[:, None]
             # on the CPU, from the seeded generator
-            crop = cfg_train.get("crop_size")  # local-evidence training: windows of the full-size input
             x, m = augment_batch(x, m, cfg_train["augment"], gen, out_size=None if crop else pre.input_size)
-            if crop and pre.equalize:  # equalised over the whole image, as inference does, then cropped
+            if pre.equalize:  # over the whole image, as inference does (before any window is cut)
                 x = equalize_nonzero(x)
             if crop:
-                x, m = random_crops(x, m, int(crop), gen, on_finding=float(cfg_train.get("crop_on_finding", 0.6)))
+                x, m = random_crops(x, m, crop, gen, on_finding=crop_on_finding)
             y = torch.from_numpy(labels[idx]).float()
             if cfg_train.get("label_from_mask"):  # a crop that lost every fracture pixel shows none
                 kept = m.amax(dim=(1, 2, 3)) > 0
                 y = torch.where(torch.from_numpy(has_mask[idx]) & ~kept, 0.0, y)
-            if pre.equalize and not crop:
-                x = equalize_nonzero(x)
             x, m, y = x.to(device, non_blocking=True), m.to(device, non_blocking=True), y.to(device)
             logits, cells = net.forward_all(x.contiguous(memory_format=torch.channels_last))
             loss = image_bce(logits[:, 0], y) + cfg_train["cell_loss_weight"] * cell_bce(
