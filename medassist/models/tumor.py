@@ -391,10 +391,66 @@ def mirror_negatives(images_u8: np.ndarray, masks_u8: np.ndarray, indices: np.nd
 # --- augmentation -------------------------------------------------------------------------------------
 
 
+def _disk(radius: int) -> np.ndarray:
+    """A filled disk of ``radius`` pixels (a round structuring element)."""
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return yy**2 + xx**2 <= radius**2
+
+
+def brain_region(slice01: np.ndarray, tumour: np.ndarray, *, erode_px: int = 6,
+                 min_share: float = 0.25, max_share: float = 0.85) -> np.ndarray | None:
+    """The brain in one head slice (0..1, background 0), as a skull-stripping tool would keep it.
+
+    Tissue brighter than half the Otsu threshold inside the head (and than a third of its median,
+    where the skull is a large share of the head), eroded by ``erode_px`` (about
+    4 mm at 256 pixels: cuts the scalp off along the dark skull), the largest part, dilated back,
+    holes filled, joined with the dilated tumour mask. ``None`` when the result is under
+    ``min_share`` or over ``max_share`` of the head (no skull gap found, or not a head slice).
+    """
+    head = slice01 > 0
+    head_area = int(head.sum())
+    if head_area < 500:
+        return None
+    values = slice01[head]
+    tissue = slice01 > max(0.5 * vol.otsu_threshold(values), 0.35 * float(np.median(values)))
+    core = ndimage.binary_erosion(tissue, structure=_disk(erode_px))
+    labels, n = ndimage.label(core)
+    if n == 0:
+        return None
+    areas = ndimage.sum_labels(core, labels, index=np.arange(1, n + 1))
+    brain = labels == (int(np.argmax(areas)) + 1)
+    brain = ndimage.binary_dilation(brain, structure=_disk(erode_px)) & head
+    brain = ndimage.binary_fill_holes(brain)
+    if tumour.any():
+        brain |= ndimage.binary_dilation(tumour, structure=_disk(3))
+    share = brain.sum() / head_area
+    return brain if min_share <= share <= max_share else None
+
+
+def _ellipse_keep(x2d: torch.Tensor, m2d: torch.Tensor, grid: torch.Tensor, gen: torch.Generator
+                  ) -> torch.Tensor | None:
+    """Fallback brain: an ellipse inside the head's bounding box that always holds the tumour."""
+    fg = x2d > 0
+    rows, cols = torch.nonzero(fg.any(1)).flatten(), torch.nonzero(fg.any(0)).flatten()
+    if rows.numel() < 8 or cols.numel() < 8:
+        return None
+    top, bottom, left, right = grid[rows[0]], grid[rows[-1]], grid[cols[0]], grid[cols[-1]]
+    cy, cx = (top + bottom) / 2, (left + right) / 2
+    shrink = 0.72 + 0.16 * torch.rand(2, generator=gen)
+    ry, rx = (bottom - top) / 2 * shrink[0], (right - left) / 2 * shrink[1]
+    r2 = ((grid[:, None] - cy) / ry) ** 2 + ((grid[None, :] - cx) / rx) ** 2
+    if m2d.any():
+        need = float(r2[m2d > 0].max().sqrt()) * 1.05
+        if need > 1:
+            r2 = r2 / need**2
+    return r2 <= 1
+
+
 def simulate_skull_strip(x: torch.Tensor, m: torch.Tensor, p: float, gen: torch.Generator):
-    """On a random share ``p`` of the batch: keep an ellipse inside the head (as a skull-stripped
-    brain), zero the rest, rescale intensities, and zoom so the kept part fills the frame (as the
-    head crop does at inference). The ellipse always contains the tumour mask."""
+    """On a random share ``p`` of the batch: keep the brain (``brain_region``; an ellipse inside
+    the head where no brain is found), zero the rest, rescale intensities, and zoom so the kept
+    part fills the frame (as the head crop does at inference). The kept part always holds the
+    tumour mask."""
     n, _, s, _ = x.shape
     chosen = torch.rand(n, generator=gen) < p
     if not chosen.any():
@@ -402,28 +458,19 @@ def simulate_skull_strip(x: torch.Tensor, m: torch.Tensor, p: float, gen: torch.
     x, m = x.clone(), m.clone()
     grid = (torch.arange(s, dtype=torch.float32) + 0.5) / s * 2 - 1  # normalised coordinates
     for i in torch.nonzero(chosen).flatten().tolist():
-        fg = x[i, 0] > 0
-        rows, cols = torch.nonzero(fg.any(1)).flatten(), torch.nonzero(fg.any(0)).flatten()
-        if rows.numel() < 8 or cols.numel() < 8:
+        region = brain_region(x[i, 0].numpy(), m[i, 0].numpy() > 0)
+        keep = torch.from_numpy(region) if region is not None else _ellipse_keep(x[i, 0], m[i, 0], grid, gen)
+        if keep is None:
             continue
-        top, bottom, left, right = grid[rows[0]], grid[rows[-1]], grid[cols[0]], grid[cols[-1]]
-        cy, cx = (top + bottom) / 2, (left + right) / 2
-        shrink = 0.72 + 0.16 * torch.rand(2, generator=gen)
-        ry, rx = (bottom - top) / 2 * shrink[0], (right - left) / 2 * shrink[1]
-        yy, xx = grid[:, None], grid[None, :]
-        r2 = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
-        if m[i, 0].any():
-            need = float(r2[m[i, 0] > 0].max().sqrt()) * 1.05
-            if need > 1:
-                ry, rx, r2 = ry * need, rx * need, r2 / need**2
-        keep = (r2 <= 1).float()
-        brain = x[i, 0] * keep
+        rows, cols = torch.nonzero(keep.any(1)).flatten(), torch.nonzero(keep.any(0)).flatten()
+        brain = x[i, 0] * keep.float()
         values = brain[brain > 0]
         if values.numel() > 100:
             top_value = torch.quantile(values[:: max(1, values.numel() // 20000)], 0.995)
             brain = (brain / top_value.clamp(min=0.05)).clamp(0, 1)
-        # zoom: the ellipse's bounding box becomes the frame (aspect kept)
-        half = float(max(ry, rx)) * 1.04
+        # zoom: the kept part's bounding box becomes the frame (aspect kept)
+        cy, cx = (grid[rows[0]] + grid[rows[-1]]) / 2, (grid[cols[0]] + grid[cols[-1]]) / 2
+        half = float(max(grid[rows[-1]] - grid[rows[0]], grid[cols[-1]] - grid[cols[0]])) / 2 * 1.04 + 1.0 / s
         theta = torch.tensor([[[half, 0.0, float(cx)], [0.0, half, float(cy)]]])
         g = F.affine_grid(theta, [1, 1, s, s], align_corners=False)
         x[i] = F.grid_sample(brain[None, None], g, mode="bilinear", padding_mode="zeros", align_corners=False)[0]

@@ -267,3 +267,41 @@ def test_indices_are_says_the_plane_even_without_flagged_slices(tmp_path):
     spec = ModelSpec(**{**spec.__dict__, "threshold": 1.0})  # nothing reaches it: no slice reported
     res = tumor.score_volume(net, spec, read_nifti_series(str(tmp_path / "sag.nii.gz")).load())
     assert res["plane"] == "axial" and res["slices"] == () and res["indices_are"] == "canonical"
+
+
+def _skull_on_head(size=256):
+    """Bright scalp ring, dark skull, mid-grey brain, a bright lesion at the brain's edge."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    r = np.hypot((yy - 128) / 1.1, xx - 128)
+    img = np.zeros((size, size), np.float32)
+    img[r < 110] = 0.9   # scalp and fat
+    img[r < 100] = 0.08  # skull (dark on T1)
+    img[r < 88] = 0.5    # brain
+    lesion = np.hypot(yy - 128, xx - 210) < 8  # reaches into the skull gap
+    img[lesion] = 1.0
+    return img, lesion, r < 88
+
+
+def test_brain_region_cuts_the_scalp_off_and_keeps_the_lesion():
+    img, lesion, brain = _skull_on_head()
+    region = tumor.brain_region(img, lesion)
+    assert region is not None
+    assert region[lesion].all()                      # the tumour is never stripped
+    overlap = (region & brain).sum() / (region | brain).sum()
+    assert overlap > 0.9                             # the brain, not the head
+    assert not region[128, 128 + 105]                # scalp removed
+    flat = np.where(img > 0, 0.5, 0).astype(np.float32)  # no skull gap: not found, the caller falls back
+    assert tumor.brain_region(flat, np.zeros_like(lesion)) is None
+
+
+def test_skull_strip_simulation_keeps_the_brain_and_zooms_it_to_the_frame():
+    img, lesion, brain = _skull_on_head()
+    x = torch.from_numpy(img)[None, None]
+    m = torch.from_numpy(lesion.astype(np.float32))[None, None]
+    xs, ms = tumor.simulate_skull_strip(x, m, 1.0, torch.Generator().manual_seed(0))
+    assert ms.sum() > m.sum()                        # zoomed in: the lesion got bigger
+    assert float((xs * ms).sum()) > 0                # and is still visible
+    kept = xs[0, 0] > 0
+    rows = torch.nonzero(kept.any(1)).flatten()
+    assert rows[0] < 16 and rows[-1] > 240           # the brain fills the frame
+    assert float(xs[0, 0][kept].median()) < 0.9      # brain grey kept, the bright scalp ring gone
