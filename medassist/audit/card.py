@@ -207,6 +207,7 @@ def build_card(
     evaluation_problem: str = "",
     normal_volumes: dict | None = None,
     volume_validation: dict | None = None,
+    external_report: dict | None = None,
 ) -> dict:
     """The model card as one JSON-able dict (NaN already replaced by None).
 
@@ -214,6 +215,9 @@ def build_card(
     (``tumor.evaluate_normal_volumes``), shown with the training run's pseudo-volume figures.
     ``volume_validation``: its volume-level validation on labelled tumour and normal volumes per
     source (``tumor_volumes.VolumeValidation.to_dict``, ``scripts/tumor_volume_validation.py``).
+    ``external_report``: a radiograph model's other-source figures measured after training on the
+    shipped weights (``scripts/fracture_external_validation.py``), used when the training run
+    measured none.
     """
     narrative = narrative or {}
     intended = narrative.get("intended_use", {})
@@ -307,7 +311,8 @@ def build_card(
             "epochs": len(history),
             "last_epoch": history[-1] if history else None,
         },
-        "external_validation": _external_validation(validation, narrative, volume_validation, normal_volumes),
+        "external_validation": _external_validation(validation, narrative, volume_validation, normal_volumes,
+                                                     external_report),
         "quantitative_analyses": {
             "evaluation": analysis,
             "human_ai_review": review,
@@ -334,12 +339,19 @@ OTHER_SOURCE_VOLUMES = ("brats",)  # volume-validation sources no training data 
 
 
 def _external_validation(validation: dict, narrative: dict, volume_validation: dict | None = None,
-                         normal_volumes: dict | None = None) -> dict | None:
-    """Other-source figures: measured at training time (``validation["external_dev"]``), or a
-    volume model's volumes from sources it was not trained on (labelled volumes of
-    ``OTHER_SOURCE_VOLUMES``, and the normal-volume report), with the narrative's notes on where
-    the model fails; None when nothing from another source was measured."""
+                         normal_volumes: dict | None = None, external_report: dict | None = None) -> dict | None:
+    """Other-source figures: measured at training time (``validation["external_dev"]``) or after
+    it on the shipped weights (``external_report``), or a volume model's volumes from sources it
+    was not trained on (labelled volumes of ``OTHER_SOURCE_VOLUMES``, and the normal-volume
+    report), with the narrative's notes on where the model fails; None when nothing from another
+    source was measured."""
     external = validation.get("external_dev")
+    measured = "at training time"
+    mismatch = ""
+    if not external and external_report and external_report.get("regions"):
+        external = external_report["regions"]
+        measured = "after training, on the shipped weights"
+        mismatch = external_report.get("mismatch", "")
     volumes = [[key, r["n_volumes"], r["n_flagged"], _f(r.get("n_localised")), r["target"],
                 "yes" if r.get("target_met") else "no"]
                for key, r in ((volume_validation or {}).get("sources") or {}).items()
@@ -353,6 +365,8 @@ def _external_validation(validation: dict, narrative: dict, volume_validation: d
     if not external and not volumes:
         return None
     return {"sets": {"external_dev": external} if external else {},
+            "measured": measured,
+            "mismatch": mismatch,
             "volumes": volumes,
             "head_choice": validation.get("head_choice"),
             "notes": narrative.get("external_validation", {}).get("notes", [])}
@@ -721,10 +735,13 @@ def _external_blocks(ext: dict | None) -> list[tuple]:
         return []
     out: list[tuple] = [("h", 2, "External validation")]
     if ext["sets"]:
-        out.append(("p", "Radiographs from another source than the training data, measured at training time at the "
-                         "shipped threshold. They were used to choose the score head and the threshold, never for "
-                         "training, so these figures flatter a little; independent hold-out sets check the model "
-                         "apart."))
+        out.append(("p", "Radiographs from another source than the training data, measured "
+                         f"{ext.get('measured', 'at training time')} at the shipped threshold. The set is used to "
+                         "choose between candidate models (and, where measured at training time, the score head "
+                         "and the threshold), never for training, so these figures flatter a little; independent "
+                         "hold-out sets check the model apart."))
+        if ext.get("mismatch"):
+            out.append(("p", f"**{ext['mismatch']}**"))
     if ext.get("volumes"):
         out.append(("p", "Volumes from sources no training data came from, scored as triage scores them at the "
                          "shipped threshold (details under Volume level)."))

@@ -180,11 +180,12 @@ def audit_model(
     localisation = _localisation(spec, out_dir)
     normal_volumes = _report(spec, out_dir, "normal_volumes") if spec.input_kind == "volume" else None
     volume_validation = _report(spec, out_dir, "volumes") if spec.input_kind == "volume" else None
+    external_report = _report(spec, out_dir, "external") if spec.input_kind != "volume" else None
     narrative = load_narrative(spec.name, (out_dir / "templates", *TEMPLATE_DIRS))
     card = build_card(spec, evaluation=evaluation, analysis=analysis, review=review, review_chain_problems=chain,
                       localisation=localisation, narrative=narrative, options=options, weights_check=weights_check,
                       evaluation_problem=problem, normal_volumes=normal_volumes,
-                      volume_validation=volume_validation)
+                      volume_validation=volume_validation, external_report=external_report)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}

@@ -300,3 +300,25 @@ def test_external_validation_section_shows_the_other_source_figures(tmp_path):
     section = text[text.index("## External validation"):]
     assert f"{overall['auroc']:.3f}" in section and "external_dev: elbow" in section and "fails on elbows" in section
     assert "External validation" not in render_markdown(build_card(spec))  # no other-source figures, no section
+
+
+def test_external_figures_measured_after_training_fill_the_section(tmp_path):
+    from medassist.audit.card import build_card, render_markdown
+    from medassist.audit.metrics import metrics_with_ci
+
+    spec = make_shipped_model(tmp_path / "weights")
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 80)
+    scores = rng.random(80)
+    overall = metrics_with_ci(labels, scores, 0.5, n_resamples=50)
+    report = {"regions": {"overall": overall, "wrist": overall}, "mismatch": "made for version 0.9: regenerate it."}
+    card = build_card(spec, external_report=report)
+    assert card["external_validation"]["sets"]["external_dev"]["wrist"]["auroc"] == pytest.approx(overall["auroc"])
+    section = render_markdown(card)
+    section = section[section.index("## External validation"):]
+    assert "after training, on the shipped weights" in section and "external_dev: wrist" in section
+    assert "regenerate it" in section
+    stored = dict(spec.validation, external_dev={"overall": overall})  # the training run's own figures win
+    import dataclasses
+    card = build_card(dataclasses.replace(spec, validation=stored), external_report=report)
+    assert "wrist" not in card["external_validation"]["sets"]["external_dev"]

@@ -1,0 +1,74 @@
+"""Other-source validation of a shipped fracture model (issue 15): ``../shared/data/fracture_external_dev``
+(MURA-like upper-limb radiographs) scored as triage prepares a radiograph, at the shipped head and
+threshold. Writes one JSON report that ``medassist audit`` puts in the card's "External validation"
+section, and prints a line per region.
+
+    .venv/bin/python scripts/fracture_external_validation.py --out model_cards/fracture_xray_external.json
+
+Never trains on the set, never copies it: only the figures leave it. ``--model``: a shipped name or
+a spec JSON path (weights beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = REPO.parent / "shared" / "data" / "fracture_external_dev"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="fracture_xray", help="shipped model name or spec JSON path")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the external-dev folder")
+    parser.add_argument("--out", required=True, type=Path, help="JSON report to write")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from medassist.explain.output import atomic_write_bytes
+    from medassist.models.fracture_external import prepare_external, read_external, score_inputs
+    from medassist.models.registry import WEIGHTS_DIR, choose_device, load_model, spec_by_name
+    from medassist.models.spec import read_spec
+    from medassist.models.train import ExternalInputs, external_report
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    path = Path(args.model)
+    if path.suffix == ".json" and path.is_file():
+        model = load_model(read_spec(path), choose_device("cpu"), weights_dir=path.parent)
+    else:
+        model = load_model(spec_by_name(args.model), choose_device("cpu"), WEIGHTS_DIR)
+    spec = model.spec
+    if not args.root.is_dir():
+        print(f"error: {args.root} not found", file=sys.stderr)
+        return 2
+    import numpy as np
+
+    records = read_external(args.root)
+    external = ExternalInputs(prepare_external(records, spec.preprocess), np.array([r.fractured for r in records]),
+                              np.array([r.region for r in records]))
+    scores = np.asarray(score_inputs(model.network, external.inputs).of(spec.score_head), dtype=np.float64)
+    report = {"model": spec.name, "version": spec.version, "threshold": spec.threshold,
+              "sha256": spec.sha256, "score_head": spec.score_head, "set": "external_dev",
+              "n_images": len(records), "n_fractured": int(external.labels.sum()),
+              "measured": "after training, on the shipped weights (scripts/fracture_external_validation.py)",
+              "regions": external_report(external, scores, spec.threshold)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out, (json.dumps(report, indent=1) + "\n").encode())
+    for region, m in report["regions"].items():
+        print(f"{region}: n={m['n']} positive={m['n_positive']} AUROC {m['auroc']:.3f} "
+              f"[{m['ci']['auroc'][0]:.3f}, {m['ci']['auroc'][1]:.3f}] sensitivity {m['sensitivity']:.3f} "
+              f"specificity {m['specificity']:.3f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
