@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medassist.audit.metrics import binary_metrics, metrics_with_ci, threshold_for_sensitivity, youden_threshold
+from medassist.errors import MedassistError
 from medassist.models.augment import augment_batch, random_crops
 from medassist.models.fracture_external import prepare_external, read_external, score_inputs
 from medassist.models.heads import SCORE_HEADS, HeadProbabilities
@@ -154,12 +156,18 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
         ]
     )
     train_idx, val_idx = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    if cfg_train.get("exclude_hardware"):  # 84 of 86 hardware images are fractured: a shortcut, not evidence
+        hardware = np.array([r.hardware for r in records], dtype=bool)
+        log.info("training without the %d hardware images of the training split", int(hardware[train_idx].sum()))
+        train_idx = train_idx[~hardware[train_idx]]
     labels = cache["labels"]
     log.info("train %d images (%d fractured), validation %d (%d fractured)",
              len(train_idx), labels[train_idx].sum(), len(val_idx), labels[val_idx].sum())
 
     log.info("training on %s", device)
     net = build_network(config["network"]["name"], config["network"]["args"])
+    if cfg_train.get("init_from"):
+        net.load_state_dict(initial_weights(cfg_train["init_from"]))
     net = net.to(device).to(memory_format=torch.channels_last)
     cycles = lr_cycles(cfg_train)
     epochs, batch_size = sum(c["epochs"] for c in cycles), cfg_train["batch_size"]
@@ -253,6 +261,18 @@ class ExternalInputs:
     inputs: np.ndarray
     labels: np.ndarray
     regions: np.ndarray
+
+
+def initial_weights(init: Mapping) -> dict:
+    """The state dict a run starts from (``train.init_from: {weights, sha256}``): weights trained
+    here earlier (e.g. the released version), checked against their sha256, loaded with
+    ``weights_only=True``. Nothing comes from outside the project."""
+    path = resolve(init["weights"])
+    found = sha256_of(path)
+    if found != init["sha256"]:
+        raise MedassistError(f"train.init_from: {path} has sha256 {found}, the config expects {init['sha256']}")
+    log.info("starting from %s (sha256 %s...)", path, found[:12])
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def external_inputs(config: dict, pre: PreprocessSpec) -> ExternalInputs | None:
