@@ -5,6 +5,7 @@ sklearn computes the metrics, scipy.stats.bootstrap the intervals.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -181,6 +182,19 @@ def calibration(labels: np.ndarray, scores: np.ndarray, n_bins: int = 10) -> dic
     ]
     return {"n_bins": n_bins, "strategy": "uniform", "ece": ece,
             "brier": float(brier_score_loss(labels, scores, pos_label=1)), "bins": bins}
+
+
+def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of the proportion ``successes / n`` (n may be fractional: an
+    effective sample size); (nan, nan) for n == 0."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    rate = successes / n
+    z = float(stats.norm.ppf(1 - (1 - confidence) / 2))
+    denominator = 1 + z * z / n
+    centre = (rate + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> dict:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medassist.audit.metrics import wilson_interval
 from medassist.explain.output import atomic_write_bytes
 from medassist.explain.saliency import DEFAULT_METHOD, METHODS, saliency_map, to_source_geometry
 from medassist.models.registry import LoadedModel
@@ -137,17 +138,6 @@ class LocalisationCase:
     case_id: str
     image: np.ndarray
     mask: np.ndarray
-
-
-def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score 95% interval of a proportion."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = hits / n
-    denom = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _mean_ci(values: Sequence[float]) -> dict:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from medassist.audit.metrics import wilson_interval
+
 EMPTY_BIN = 1e-4  # proportion an empty bin counts as in the PSI
 
 
@@ -164,23 +166,13 @@ def compare_scores(
     )
 
 
-def wilson_interval(rate: float, n: float, confidence: float) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``rate`` observed on ``n`` cases (n may be
-    fractional: an effective sample size)."""
-    z = float(stats.norm.ppf(1 - (1 - confidence) / 2))
-    denominator = 1 + z * z / n
-    centre = (rate + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def flag_rate_band(n_reference: int, flagged_reference: int, n_current: int, flagged_current: int,
                    confidence: float) -> FlagRateBand:
     """The reference flag rate's Wilson interval at the effective size of a difference of two
     proportions (1/n = 1/n_reference + 1/n_current), against the current rate."""
     reference_rate = flagged_reference / n_reference
     n_effective = 1.0 / (1.0 / n_reference + 1.0 / n_current)
-    low, high = wilson_interval(reference_rate, n_effective, confidence)
+    low, high = wilson_interval(reference_rate * n_effective, n_effective, confidence)
     current_rate = flagged_current / n_current
     return FlagRateBand(reference_rate=reference_rate, current_rate=current_rate, low=low, high=high,
                         confidence=confidence, outside=not low <= current_rate <= high)

@@ -20,8 +20,9 @@ from medassist.explain.localisation import (
     fracture_validation_cases,
     pointing_game_hit,
     polygon_mask,
-    wilson_interval,
 )
+
+from medassist.audit.metrics import wilson_interval
 
 from .test_saliency import signal_model
 
