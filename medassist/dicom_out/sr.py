@@ -8,6 +8,19 @@ Per worklist row (one model on one series) the report has one measurement group 
 * qualitative evaluation: the finding concept = Present (flagged) or Absent (not flagged);
 * source images: every instance of the series the model saw (SOP Class and Instance UIDs).
 
+Where the finding is flagged and its saliency map can be read on the source grid, the location
+follows (``location.plane_locations``), each a TID 1410 planar ROI group with the same tracking UID
+(the same finding), finding type and algorithm, its Image Region an SCOORD on one source instance:
+
+* a single image (radiograph): the map's peak as a POINT (purpose: DCM 128140 Representative
+  point) and the box around the half-peak region holding it as a closed POLYLINE (purpose: SCT
+  75958009 Bounded by);
+* a volume: each flagged slice referenced one by one, with its peak as a POINT on that slice's
+  instance (frame numbers for a multi-frame instance). A slice whose map is empty has no group.
+
+No map (not flagged, saliency not computed, file missing, unreadable or off the source grid): no
+location groups, the rest of the report as before.
+
 The SR goes into the source study (same StudyInstanceUID; patient and study modules copied by
 highdicom from the evidence) as a new series, lists the source instances as evidence, and names
 medassist as the observing device. It is never marked verified: a person has not checked it.
@@ -16,14 +29,18 @@ medassist as the observing device. It is never marked verified: a person has not
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from medassist.dicom_out import codes as mcodes
-from medassist.dicom_out.results import DICOM_RESULTS, with_type2_attributes
+from medassist.dicom_out.location import FindingLocation, plane_locations
+from medassist.dicom_out.results import DICOM_RESULTS, load_saliency, with_type2_attributes
+from medassist.errors import MedassistError
 from medassist.optional import require
 
 hd = require("highdicom", extra="pacs", feature=DICOM_RESULTS)
@@ -32,6 +49,8 @@ MANUFACTURER = "medassist"
 SR_SERIES_NUMBER = 9901
 SR_SERIES_DESCRIPTION = "medassist AI triage report (research use, not for diagnosis)"
 DEVICE_UID = generate_uid(prefix="2.25.", entropy_srcs=["medassist", "device"])
+
+logger = logging.getLogger(__name__)
 
 
 def software_version() -> str:
@@ -65,7 +84,14 @@ def build_study_sr(rows: Sequence, sources: Mapping[str, Sequence[Dataset]]) -> 
     if len(study_uids) != 1:
         raise ValueError(f"rows from {len(study_uids)} studies; one SR per study")
     study_uid = rows[0].study_uid
-    groups = [_measurement_group(row, sources[row.series_uid]) for row in rows]
+    groups = []
+    located = []
+    for row in rows:
+        headers = sources[row.series_uid]
+        locations = finding_locations(row, headers)
+        groups.append(_measurement_group(row, headers))
+        groups.extend(_location_groups(row, headers, locations))
+        located.extend([row.series_uid, row.model, loc.slice_index, loc.peak_rc, loc.region_polygon] for loc in locations)
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=DEVICE_UID,
@@ -89,6 +115,8 @@ def build_study_sr(rows: Sequence, sources: Mapping[str, Sequence[Dataset]]) -> 
     evidence = list({ds.SOPInstanceUID: ds for ds in evidence}.values())
     evidence[0] = with_type2_attributes(evidence[0])  # highdicom copies patient and study from the first
     key = [study_uid, sorted((_row_key(r) for r in rows), key=json.dumps)]
+    if located:  # a different map is a different report (results without maps keep their UIDs)
+        key.append(sorted(located, key=json.dumps))
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
@@ -141,3 +169,65 @@ def _measurement_group(row, headers: Sequence[Dataset]) -> hd.sr.MeasurementsAnd
         qualitative_evaluations=evaluations or None,
         source_images=source_images,
     )
+
+
+def _n_planes(headers: Sequence[Dataset]) -> int:
+    """Image planes of a series: its instances, or the frames of a single multi-frame instance."""
+    return int(headers[0].get("NumberOfFrames", 1) or 1) if len(headers) == 1 else len(headers)
+
+
+def finding_locations(row, headers: Sequence[Dataset]) -> list[FindingLocation]:
+    """Where a flagged row's saliency map puts the finding (``location.plane_locations``), or []
+    when there is nothing to say: not flagged, no map, or a map that cannot be read or does not
+    lie on the source grid (logged; the report is still made)."""
+    if not row.flagged or not getattr(row, "saliency_path", "") or not headers:
+        return []
+    try:
+        saliency = load_saliency(row.saliency_path)
+        grid = (int(headers[0].Rows), int(headers[0].Columns))
+        if tuple(saliency.shape[1:]) != grid:
+            raise ValueError(f"saliency map {saliency.shape[1]} x {saliency.shape[2]} is not on the {grid[0]} x {grid[1]} source grid")
+        return plane_locations(saliency, row.slices, _n_planes(headers))
+    except (MedassistError, OSError, ValueError) as exc:
+        logger.warning("%s: no location in the SR for %s %s: %s", row.saliency_path, row.model, row.finding, exc)
+        return []
+
+
+def _location_groups(row, headers: Sequence[Dataset], locations: Sequence[FindingLocation]) -> list:
+    """TID 1410 planar ROI groups for a finding's locations (see the module docstring)."""
+    if not locations:
+        return []
+    algorithm = hd.sr.AlgorithmIdentification(name=row.model, version=row.model_version or "unknown")
+    finding = mcodes.finding_code(row.finding or row.model)
+    tracking_uid = derived_uid("tracking", row.series_uid, row.model, row.model_version)
+    single = _n_planes(headers) == 1
+    multiframe = len(headers) == 1
+
+    def group(loc: FindingLocation, graphic_type, data, purpose, what: str):
+        ds = headers[0] if multiframe else headers[loc.slice_index]
+        source = hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=ds.SOPClassUID,
+            referenced_sop_instance_uid=ds.SOPInstanceUID,
+            referenced_frame_numbers=[loc.slice_index + 1] if multiframe and not single else None,
+        )
+        region = hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=np.asarray(data, dtype=np.float64),
+                                   source_image=source)
+        tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=f"{row.model} {row.finding} {what}"[:64])
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=region,
+            finding_type=finding,
+            finding_category=mcodes.FINDING_CATEGORY,
+            algorithm_id=algorithm,
+            geometric_purpose=purpose,
+        )
+
+    out = []
+    for loc in locations:
+        where = "" if single else f" slice {loc.slice_index}"
+        out.append(group(loc, hd.sr.GraphicTypeValues.POINT, [loc.peak_point], codes.DCM.RepresentativePoint,
+                         f"saliency peak{where}"))
+        if single:
+            out.append(group(loc, hd.sr.GraphicTypeValues.POLYLINE, loc.region_polygon, codes.SCT.BoundedBy,
+                             "saliency region"))
+    return out

@@ -50,7 +50,14 @@ def test_stow_rs_then_read_back_over_wado_rs(orthanc_loaded, results):
         assert remote.StudyInstanceUID == source.StudyInstanceUID and remote.PatientID == source.PatientID
         content = list(items(remote))
         refs = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in content if i.ValueType == "IMAGE"]
-        assert refs == [source.SOPInstanceUID]
+        sources = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in content
+                   if i.ValueType == "IMAGE" and i.RelationshipType == "CONTAINS"]
+        assert sources == [source.SOPInstanceUID] and set(refs) == {source.SOPInstanceUID}
+        # A flagged finding's saliency peak and region (SCOORD, selected from the source image), else none.
+        flagged = [i for i in content if i.ValueType == "CODE" and i.ConceptCodeSequence[0].CodeValue == "52101004"]
+        scoords = sorted(i.GraphicType for i in content if i.ValueType == "SCOORD")
+        assert scoords == (["POINT", "POLYLINE"] if flagged else [])
+        assert len(refs) == 1 + len(scoords)
         texts = {i.ConceptNameCodeSequence[0].CodeValue: i.TextValue for i in content if i.ValueType == "TEXT"}
         assert texts["111001"] == "fracture_xray" and texts["111003"] == "1.0.0"  # algorithm name, version
         finding = [i for i in content if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "121071"]
