@@ -338,6 +338,12 @@ def _decision_panel(store: DecisionStore, row: WorklistRow, fk: str) -> None:
         f"| Model flagged | {'⚑ yes' if row.flagged else 'no'} |\n"
         f"| Flagged slices | {' '.join(map(str, row.slices)) or '—'} |"
     )
+    confidence = logic.finding_confidence(row)
+    if confidence is not None:
+        st.caption(f"How sure: {confidence.describe(row.finding)}. Where the finding is commoner or rarer than "
+                   "there, the rate shifts with it: a guide, not this patient's probability.")
+    else:
+        st.caption(f"How sure: no validation table ships for {row.model} {row.model_version}.")
     current = store.current_decision(row.key)
     if current:
         shown = current.decision + (f" → {current.corrected_finding}" if current.corrected_finding else "")

@@ -689,3 +689,33 @@ def clear_caches() -> None:
     load_saliency.cache_clear()
     with _BASE_LOCK:
         _BASE_CACHE.clear()
+
+
+@functools.lru_cache(maxsize=8)
+def _confidence_tables(weights_dir: str) -> dict[tuple[str, str], object]:
+    """Each shipped model version's confidence table (read once per models folder)."""
+    from medassist.audit.confidence import ConfidenceTable
+    from medassist.models.registry import shipped_specs
+
+    tables = {}
+    for spec in shipped_specs(Path(weights_dir)):
+        table = ConfidenceTable.from_dict((spec.validation or {}).get("confidence"))
+        if table is not None:
+            tables[(spec.name, spec.version)] = table
+    return tables
+
+
+def finding_confidence(row: WorklistRow, weights_dir: Path | None = None):
+    """How often validation cases scoring like this finding had it (``audit.confidence``), for the
+    row's exact model version; None when that version ships no table or the row has no score."""
+    from medassist.models.registry import WEIGHTS_DIR
+
+    if row.score is None:
+        return None
+    try:
+        tables = _confidence_tables(str(weights_dir or WEIGHTS_DIR))
+    except MedassistError as exc:
+        logger.warning("confidence tables unavailable: %s", exc)
+        return None
+    table = tables.get((row.model, row.model_version))
+    return table.at(row.score) if table is not None else None

@@ -117,6 +117,7 @@ def test_open_a_volume_study_shows_viewer_and_finding(app):
     assert not at.exception
     captions = " ".join(c.value for c in at.caption)
     assert "Bone (C 300 / W 1500)" in captions and "slice 3 of 4" in captions
+    assert "How sure: no validation table ships for bleed_ct 0.3.0" in captions  # never a made-up confidence
     # overlay: a labelled, separate layer that can be switched off
     assert "Overlay layer" in captions
     toggle = next(t for t in at.toggle if t.key.startswith("ovl_"))

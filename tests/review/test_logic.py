@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -308,3 +309,18 @@ def test_not_applicable_is_not_an_error():
     assert study.errors == [] and study.status == "no findings" and study.label().endswith("not scored")
     assert logic.group_studies([broken])[0].label().endswith("error")
     assert logic.count_studies(logic.group_studies([na, broken])).errors == 1
+
+
+def test_finding_confidence_comes_from_the_shipped_version_table_only():
+    from medassist.models.registry import spec_by_name
+
+    spec = spec_by_name("fracture_xray")
+    row = WorklistRow(study_uid="1", series_uid="1.1", model=spec.name, model_version=spec.version,
+                      finding="fracture", score=0.95, threshold=spec.threshold, flagged=True)
+    confidence = logic.finding_confidence(row)
+    assert confidence is not None and confidence.bin.upper == 1.0 and confidence.unit == "image"
+    assert confidence.rate > 0.5 and confidence.ci[0] < confidence.rate < confidence.ci[1]
+    low = logic.finding_confidence(dataclasses.replace(row, score=0.01))
+    assert low.rate < confidence.rate  # a low score lands in a bin with fewer fractures
+    assert logic.finding_confidence(dataclasses.replace(row, model_version="0.0.1")) is None
+    assert logic.finding_confidence(dataclasses.replace(row, score=None)) is None
