@@ -30,6 +30,7 @@ from pydicom.valuerep import DA, TM
 from medassist.datamodel import IngestProblem, Series, WorklistRow, read_worklist
 from medassist.errors import MedassistError
 from medassist.optional import require
+from medassist.review.logic import expand_slice_maps
 
 # What needs highdicom (the pacs extra): sr.py, sc.py, seg.py and codes.py import it through the gate.
 DICOM_RESULTS = "DICOM results (SR, saliency SC and SEG)"
@@ -129,7 +130,9 @@ def write_dicom_results(
             if not row.saliency_path:
                 continue
             try:
-                saliency = load_saliency(row.saliency_path)
+                # a volume's map holds its flagged slices only: laid out on every slice of the source
+                saliency = expand_slice_maps(load_saliency(row.saliency_path), row.slices,
+                                             source_planes(sources[row.series_uid]))
                 if "sc" in saliency_as:
                     for ds in build_saliency_sc(row, index, saliency, instance_offset=number * 1000):
                         report.sc.append(_save(ds, folder / f"SC_{ds.SOPInstanceUID}.dcm"))
@@ -170,11 +173,15 @@ def normalise_map(arr: np.ndarray) -> np.ndarray:
     return (arr / hi if hi > 0 else np.zeros_like(arr)).astype(np.float32)
 
 
+def source_planes(headers: Sequence[Dataset]) -> int:
+    """The number of image planes of a series: its instances, or the frames of its one instance."""
+    return int(headers[0].get("NumberOfFrames", 1) or 1) if len(headers) == 1 else len(headers)
+
+
 def check_map_shape(saliency: np.ndarray, headers: Sequence[Dataset], what: str) -> None:
     """The map must lie on the source grid: (instances or frames, Rows, Columns)."""
     first = headers[0]
-    frames = int(first.get("NumberOfFrames", 1) or 1) if len(headers) == 1 else len(headers)
-    expected = (frames, int(first.Rows), int(first.Columns))
+    expected = (source_planes(headers), int(first.Rows), int(first.Columns))
     if tuple(saliency.shape) != expected:
         raise MedassistError(f"{what}: saliency map shape {tuple(saliency.shape)} does not match the source grid {expected}")
 

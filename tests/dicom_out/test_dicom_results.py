@@ -246,6 +246,27 @@ def test_multi_slice_series_gives_multiframe_seg_and_one_capture_per_listed_slic
     assert len(write_dicom_results(tmp_path, tmp_path / "out2", rows=[row]).sc) == 2
 
 
+def test_a_volume_map_of_its_flagged_slices_only_gives_capture_and_seg_on_the_full_series(tmp_path):
+    from medassist.ingest import discover_series
+
+    src = tmp_path / "ct"
+    src.mkdir()
+    _ct_series(src, n=5)
+    [series], _ = discover_series([src])
+    maps = np.zeros((2, 16, 16), np.float32)  # as triage writes a volume: one plane per flagged slice (1, 3)
+    maps[0, 2:4, 2:4], maps[1, 9:12, 9:12] = 1.0, 2.0
+    np.save(tmp_path / "map.npy", maps)
+    row = WorklistRow(study_uid=series.study_uid, series_uid=series.series_uid, modality="CT", model="m",
+                      model_version="2", finding="nodule", score=0.7, threshold=0.5, flagged=True, slices=(1, 3),
+                      saliency_path=str(tmp_path / "map.npy"), source_path=series.source_path)
+    report = write_dicom_results(tmp_path, tmp_path / "out", saliency_as=("sc", "seg"), rows=[row])
+    assert report.problems == [] and len(report.sc) == 2 and len(report.seg) == 1
+    captured = {pydicom.dcmread(p).SourceImageSequence[0].ReferencedSOPInstanceUID for p in report.sc}
+    assert captured == {pydicom.dcmread(series.paths[i]).SOPInstanceUID for i in (1, 3)}
+    seg = hd.seg.segread(report.seg[0])
+    assert int(seg.NumberOfFrames) == 5  # on the full series, empty planes where nothing was flagged
+
+
 def _bare_radiograph(folder: Path, **overrides) -> Path:
     """A DX file as a bare export writes it: none of the type 2 patient and study attributes
     (``results.TYPE2_FROM_SOURCE``), or ``overrides`` (keyword -> value) in their place."""
