@@ -28,6 +28,11 @@ FINDING_CODES: dict[str, CodedConcept] = {
 
 MODEL_SCORE = CodedConcept("MA-SCORE", LOCAL_SCHEME, "Model output score")
 DECISION_THRESHOLD = CodedConcept("MA-THRESHOLD", LOCAL_SCHEME, "Decision threshold")
+# audit.confidence: the share of validation cases in the finding's score bin that had the finding,
+# with its 95% Wilson interval (how sure the model is, at the validation set's prevalence)
+VALIDATION_RATE = CodedConcept("MA-VALRATE", LOCAL_SCHEME, "Validation positive rate at this score")
+VALIDATION_RATE_LOW = CodedConcept("MA-VALRATE-LO", LOCAL_SCHEME, "Validation positive rate lower 95% bound")
+VALIDATION_RATE_HIGH = CodedConcept("MA-VALRATE-HI", LOCAL_SCHEME, "Validation positive rate upper 95% bound")
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
 PRESENT = CodedConcept("52101004", "SCT", "Present")
 ABSENT = CodedConcept("272519000", "SCT", "Absent")

@@ -42,6 +42,7 @@ from medassist.dicom_out.location import FindingLocation, plane_locations
 from medassist.dicom_out.results import DICOM_RESULTS, load_saliency, with_type2_attributes
 from medassist.errors import MedassistError
 from medassist.optional import require
+from medassist.review.logic import finding_confidence
 
 hd = require("highdicom", extra="pacs", feature=DICOM_RESULTS)
 
@@ -147,6 +148,12 @@ def _measurement_group(row, headers: Sequence[Dataset]) -> hd.sr.MeasurementsAnd
                 name=mcodes.DECISION_THRESHOLD, value=float(row.threshold), unit=mcodes.NO_UNITS, algorithm_id=algorithm
             )
         )
+    confidence = finding_confidence(row)
+    if confidence is not None:
+        for name, value in ((mcodes.VALIDATION_RATE, confidence.rate), (mcodes.VALIDATION_RATE_LOW, confidence.ci[0]),
+                            (mcodes.VALIDATION_RATE_HIGH, confidence.ci[1])):
+            measurements.append(
+                hd.sr.Measurement(name=name, value=float(value), unit=mcodes.NO_UNITS, algorithm_id=algorithm))
     evaluations = []
     if row.flagged is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(name=finding, value=mcodes.PRESENT if row.flagged else mcodes.ABSENT))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shutil
+import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -88,6 +90,30 @@ def test_sr_round_trip_through_bytes():
     assert groups[0].finding_type.value == "125605004"
     assert [m.value for m in groups[0].get_measurements()] == pytest.approx([0.83, 0.5])
     assert groups[0].source_images[0].referenced_sop_instance_uid == header.SOPInstanceUID
+
+
+def test_sr_carries_the_validation_rate_at_the_score_for_a_shipped_version(tmp_path):
+    from medassist.models.registry import spec_by_name
+    from medassist.review.logic import finding_confidence
+
+    spec = spec_by_name("fracture_xray")
+    row, header = dx_row(model_version=spec.version, score=0.9, threshold=spec.threshold)
+    expected = finding_confidence(row)
+    assert expected is not None
+    sr = build_study_sr([row], {row.series_uid: [header]})
+    numbers = {concept(i): float(i.MeasuredValueSequence[0].NumericValue)
+               for i in content_items(roundtrip(sr)) if i.ValueType == "NUM"}
+    assert numbers[("MA-VALRATE", "99MEDASSIST")] == pytest.approx(expected.rate)
+    low, high = numbers[("MA-VALRATE-LO", "99MEDASSIST")], numbers[("MA-VALRATE-HI", "99MEDASSIST")]
+    assert (low, high) == pytest.approx(expected.ci) and low < expected.rate < high
+    old_row, _ = dx_row()  # a version that ships no table: no rate, never a made-up one
+    old = {concept(i) for i in content_items(roundtrip(build_study_sr([old_row], {row.series_uid: [header]})))}
+    assert ("MA-VALRATE", "99MEDASSIST") not in old
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    dsrdump = shutil.which("dsrdump")
+    if dsrdump:
+        result = subprocess.run([dsrdump, str(tmp_path / "sr.dcm")], capture_output=True, text=True)
+        assert result.returncode == 0 and "Validation positive rate at this score" in result.stdout
 
 
 def test_sr_absent_when_not_flagged_and_uids_follow_the_results():
