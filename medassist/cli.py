@@ -45,6 +45,12 @@ prefer_sleeping_threads()  # the heavy imports (torch) are inside the commands b
 # built or was not stored by the PACS; each is listed on stderr. Distinct from 2 (usage errors, argparse's too).
 EXIT_RESULTS_FAILED = 3
 
+# the choices of triage --runtime and export-model --format (medassist.models.onnx_runtime.RUNTIMES and
+# medassist.models.export.EXPORT_FORMATS, kept equal by tests/test_cli.py): named here so that building the
+# parser imports no torch
+RUNTIMES = ("torch", "onnx", "auto")
+MODEL_FORMATS = ("onnx",)
+
 # On the CPU the fracture network scores 40 images/s at batch 4-8, 38 at 16, 34 at 32 (2 cores).
 DEFAULT_BATCH = 8
 
@@ -143,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     triage.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join ('auto': this machine's); "
                         "default: start one on this machine")
     triage.add_argument("--ray-actors", type=positive_int, metavar="N", help="model actors (default: one per GPU, else 1)")
+    triage.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                        help="what scores: torch (default), onnx (ONNX Runtime on the CPU, the export in "
+                        "--onnx-dir; needs medassist[onnx]) or auto (onnx when installed, exported, current and "
+                        "agreeing with torch on probe inputs, else torch); saliency always runs on torch")
+    triage.add_argument("--onnx-dir", type=Path, metavar="DIR",
+                        help="the folder medassist export-model --format onnx wrote (NAME.onnx per model)")
     add_models_dir(triage)
     triage.set_defaults(func=cmd_triage)
 
@@ -196,6 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--allow-burned-in", action="store_true",
                         help="export images that may carry burned-in text (off by default)")
     export.set_defaults(func=cmd_export)
+
+    export_model = commands.add_parser(
+        "export-model", help="export a shipped model for another runtime (ONNX)",
+        description="Write DIR/NAME.onnx for each named shipped model: its network's raw image and cell logits "
+        "with a dynamic batch axis, carrying the model's preprocessing contract (input size, normalisation, "
+        "labels, threshold, score head, sha256 of the weights) as ONNX metadata. Kept only if ONNX Runtime "
+        "reproduces the torch probabilities. Used by triage --runtime onnx --onnx-dir DIR.",
+    )
+    export_model.add_argument("names", nargs="+", metavar="NAME", help="a shipped model (see medassist models)")
+    export_model.add_argument("--format", dest="model_format", choices=MODEL_FORMATS, required=True,
+                              help="the format to write (onnx; needs medassist[onnx])")
+    export_model.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    add_models_dir(export_model)
+    export_model.set_defaults(func=cmd_export_model)
 
     train = commands.add_parser(
         "train", help="train a model from a YAML config",
@@ -369,6 +395,13 @@ def require_triage_extras(args: argparse.Namespace) -> None:
         require_extra("pacs", feature="medassist triage --pacs")
     if args.send:
         require_extra("pacs", feature="medassist triage --send")
+    if args.runtime == "onnx":
+        require_extra("onnx", feature="medassist triage --runtime onnx")
+        if args.onnx_dir is None:
+            raise MedassistError("--runtime onnx needs --onnx-dir DIR, the folder medassist export-model "
+                                 "--format onnx wrote")
+        if args.backend == "ray":
+            raise MedassistError("--runtime onnx is not available with --backend ray (it scores with torch)")
 
 
 def cmd_triage(args: argparse.Namespace) -> int:
@@ -381,6 +414,10 @@ def cmd_triage(args: argparse.Namespace) -> int:
         weights_dir=weights_dir_of(args), modality_override=args.modality.upper() if args.modality else None,
         progress=not args.quiet, explain=args.explain, explain_method=args.explain_method,
     )
+    if args.backend == "local":
+        options.update(runtime=args.runtime, onnx_dir=args.onnx_dir)
+    elif args.runtime == "auto":
+        logging.getLogger("medassist").warning("--runtime auto: --backend ray scores with torch")
     if args.series_timeout is not None:  # else run_triage's default (DEFAULT_SERIES_TIMEOUT)
         options["series_timeout"] = args.series_timeout
     triage = run_triage
@@ -466,6 +503,20 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"{len(result.problems)} skipped")
     for problem in result.problems:
         print(f"  skipped: {problem}", file=sys.stderr)
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    """``medassist export-model NAME... --format F --out DIR``: one file per model."""
+    from medassist.models.export import export_model
+    from medassist.models.registry import spec_by_name
+
+    folder = weights_dir_of(args)
+    specs = [spec_by_name(name, folder) for name in dict.fromkeys(args.names)]  # every name checked first
+    for spec in specs:
+        path = export_model(spec, args.model_format, args.out, folder)
+        print(f"medassist export-model: {spec.name} {spec.version} ({args.model_format}, weights "
+              f"{spec.sha256[:12]}) -> {path}")
     return 0
 
 

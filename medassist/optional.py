@@ -12,6 +12,8 @@ pacs      pynetdicom, dicomweb_client, requests, highdicom           ``listen``,
 ray       ray (ray[data])                                            ``triage --backend ray``
 codecs    pylibjpeg, libjpeg, openjpeg, rle (pylibjpeg-*), gdcm      compressed DICOM transfer
           (python-gdcm)                                              syntaxes Pillow cannot decode
+onnx      onnx, onnxruntime                                          ``export-model --format onnx``,
+                                                                     ``triage --runtime onnx|auto``
 ========  =========================================================  ===============================
 
 ``require(module, extra=, feature=)`` imports and returns a module, or raises ``MissingDependency``
@@ -37,6 +39,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "pacs": ("pynetdicom", "dicomweb_client", "requests", "highdicom"),
     "ray": ("ray",),
     "codecs": ("pylibjpeg", "libjpeg", "openjpeg", "rle", "gdcm"),
+    "onnx": ("onnx", "onnxruntime"),
 }
 
 # top-level module -> the distribution pip installs it from (for messages)
@@ -53,6 +56,8 @@ DISTRIBUTIONS: dict[str, str] = {
     "openjpeg": "pylibjpeg-openjpeg",
     "rle": "pylibjpeg-rle",
     "gdcm": "python-gdcm",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
 }
 
 

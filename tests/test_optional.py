@@ -2,7 +2,7 @@
 
 The subprocess tests run Python with ``tests/no_extras`` first on PYTHONPATH: its ``sitecustomize``
 refuses the packages of every extra (streamlit, argon2, pynetdicom, dicomweb_client, highdicom,
-requests, ray, pylibjpeg, libjpeg, openjpeg, rle, gdcm, jpeg_ls) as an interpreter without them
+requests, ray, pylibjpeg, libjpeg, openjpeg, rle, gdcm, jpeg_ls, onnx, onnxruntime) as an interpreter without them
 would, in that process and in the decode workers it starts.
 """
 
@@ -58,7 +58,7 @@ def test_the_blocker_really_hides_every_extra():
             "from medassist.optional import EXTRAS, missing\n"
             "failed = []\n"
             "for name in ['streamlit', 'argon2', 'pynetdicom', 'dicomweb_client', 'highdicom', 'requests', 'ray',\n"
-            "             'pylibjpeg', 'libjpeg', 'openjpeg', 'rle', 'gdcm', 'jpeg_ls']:\n"
+            "             'pylibjpeg', 'libjpeg', 'openjpeg', 'rle', 'gdcm', 'jpeg_ls', 'onnx', 'onnxruntime']:\n"
             "    try:\n"
             "        importlib.import_module(name)\n"
             "    except ModuleNotFoundError:\n"
@@ -69,7 +69,7 @@ def test_the_blocker_really_hides_every_extra():
     import json
 
     result = json.loads(proc.stdout)
-    assert len(result["failed"]) == 13
+    assert len(result["failed"]) == 15
     assert result["missing"] == {extra: list(modules) for extra, modules in EXTRAS.items()}
 
 
@@ -169,11 +169,20 @@ def test_users_add_without_argon2_refuses_before_asking_for_a_password(tmp_path)
 @pytest.mark.parametrize(("options", "extra"), [
     (["--send", "dicom://PACS@127.0.0.1:4242"], "pacs"),
     (["--backend", "ray"], "ray"),
+    (["--runtime", "onnx", "--onnx-dir", "."], "onnx"),
 ])
 def test_triage_options_needing_an_extra_refuse_before_triaging(tmp_path, options, extra):
     out = tmp_path / "out"
     _refused(medassist_without_extras(["triage", str(SAMPLES / "PAT01"), "--out", str(out), *options]), extra)
     assert not out.exists()  # nothing scored first
+
+
+def test_export_model_without_the_onnx_extra_says_how_to_install_it(tmp_path):
+    out = tmp_path / "onnx"
+    err = _refused(medassist_without_extras(["export-model", "fracture_xray", "--format", "onnx", "--out", str(out)]),
+                   "onnx")
+    assert "medassist export-model --format onnx needs onnx, onnxruntime (not installed)" in err
+    assert not out.exists()
 
 
 def test_triage_from_a_pacs_without_the_pacs_extra(tmp_path):

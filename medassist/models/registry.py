@@ -123,6 +123,14 @@ class LoadedModel:
     network: nn.Module
     device: torch.device
 
+    runtime = "torch"  # what scores: "torch" here, "onnx" in onnx_runtime.OnnxLoadedModel
+
+    @property
+    def scoring_network(self) -> nn.Module:
+        """The network scoring calls ``forward_all`` on (volume scoring): the torch one here; saliency
+        always uses ``network``."""
+        return self.network
+
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
         """Probabilities of the finding for a (N, 1, S, S) batch, shape (N,), on the CPU."""
         return self.scores_and_features(batch)[0]

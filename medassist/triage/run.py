@@ -39,6 +39,7 @@ from medassist.models.registry import (
     not_applicable_reason,
     shipped_specs,
 )
+from medassist.models.onnx_runtime import DEFAULT_RUNTIME, check_runtime, with_runtime
 from medassist.models.spec import ModelSpec
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
@@ -114,6 +115,8 @@ def run_triage(
     explain: str = "flagged",
     explain_method: str = "gradcam",
     series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
+    runtime: str = DEFAULT_RUNTIME,
+    onnx_dir: str | Path | None = None,
 ) -> TriageSummary:
     """Discover the series under ``inputs``, score them, write ``out_dir``/worklist.{csv,json}.
 
@@ -122,6 +125,9 @@ def run_triage(
     ``out_dir``/saliency/ with its path (relative to ``out_dir``) in the ``saliency_path`` column.
     ``series_timeout``: seconds one series may spend decoding and preprocessing before it becomes
     an error row (None or 0: no limit).
+    ``runtime``: what scores, "torch", "onnx" (ONNX Runtime on ``onnx_dir``/NAME.onnx, checked
+    against the spec; saliency stays on torch) or "auto" (ONNX when it passes those checks, else
+    torch); see ``medassist.models.onnx_runtime``.
     A missing input path, a bad output folder or refused model weights raise MedassistError;
     unreadable files, undecodable series and series out of time become error rows instead, and
     are listed in ``out_dir``/quarantine.csv.
@@ -131,6 +137,7 @@ def run_triage(
         found.series, found.problems, out_dir, device=device, batch_size=batch_size, num_workers=num_workers,
         weights_dir=weights_dir, progress=progress, checkpoint_every=checkpoint_every,
         explain=explain, explain_method=explain_method, series_timeout=series_timeout, skipped=found.skipped,
+        runtime=runtime, onnx_dir=onnx_dir,
     )
 
 
@@ -190,17 +197,20 @@ def triage_series(
     explain_method: str = "gradcam",
     series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
     skipped: Sequence[Skipped] = (),
+    runtime: str = DEFAULT_RUNTIME,
+    onnx_dir: str | Path | None = None,
 ) -> TriageSummary:
     """Score already-discovered series (see ``run_triage``) and write the worklist; ``skipped``:
     the files discovery skipped, listed in files.csv with the series' and problems' files."""
     if batch_size < 1 or num_workers < 0 or checkpoint_every < 1:
         raise ValueError("batch_size and checkpoint_every must be >= 1, num_workers >= 0")
+    check_runtime(runtime)
     out, specs = prepare_run(out_dir, weights_dir, explain)
     torch_device = choose_device(device) if isinstance(device, str) else device
 
     def produce(pending: list[tuple[ModelSpec, list[Job]]]) -> Iterator[Finished]:
         for spec, jobs in pending:
-            model = load_model(spec, torch_device, Path(weights_dir))
+            model = with_runtime(load_model(spec, torch_device, Path(weights_dir)), runtime, onnx_dir)
             if spec.input_kind == "volume":
                 results = score_volume_jobs(model, jobs, series_timeout, num_workers)
             else:
@@ -394,7 +404,7 @@ def score_batch(model: LoadedModel, kind: InputKind, jobs: list[Job], batch: Bat
     for index, count, slices in batch.owners:
         score, report = kind.aggregate(scores[offset : offset + count], slices)
         job_inputs = batch.inputs[offset : offset + count]
-        job_features = features[offset : offset + count]
+        job_features = None if features is None else features[offset : offset + count]
         offset += count
         score = round(float(score), 6)
         if math.isfinite(score) and 0.0 <= score <= 1.0:
@@ -450,7 +460,7 @@ def score_decoded_volume(model: LoadedModel, job: Job, decoded: DecodedVolume) -
     if decoded.error or decoded.prepared is None:
         return job, None, (), decoded.error, None, None
     try:
-        result = score_prepared_volume(model.network, model.spec, decoded.prepared)
+        result = score_prepared_volume(model.scoring_network, model.spec, decoded.prepared)
     except Exception as exc:  # one unscorable volume must not stop the run
         return job, None, (), failure_message(job.series.source_path, exc, None, VOLUME_FAILURE), None, None
     return job, round(float(result["score"]), 6), tuple(result["slices"]), "", None, None
@@ -529,10 +539,12 @@ def score_inputs(model: LoadedModel, inputs: torch.Tensor, batch_size: int) -> t
 
 
 def score_inputs_with_features(model: LoadedModel, inputs: torch.Tensor, batch_size: int
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (N,) and last feature maps (N, C, h, w) of (N, 1, S, S) inputs, ``batch_size`` at a time."""
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scores (N,) and last feature maps (N, C, h, w) of (N, 1, S, S) inputs, ``batch_size`` at a
+    time; no feature maps (None) from a runtime that gives none (ONNX: saliency runs its own pass)."""
     parts = [model.scores_and_features(chunk) for chunk in inputs.split(batch_size)]
-    return torch.cat([s for s, _ in parts]), torch.cat([f for _, f in parts])
+    features = [f for _, f in parts]
+    return torch.cat([s for s, _ in parts]), (None if any(f is None for f in features) else torch.cat(features))
 
 
 def make_loader(

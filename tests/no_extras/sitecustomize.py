@@ -2,7 +2,7 @@
 
 Put this folder first on PYTHONPATH: Python imports ``sitecustomize`` at start-up, in the process and
 in every Python process it starts (decode workers, subprocesses), and this one puts a finder at the
-front of ``sys.meta_path`` that refuses the packages of the extras (review, pacs, ray, codecs) with
+front of ``sys.meta_path`` that refuses the packages of the extras (review, pacs, ray, codecs, onnx) with
 ``ModuleNotFoundError``, as an interpreter without them would. ``MEDASSIST_BLOCKED_MODULES`` (comma
 separated top-level names) replaces the default list. Used by tests/test_optional.py.
 """
@@ -17,6 +17,7 @@ DEFAULT_BLOCKED = (
     "pynetdicom", "dicomweb_client", "highdicom", "requests",        # pacs
     "ray",                                                           # ray
     "pylibjpeg", "libjpeg", "openjpeg", "rle", "gdcm", "jpeg_ls",    # codecs (jpeg_ls: pyjpegls, via highdicom)
+    "onnx", "onnxruntime",                                           # onnx
 )
 
 
