@@ -26,6 +26,7 @@ import numpy as np
 
 from medassist.audit import metrics as M
 from medassist.audit.evaluation import EvalSet
+from medassist.audit.html_style import REPORT_CSS
 from medassist.models.spec import ModelSpec
 
 CARD_SCHEMA = "medassist-model-card/1"
@@ -1093,20 +1094,6 @@ def _inline_html(text: str) -> str:
     return "".join(parts)
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#1d1d1f;line-height:1.45}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em}
-th,td{border:1px solid #ccd;padding:.25em .55em;text-align:left;vertical-align:top}
-th{background:#eef1f6}
-code{background:#f3f3f6;padding:0 .2em;border-radius:3px;font-size:.92em;word-break:break-all}
-.warn{background:#fff4e5;border-left:4px solid #e07b00;padding:.5em .8em;margin:.8em 0}
-figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
-img{max-width:100%}
-h2{border-bottom:1px solid #dde;padding-bottom:.2em;margin-top:1.6em}
-"""
-
-
 def render_html(card: dict, figures: dict[str, Path] | None = None) -> str:
     """A self-contained HTML page; figures embedded as base64 PNG."""
     figures = figures or {}
@@ -1132,5 +1119,5 @@ def render_html(card: dict, figures: dict[str, Path] | None = None) -> str:
             body.append(f'<figure><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{_inline_html(block[2])}</figcaption></figure>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+            f"<title>{html.escape(title)}</title><style>{REPORT_CSS}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")

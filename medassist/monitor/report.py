@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from medassist.audit.html_style import REPORT_CSS
 from medassist.monitor.limits import Limits
 from medassist.monitor.run import DATE_SOURCES, NOT_CARRIED, SUBGROUP_FACTORS, ModelFigures, MonitorResult, Period
 from medassist.triage.worklist import atomic_write_text
@@ -26,8 +27,7 @@ from medassist.triage.worklist import atomic_write_text
 JSON_NAME = "monitor.json"
 HTML_NAME = "report.html"
 ALERT_KEYS = ("model", "version", "kind", "metric", "value", "limit", "detail")
-NOT_BUILT = ("`medassist adapt` (site adaptation under a locked protocol) and per-finding confidence "
-             "(issue 21 parts 2 and 3) are not built yet")
+NOT_BUILT = "`medassist adapt` (site adaptation under a locked protocol, issue 21 part 2) is not built yet"
 
 
 def jsonable(value: Any) -> Any:
@@ -80,19 +80,6 @@ def write_report(result: MonitorResult, out_dir: Path) -> list[Path]:
 
 
 # --- HTML -------------------------------------------------------------------------------------
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
-color:#1d1d1f;line-height:1.45}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}
-th,td{border:1px solid #ccd;padding:.25em .55em;text-align:left;vertical-align:top}
-th{background:#eef1f6}
-.alert{background:#fdecea;border-left:4px solid #c62828;padding:.5em .8em;margin:.8em 0}
-.warn{background:#fff4e5;border-left:4px solid #e07b00;padding:.5em .8em;margin:.8em 0}
-.ok{background:#e8f5e9;border-left:4px solid #2e7d32;padding:.5em .8em;margin:.8em 0}
-img{max-width:100%}
-h2{border-bottom:1px solid #dde;padding-bottom:.2em;margin-top:1.6em}
-"""
 
 
 def _e(value: Any) -> str:
@@ -212,7 +199,7 @@ def render_html(result: MonitorResult) -> str:
                 + ".</li><li>Alerts are raised per run, and per ISO week when a week pools more than one run.</li>"
                 + f"<li>{_e(NOT_BUILT)}.</li></ul>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>medassist monitor</title>"
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{REPORT_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 # --- plots ------------------------------------------------------------------------------------
