@@ -60,7 +60,7 @@ def volume_scores(spec, report_path: Path) -> tuple[list[int], list[float], str]
 
 def main(argv: list[str] | None = None) -> int:
     from medassist.audit.confidence import ConfidenceTable
-    from medassist.explain.output import atomic_write_bytes
+    from medassist.atomic import write_atomic
     from medassist.models.registry import WEIGHTS_DIR, spec_by_name
 
     args = parse_args(argv)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     path = WEIGHTS_DIR / f"{spec.name}.json"
     data = json.loads(path.read_text())
     data.setdefault("validation", {})["confidence"] = table.to_dict()
-    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
     for b in table.bins:
         print(f"{b.lower:.3f}-{b.upper:.3f}: {b.n_positive}/{b.n}")
     print(f"wrote validation.confidence into {path} ({len(table.bins)} bins, {len(labels)} {unit}s); "

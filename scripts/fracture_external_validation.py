@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from medassist.explain.output import atomic_write_bytes
+    from medassist.atomic import write_atomic
     from medassist.models.fracture_external import prepare_external, read_external, score_inputs
     from medassist.models.registry import WEIGHTS_DIR, choose_device, load_model, spec_by_name
     from medassist.models.spec import read_spec
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
               "measured": "after training, on the shipped weights (scripts/fracture_external_validation.py)",
               "regions": external_report(external, scores, spec.threshold)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out, (json.dumps(report, indent=1) + "\n").encode())
+    write_atomic(args.out, json.dumps(report, indent=1) + "\n")
     for region, m in report["regions"].items():
         print(f"{region}: n={m['n']} positive={m['n_positive']} AUROC {m['auroc']:.3f} "
               f"[{m['ci']['auroc'][0]:.3f}, {m['ci']['auroc'][1]:.3f}] sensitivity {m['sensitivity']:.3f} "

@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from medassist.atomic import write_atomic
 from medassist.audit import plots
 from medassist.audit.agreement import review_agreement, verify_review_log
 from medassist.audit.card import (
@@ -291,7 +292,4 @@ def _shown_path(path: Path) -> str:
 
 def _write(path: Path, text: str) -> Path:
     """Write atomically (a reader never sees half a card)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, text)

@@ -48,6 +48,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
+from medassist.atomic import dicom_bytes, write_atomic
 from medassist.datamodel import IngestProblem
 from medassist.dicom_out._basic_profile import BASIC_PROFILE
 from medassist.errors import MedassistError
@@ -470,10 +471,7 @@ def _write_deidentified(ds: Dataset, out_dir: Path) -> Path:
     folder = out_dir / _safe(ds.get("StudyInstanceUID", "unknown-study")) / _safe(ds.get("SeriesInstanceUID", "unknown-series"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{_safe(ds.get('SOPInstanceUID', 'unknown'))}.dcm"
-    tmp = path.with_suffix(".tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, dicom_bytes(ds))
 
 
 def _safe(uid) -> str:

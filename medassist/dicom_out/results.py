@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, TM
 
+from medassist.atomic import dicom_bytes, write_atomic
 from medassist.datamodel import IngestProblem, Series, WorklistRow, read_worklist
 from medassist.errors import MedassistError
 from medassist.optional import require
@@ -223,7 +223,4 @@ def _safe_name(uid: str) -> str:
 
 def _save(ds: Dataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, dicom_bytes(ds))

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medassist.atomic import write_atomic
 from medassist.audit.metrics import wilson_interval
-from medassist.explain.output import atomic_write_bytes
 from medassist.explain.saliency import DEFAULT_METHOD, METHODS, saliency_map, to_source_geometry
 from medassist.models.registry import LoadedModel
 from medassist.preprocess.transforms import prepare_2d
@@ -652,7 +652,7 @@ def write_localisation_report(
     if merge and path.is_file():
         _merge_previous(report, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n").encode())
+    write_atomic(path, json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
     return _json_safe(report)
 
 

@@ -12,10 +12,11 @@ import hashlib
 import io
 import os
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
+
+from medassist.atomic import write_atomic
 
 OVERLAY_CMAP = "jet"
 OVERLAY_ALPHA = 0.5  # opacity where the map is at its maximum; zero where the map is zero
@@ -91,26 +92,6 @@ def render_overlay(
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
-    """Write ``payload`` to a fresh temporary file beside ``path``, fsync it, rename it into place.
-
-    The temporary file is created with ``open(..., "xb")`` so it gets the usual permissions (umask),
-    unlike ``tempfile.mkstemp``'s owner-only 0600.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_saliency(
     map_source: np.ndarray,
     display_image: np.ndarray,
@@ -163,6 +144,6 @@ def _write_pair(sal: np.ndarray, rgb: np.ndarray, out_dir: str | Path, stem: str
     PILImage.fromarray(rgb).save(png_buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
     npy_path, png_path = out / f"{stem}.npy", out / f"{stem}.png"
-    atomic_write_bytes(npy_path, npy_buf.getvalue())
-    atomic_write_bytes(png_path, png_buf.getvalue())
+    write_atomic(npy_path, npy_buf.getvalue())
+    write_atomic(png_path, png_buf.getvalue())
     return npy_path, png_path

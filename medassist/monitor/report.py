@@ -1,7 +1,7 @@
 """The monitor's outputs: ``monitor.json`` (alerts first, then every figure) and ``report.html``
 (self-contained: plots embedded as base64 PNG, every text from the data escaped with html.escape).
 
-Both are written atomically (``medassist.triage.worklist.atomic_write_text``: temporary file,
+Both are written atomically (``medassist.atomic.write_atomic``, owner-only: temporary file,
 fsync, ``os.replace``). Neither lists patient identifiers: figures are counts and aggregates, runs
 are named by their folders, subgroups by body part and modality.
 """
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from medassist.atomic import write_atomic
 from medassist.audit.html_style import REPORT_CSS
 from medassist.monitor.limits import Limits
 from medassist.monitor.run import DATE_SOURCES, NOT_CARRIED, SUBGROUP_FACTORS, ModelFigures, MonitorResult, Period
-from medassist.triage.worklist import atomic_write_text
 
 JSON_NAME = "monitor.json"
 HTML_NAME = "report.html"
@@ -74,8 +74,8 @@ def write_report(result: MonitorResult, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = report_dict(result)
     json_path, html_path = out_dir / JSON_NAME, out_dir / HTML_NAME
-    atomic_write_text(json_path, json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False) + "\n")
-    atomic_write_text(html_path, render_html(result))
+    write_atomic(json_path, json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False) + "\n", private=True)
+    write_atomic(html_path, render_html(result), private=True)
     return [json_path, html_path]
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
+from medassist.atomic import dicom_bytes, write_atomic
 from medassist.errors import MedassistError
 from medassist.optional import require
 from medassist.sanitize import redact_credentials
@@ -315,9 +316,7 @@ def _checked_uid(uid: str) -> str:
 
 
 def _write(ds: Dataset, path: Path) -> None:
-    tmp = path.with_suffix(".part")
-    pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-    os.replace(tmp, path)
+    write_atomic(path, dicom_bytes(ds))
 
 
 def password_from_env(var: str | None) -> str | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from typing import Any
 
+from medassist.atomic import write_atomic
 from medassist.errors import MedassistError
 from medassist.keys import default_key_path, refuse_shared
 from medassist.optional import require
@@ -210,20 +210,10 @@ def _dummy() -> str:
 
 
 def _write_users(path: Path, users: dict[str, dict[str, str]]) -> None:
-    """Write the table to ``path`` atomically (temporary file 0600, fsync, rename)."""
+    """Write the table to ``path`` atomically and owner-only (``atomic.write_atomic``)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".users-")  # mode 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"format": FORMAT, "users": users}, fh, indent=1, sort_keys=True)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, json.dumps({"format": FORMAT, "users": users}, indent=1, sort_keys=True) + "\n",
+                     private=True)
     except OSError as exc:
         raise MedassistError(f"{path}: cannot write the users file ({exc.strerror or exc})") from exc

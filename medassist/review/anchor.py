@@ -18,13 +18,13 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medassist.atomic import write_atomic
 from medassist.errors import MedassistError
 from medassist.review.mac import mac_hex, same_mac
 
@@ -108,18 +108,7 @@ def write_anchor(path: Path, key: bytes, anchor: Anchor) -> None:
     }
     record["mac"] = _anchor_mac(key, record)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    write_atomic(path, json.dumps(record, sort_keys=True) + "\n", private=True)
 
 
 @contextlib.contextmanager
@@ -168,12 +157,3 @@ def _head(value: Any) -> Head:
 
 def _same_head(a: Head, b: Head) -> bool:
     return a.last_id == b.last_id and a.count == b.count and (a.count == 0 or same_mac(a.last_mac, b.last_mac))
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a folder be fsync'd
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -48,7 +48,6 @@ import math
 import os
 import secrets
 import sqlite3
-import tempfile
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medassist.atomic import write_atomic
 from medassist.errors import MedassistError
 from medassist.review import mac
 from medassist.review.anchor import (
@@ -533,19 +533,10 @@ class DecisionStore:
         return buffer.getvalue()
 
     def export_csv(self, path: str | os.PathLike[str], *, current_only: bool = False) -> Path:
-        """Write :meth:`to_csv` to ``path`` atomically (temp file + rename); returns the path."""
+        """Write :meth:`to_csv` to ``path`` atomically, owner-only (``atomic.write_atomic``); returns the path."""
         target = Path(path)
         text = self.to_csv(current_only=current_only)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return target
+        return write_atomic(target, text, private=True)
 
     def head(self) -> str:
         """The last row's MAC ("" when empty); the anchor keeps it outside the file."""

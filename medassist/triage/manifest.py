@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medassist.atomic import write_atomic
 from medassist.datamodel import IngestProblem, Series
 from medassist.sanitize import csv_unsafe, csv_writer
-from medassist.triage.worklist import FILES_NAME, Record, atomic_write_text, row_kind
+from medassist.triage.worklist import FILES_NAME, Record, row_kind
 
 FILES_COLUMNS = ("path", "status", "series_uid", "reason")
 USED, NOT_APPLICABLE, PENDING = "used", "not applicable", "pending"
@@ -103,7 +104,7 @@ def render_manifest(entries: Sequence[FileEntry]) -> str:
 def write_manifest(out_dir: Path, entries: Sequence[FileEntry]) -> Path:
     """Atomically (re)write ``out_dir``/files.csv."""
     path = Path(out_dir) / FILES_NAME
-    atomic_write_text(path, render_manifest(entries))
+    write_atomic(path, render_manifest(entries), private=True)
     return path
 
 

@@ -34,10 +34,10 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from medassist.atomic import write_atomic
 from medassist.datamodel import WORKLIST_COLUMNS, IngestProblem, Series, WorklistRow
 from medassist.sanitize import csv_unsafe, csv_writer
 
@@ -149,39 +149,6 @@ def render_quarantine(entries: Sequence[tuple[str, str]]) -> str:
     return buffer.getvalue()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it, then ``os.replace`` it in.
-
-    A reader (or a crash) sees either the old file or the new one, never a half-written file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (best effort where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def remove_stale_temporaries(out_dir: Path) -> None:
     """Delete temporary files a killed run left behind (call while holding the run lock)."""
     for name in (CSV_NAME, JSON_NAME, QUARANTINE_NAME, FILES_NAME):
@@ -194,9 +161,9 @@ def write_worklist(out_dir: Path, records: Iterable[Record]) -> tuple[Path, Path
     ``quarantine.csv``; returns the worklist's two paths."""
     ordered = sort_records(records)
     csv_path, json_path = Path(out_dir) / CSV_NAME, Path(out_dir) / JSON_NAME
-    atomic_write_text(csv_path, render_csv(ordered))
-    atomic_write_text(json_path, render_json(ordered))
-    atomic_write_text(Path(out_dir) / QUARANTINE_NAME, render_quarantine(quarantine_entries(ordered)))
+    write_atomic(csv_path, render_csv(ordered), private=True)
+    write_atomic(json_path, render_json(ordered), private=True)
+    write_atomic(Path(out_dir) / QUARANTINE_NAME, render_quarantine(quarantine_entries(ordered)), private=True)
     return csv_path, json_path
 
 

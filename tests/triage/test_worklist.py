@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from medassist.atomic import write_atomic
 from medassist.datamodel import WORKLIST_COLUMNS, IngestProblem
 from medassist.errors import MedassistError
 from medassist.triage import triage_series
@@ -17,7 +18,6 @@ from medassist.triage.testing import write_throwaway_model
 from medassist.triage.worklist import (
     NOT_APPLICABLE,
     QUARANTINE_NAME,
-    atomic_write_text,
     remove_stale_temporaries,
     render_csv,
     row_kind,
@@ -105,7 +105,7 @@ def test_atomic_write_keeps_the_old_file_when_replace_fails(tmp_path, monkeypatc
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError):
-        atomic_write_text(target, render_csv([scored("a", 0.7, 0.5)]))
+        write_atomic(target, render_csv([scored("a", 0.7, 0.5)]), private=True)
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["worklist.csv"], "no temporary left behind"
 
