@@ -27,7 +27,7 @@ import numpy as np
 from medassist.audit import metrics as M
 from medassist.audit.evaluation import EvalSet
 from medassist.audit.html_style import REPORT_CSS
-from medassist.models.spec import ModelSpec
+from medassist.models.spec import InputKind, ModelSpec
 
 CARD_SCHEMA = "medassist-model-card/1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -320,7 +320,7 @@ def build_card(
             "review_log_integrity": review_chain_problems,
             "saliency_localisation": localisation,
             **({"volume_level": _volume_level(spec, normal_volumes, volume_validation)}
-               if spec.input_kind == "volume" else {}),
+               if spec.input_kind == InputKind.VOLUME else {}),
         },
         "ethical_considerations": narrative.get("ethical_considerations") or [
             "Automation bias: a flag, or its absence, can change how carefully a study is read. The model misses "
@@ -374,7 +374,7 @@ def _external_validation(validation: dict, narrative: dict, volume_validation: d
 
 
 def _output_text(spec: ModelSpec) -> str:
-    if spec.input_kind != "volume":
+    if spec.input_kind != InputKind.VOLUME:
         return "sigmoid probability of the finding per image"
     rule = ((spec.validation or {}).get("inference") or {}).get("aggregation") or {}
     return (f"sigmoid probability of the finding per slice (score head {spec.score_head}); a study's score "
@@ -459,10 +459,10 @@ def _caveats(spec, evaluation, analysis, review, localisation, narrative, normal
     if analysis and analysis.get("unit") == "slice":
         items.append("The evaluation is slice-level; the model flags studies. Slice-level sensitivity and "
                      "specificity do not carry over to studies: read the volume-level results.")
-    if spec.input_kind == "volume" and normal_volumes is None:
+    if spec.input_kind == InputKind.VOLUME and normal_volumes is None:
         items.append("No normal-volume report (model_cards/<model>_normal_volumes.json) was found: the study-level "
                      "false-positive behaviour on normal brains is unmeasured in this card.")
-    if spec.input_kind == "volume":
+    if spec.input_kind == InputKind.VOLUME:
         missed = [f"{key} ({r['target']}: {r['n_flagged']} of {r['n_volumes']} flagged"
                   + (f", {r['n_localised']} with every reported slice in the tumour" if r.get("n_localised") is not None
                      else "") + ")"

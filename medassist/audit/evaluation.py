@@ -32,7 +32,7 @@ import numpy as np
 
 from medassist.errors import MedassistError
 from medassist.models.heads import score_probability
-from medassist.models.spec import ModelSpec
+from medassist.models.spec import InputKind, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def score_cases(model, preparers: Sequence[Callable[[], Prepared | float]], *, b
 class RadiographPath:
     """Radiograph models (``input_kind`` "image2d"): one input per image or series."""
 
-    name = "image2d"
+    name = InputKind.IMAGE2D.value
     unit = "case"
 
     def image_case(self, path: Path, spec: ModelSpec, model_loader) -> Callable[[], Prepared]:
@@ -277,7 +277,7 @@ class VolumePath:
     ``tumor.prepare_slice`` (head mask, crop, letterbox); a series is scored by
     ``tumor.score_volume`` (in-brain slices, study aggregation), as triage scores it."""
 
-    name = "volume"
+    name = InputKind.VOLUME.value
     unit = "slice"
 
     def image_case(self, path: Path, spec: ModelSpec, model_loader) -> Callable[[], Prepared]:
@@ -300,13 +300,13 @@ class VolumePath:
         return score
 
 
-INPUT_PATHS = {"image2d": RadiographPath(), "volume": VolumePath()}
+INPUT_PATHS = {InputKind.IMAGE2D.value: RadiographPath(), InputKind.VOLUME.value: VolumePath()}
 
 
 def input_path(spec: ModelSpec) -> RadiographPath | VolumePath:
     """How this model reads an image file or a series (the one place the audit dispatches on
     ``spec.input_kind``)."""
-    kind = getattr(spec, "input_kind", "image2d") or "image2d"
+    kind = getattr(spec, "input_kind", InputKind.IMAGE2D) or InputKind.IMAGE2D
     if kind not in INPUT_PATHS:
         raise MedassistError(f"model {spec.name}: unknown input kind {kind!r}; known: {sorted(INPUT_PATHS)}")
     return INPUT_PATHS[kind]

@@ -41,7 +41,7 @@ from medassist.audit.evaluation import (
     is_fracatlas_model,
 )
 from medassist.errors import MedassistError
-from medassist.models.spec import ModelSpec
+from medassist.models.spec import InputKind, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +179,9 @@ def audit_model(
         chain = verify_review_log(review_db)
 
     localisation = _localisation(spec, out_dir)
-    normal_volumes = _report(spec, out_dir, "normal_volumes") if spec.input_kind == "volume" else None
-    volume_validation = _report(spec, out_dir, "volumes") if spec.input_kind == "volume" else None
-    external_report = _report(spec, out_dir, "external") if spec.input_kind != "volume" else None
+    normal_volumes = _report(spec, out_dir, "normal_volumes") if spec.input_kind == InputKind.VOLUME else None
+    volume_validation = _report(spec, out_dir, "volumes") if spec.input_kind == InputKind.VOLUME else None
+    external_report = _report(spec, out_dir, "external") if spec.input_kind != InputKind.VOLUME else None
     narrative = load_narrative(spec.name, (out_dir / "templates", *TEMPLATE_DIRS))
     card = build_card(spec, evaluation=evaluation, analysis=analysis, review=review, review_chain_problems=chain,
                       localisation=localisation, narrative=narrative, options=options, weights_check=weights_check,

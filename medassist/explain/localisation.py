@@ -35,6 +35,7 @@ from medassist.atomic import write_atomic
 from medassist.audit.metrics import wilson_interval
 from medassist.explain.saliency import DEFAULT_METHOD, METHODS, saliency_map, to_source_geometry
 from medassist.models.registry import LoadedModel
+from medassist.models.spec import InputKind
 from medassist.preprocess.transforms import prepare_2d
 
 # The FracAtlas split the fracture model was trained with (configs/fracture_xray.yaml).
@@ -128,7 +129,7 @@ def prepare_mri_slice(image: np.ndarray, spec) -> PreparedImage:
 
 def preparer_for(spec) -> Callable[[np.ndarray, object], PreparedImage]:
     """The model's own input path: volume models (brain MRI) read slices, others radiographs."""
-    return prepare_mri_slice if getattr(spec, "input_kind", "image2d") == "volume" else prepare_radiograph
+    return prepare_mri_slice if getattr(spec, "input_kind", InputKind.IMAGE2D) == InputKind.VOLUME else prepare_radiograph
 
 
 @dataclass(frozen=True)
@@ -493,7 +494,7 @@ class _LocalisationData:
 
 
 def _localisation_data(model: LoadedModel, data_root: str | Path) -> _LocalisationData:
-    if getattr(model.spec, "input_kind", "image2d") == "volume":
+    if getattr(model.spec, "input_kind", InputKind.IMAGE2D) == InputKind.VOLUME:
         split = _tumour_split(model.spec)
         return _LocalisationData(
             cases=lambda n: tumour_validation_cases(data_root, split, limit=n),
@@ -682,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if data_root is None:
         from medassist.audit.evaluation import find_brain_tumor, find_fracatlas
 
-        data_root = (find_brain_tumor if spec.input_kind == "volume" else find_fracatlas)(spec)
+        data_root = (find_brain_tumor if spec.input_kind == InputKind.VOLUME else find_fracatlas)(spec)
         if data_root is None:
             parser.error(f"no data found for {spec.name}: give --data-root")
     model = load_model(spec, choose_device(args.device))

@@ -11,10 +11,22 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from medassist.errors import MedassistError
 from medassist.models.heads import SCORE_HEADS
+
+
+class InputKind(str, Enum):
+    """What one network input is: one radiograph, or one slice of a volume scored slice by slice
+    and aggregated per study. Stored in the spec JSON as its value; compares equal to it."""
+
+    IMAGE2D = "image2d"
+    VOLUME = "volume"
+
+
+INPUT_KINDS = tuple(kind.value for kind in InputKind)
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,7 @@ class ModelSpec:
     body_parts: tuple[str, ...] = ()
     excluded_body_parts: tuple[str, ...] = ()
     score_head: str = "image"
-    input_kind: str = "image2d"
+    input_kind: str = InputKind.IMAGE2D.value
     training_data: str = ""
     licence: str = ""
     training_command: str = ""
@@ -105,7 +117,6 @@ def parse_spec(data: bytes, path: str | Path) -> ModelSpec:
 
 INPUT_SIZE_RANGE = (16, 2048)  # pixels, the square side of a network input
 SOURCES = ("display", "pixels")
-INPUT_KINDS = ("image2d", "volume")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 

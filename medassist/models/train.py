@@ -26,7 +26,7 @@ from medassist.models.augment import augment_batch, random_crops
 from medassist.models.fracture_external import prepare_external, read_external, score_inputs
 from medassist.models.heads import SCORE_HEADS, HeadProbabilities
 from medassist.models.networks import build_network
-from medassist.models.spec import ModelSpec, PreprocessSpec
+from medassist.models.spec import InputKind, ModelSpec, PreprocessSpec
 from medassist.preprocess.transforms import equalize_nonzero
 
 log = logging.getLogger(__name__)
@@ -373,7 +373,7 @@ def write_shipped_model(config: dict, net: nn.Module, pre: PreprocessSpec, *, th
         body_parts=tuple(config["scope"].get("body_parts", [])),
         excluded_body_parts=tuple(config["scope"].get("excluded_body_parts", [])),
         score_head=score_head,
-        input_kind=config.get("input_kind", "image2d"),
+        input_kind=config.get("input_kind", InputKind.IMAGE2D.value),
         training_data=config["provenance"]["training_data"],
         licence=config["provenance"]["licence"],
         training_command=f"medassist train configs/{config['name']}.yaml",

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from medassist.datamodel import Image, Series
 from medassist.errors import MedassistError
+from medassist.models.spec import InputKind
 from medassist.models.spec import ModelSpec
 from medassist.preprocess.transforms import prepare_2d
 from medassist.timelimit import DecodeTimeout, time_limit  # noqa: F401  (time_limit: re-exported)
@@ -87,7 +88,7 @@ class Batch:
         return Batch(inputs, self.owners, self.errors)
 
 
-class InputKind(Protocol):
+class InputFamily(Protocol):
     """How a family of models reads a series."""
 
     name: str
@@ -105,7 +106,7 @@ class InputKind(Protocol):
 class Radiograph2D:
     """One 2D image per series (the first slice): one network input, its score is the series'."""
 
-    name = "image2d"
+    name = InputKind.IMAGE2D.value
 
     def prepare(self, image: Image, spec: ModelSpec) -> tuple[torch.Tensor, tuple[int, ...]]:
         """The first slice of the spec's source array, letterboxed to the input size."""
@@ -124,12 +125,12 @@ class Radiograph2D:
         return batch_size
 
 
-KINDS: dict[str, InputKind] = {"image2d": Radiograph2D()}
+KINDS: dict[str, InputFamily] = {InputKind.IMAGE2D.value: Radiograph2D()}
 
 
-def kind_of(spec: ModelSpec) -> InputKind:
+def kind_of(spec: ModelSpec) -> InputFamily:
     """The input kind a spec asks for (``spec.input_kind``, default ``"image2d"``)."""
-    name = getattr(spec, "input_kind", "image2d")
+    name = getattr(spec, "input_kind", InputKind.IMAGE2D)
     if name not in KINDS:
         raise MedassistError(f"model {spec.name}: unknown input kind {name!r}; known: {sorted(KINDS)}")
     return KINDS[name]
@@ -138,7 +139,7 @@ def kind_of(spec: ModelSpec) -> InputKind:
 class JobDataset(Dataset):
     """Decode and preprocess the series of a list of jobs for one model (one kind, one spec)."""
 
-    def __init__(self, jobs: list[Job], kind: InputKind, series_timeout: float | None = None) -> None:
+    def __init__(self, jobs: list[Job], kind: InputFamily, series_timeout: float | None = None) -> None:
         self.jobs = jobs
         self.kind = kind
         self.series_timeout = series_timeout

@@ -53,7 +53,7 @@ import torch
 from medassist.datamodel import Image, IngestProblem, Series
 from medassist.errors import MedassistError
 from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, load_model
-from medassist.models.spec import ModelSpec
+from medassist.models.spec import InputKind, ModelSpec
 from medassist.optional import require
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
@@ -373,7 +373,7 @@ def decode_row(row: dict, *, specs: dict[str, ModelSpec], stage: StageOptions) -
     enter_driver_cwd(stage.cwd)
     spec = specs[row["spec"]]
     jobs = [Job(series_from_ref(row["ref"]), spec)]
-    if spec.input_kind == "volume":
+    if spec.input_kind == InputKind.VOLUME:
         payload: tuple = ("volume", VolumeDataset(jobs, stage.series_timeout)[0])
     else:
         payload = ("prepared", JobDataset(jobs, kind_of(spec), stage.series_timeout)[0])
@@ -411,7 +411,7 @@ class ModelStage:
             model = self.model(name)
             jobs = [Job(series_from_ref(ref), model.spec) for _, _, ref, _ in group]
             decoded = [payload[1] for _, _, _, payload in group]
-            if model.spec.input_kind == "volume":  # a map decodes the series again, as the local backend's does
+            if model.spec.input_kind == InputKind.VOLUME:  # a map decodes the series again, as the local backend's does
                 scored = (score_decoded_volume(model, job, volume) for job, volume in zip(jobs, decoded))
             else:
                 scored = score_prepared(model, jobs, decoded, self.stage.batch_size)

@@ -40,13 +40,13 @@ from medassist.models.registry import (
     shipped_specs,
 )
 from medassist.models.onnx_runtime import DEFAULT_RUNTIME, check_runtime, with_runtime
-from medassist.models.spec import ModelSpec
+from medassist.models.spec import InputKind, ModelSpec
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
     VOLUME_FAILURE,
     Batch,
     DecodedVolume,
-    InputKind,
+    InputFamily,
     Job,
     JobDataset,
     VolumeDataset,
@@ -211,7 +211,7 @@ def triage_series(
     def produce(pending: list[tuple[ModelSpec, list[Job]]]) -> Iterator[Finished]:
         for spec, jobs in pending:
             model = with_runtime(load_model(spec, torch_device, Path(weights_dir)), runtime, onnx_dir)
-            if spec.input_kind == "volume":
+            if spec.input_kind == InputKind.VOLUME:
                 results = score_volume_jobs(model, jobs, series_timeout, num_workers)
             else:
                 results = score_jobs(model, jobs, batch_size, num_workers, series_timeout)
@@ -381,7 +381,7 @@ def score_jobs(
             yield from score_batch(model, kind, jobs, batch, batch_size)
 
 
-def score_batch(model: LoadedModel, kind: InputKind, jobs: list[Job], batch: Batch, batch_size: int
+def score_batch(model: LoadedModel, kind: InputFamily, jobs: list[Job], batch: Batch, batch_size: int
                 ) -> Iterator[ScoredJob]:
     """``score_jobs``' tuples for a batch's decoded jobs. If scoring the batch raises, its jobs are
     scored one by one, so only a job whose own scoring fails becomes an error row."""
@@ -492,7 +492,7 @@ def explain_job(
     from medassist.explain import explain_and_write, saliency_stem
     from medassist.preprocess.transforms import letterbox_for
 
-    if model.spec.input_kind == "volume":
+    if model.spec.input_kind == InputKind.VOLUME:
         return explain_volume_job(model, job, slices, out_dir, method)
     if inputs is None or len(inputs) == 0:
         return ""
@@ -548,7 +548,7 @@ def score_inputs_with_features(model: LoadedModel, inputs: torch.Tensor, batch_s
 
 
 def make_loader(
-    jobs: list[Job], kind: InputKind, batch_size: int, num_workers: int, device: torch.device,
+    jobs: list[Job], kind: InputFamily, batch_size: int, num_workers: int, device: torch.device,
     series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
 ) -> DataLoader:
     """A DataLoader decoding ``jobs`` in ``num_workers`` processes (0: in this process), in order."""
