@@ -49,7 +49,7 @@ EXIT_RESULTS_FAILED = 3
 # medassist.models.export.EXPORT_FORMATS, kept equal by tests/test_cli.py): named here so that building the
 # parser imports no torch
 RUNTIMES = ("torch", "onnx", "auto")
-MODEL_FORMATS = ("onnx",)
+MODEL_FORMATS = ("onnx", "monai-bundle")
 
 # On the CPU the fracture network scores 40 images/s at batch 4-8, 38 at 16, 34 at 32 (2 cores).
 DEFAULT_BATCH = 8
@@ -210,15 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     export_model = commands.add_parser(
-        "export-model", help="export a shipped model for another runtime (ONNX)",
-        description="Write DIR/NAME.onnx for each named shipped model: its network's raw image and cell logits "
-        "with a dynamic batch axis, carrying the model's preprocessing contract (input size, normalisation, "
-        "labels, threshold, score head, sha256 of the weights) as ONNX metadata. Kept only if ONNX Runtime "
-        "reproduces the torch probabilities. Used by triage --runtime onnx --onnx-dir DIR.",
+        "export-model", help="export a shipped model for another runtime (ONNX, MONAI bundle)",
+        description="--format onnx: write DIR/NAME.onnx for each named shipped model: its network's raw image and "
+        "cell logits with a dynamic batch axis, carrying the model's preprocessing contract (input size, "
+        "normalisation, labels, threshold, score head, sha256 of the weights) as ONNX metadata. Kept only if ONNX "
+        "Runtime reproduces the torch probabilities. Used by triage --runtime onnx --onnx-dir DIR. "
+        "--format monai-bundle: write the MONAI bundle DIR/NAME/ (metadata, inference config with medassist's "
+        "preprocessing as MONAI transforms, weights, docs; radiograph models only; running it needs medassist "
+        "installed). Kept only if MONAI running the bundle reproduces medassist's probabilities.",
     )
     export_model.add_argument("names", nargs="+", metavar="NAME", help="a shipped model (see medassist models)")
     export_model.add_argument("--format", dest="model_format", choices=MODEL_FORMATS, required=True,
-                              help="the format to write (onnx; needs medassist[onnx])")
+                              help="the format to write (onnx: needs medassist[onnx]; monai-bundle)")
     export_model.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     add_models_dir(export_model)
     export_model.set_defaults(func=cmd_export_model)

@@ -1,7 +1,7 @@
 """Exporting a shipped model to another runtime's format: ``medassist export-model NAME --format F``.
 
-One function per format in ``EXPORT_FORMATS`` (today ``onnx``; a MONAI bundle would be one more
-entry), each taking the checked spec and weights and writing one file into a folder.
+One function per format in ``EXPORT_FORMATS``, each taking the checked spec and weights and writing
+into a folder: ``onnx`` (here) one file, ``monai-bundle`` one bundle folder (``export_bundle.py``).
 
 ONNX (``export_onnx``): the network's two raw outputs, ``image_logits`` (N, outputs) and
 ``cell_logits`` (N, 1, h, w), from an ``input`` of (N, 1, S, S) float32, with a dynamic batch axis,
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from medassist.errors import MedassistError
+from medassist.models.export_bundle import export_monai_bundle
 from medassist.models.registry import WEIGHTS_DIR, load_model
 from medassist.models.spec import ModelSpec
 from medassist.optional import require, require_extra
@@ -165,8 +166,10 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-# format -> exporter(spec, out_dir, weights_dir) -> written path; a later "monai-bundle" is one more entry
-EXPORT_FORMATS: dict[str, Callable[[ModelSpec, Path, Path], Path]] = {"onnx": export_onnx}
+# format -> exporter(spec, out_dir, weights_dir) -> written path (a file, or the bundle's folder)
+EXPORT_FORMATS: dict[str, Callable[[ModelSpec, Path, Path], Path]] = {
+    "onnx": export_onnx, "monai-bundle": export_monai_bundle,
+}
 
 
 def export_model(spec: ModelSpec, fmt: str, out_dir: str | Path, weights_dir: str | Path = WEIGHTS_DIR) -> Path:

@@ -6,6 +6,8 @@ import torch
 from monai.networks.nets import ResNet
 from torch import nn
 
+from medassist.models.heads import parse_score_head, score_probability
+
 
 class LocalisingResNet(nn.Module):
     """A MONAI ResNet backbone with two heads on its last feature map.
@@ -75,3 +77,21 @@ def build_network(name: str, args: dict) -> nn.Module:
         raise KeyError(f"unknown network {name!r}; known: {sorted(NETWORKS)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
     return NETWORKS[name](**kwargs)
+
+
+class ScoredNetwork(nn.Module):
+    """A localising network with its score head: (N, 1, S, S) -> the finding's probability (N, 1).
+
+    What a MONAI bundle's inferer calls (``medassist.models.export_bundle``): the same numbers as
+    ``heads.score_probability`` on ``forward_all``, which triage uses. It holds ``network`` as is,
+    so the weights load into ``network`` (the bundle's ``network_def``) with their own keys.
+    """
+
+    def __init__(self, network: nn.Module, score_head: str) -> None:
+        super().__init__()
+        self.network = network
+        self.score_head = parse_score_head(score_head).value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, cells = self.network.forward_all(x)
+        return score_probability(logits, cells, self.score_head)[:, None]

@@ -102,10 +102,10 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path):
 def test_export_model_command_errors(tmp_path, capsys):
     assert main(["export-model", "no_such_model", "--format", "onnx", "--out", str(tmp_path)]) == 2
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
-    assert main(["export-model", "fracture_xray", "--format", "monai-bundle", "--out", str(tmp_path)]) == 2
+    assert main(["export-model", "fracture_xray", "--format", "tflite", "--out", str(tmp_path)]) == 2
     assert not list(tmp_path.iterdir())
-    with pytest.raises(MedassistError, match="choose one of onnx"):
-        export_model(shipped("fracture_xray"), "monai-bundle", tmp_path)
+    with pytest.raises(MedassistError, match="choose one of monai-bundle, onnx"):
+        export_model(shipped("fracture_xray"), "tflite", tmp_path)
 
 
 def test_cli_format_choices_are_the_exporters():
