@@ -41,7 +41,7 @@ import torch
 
 from medassist.errors import MedassistError
 from medassist.models.registry import WEIGHTS_DIR, LoadedModel, load_model, read_weights
-from medassist.models.spec import ModelSpec
+from medassist.models.spec import InputKind, ModelSpec
 
 BUNDLE_FORMAT_VERSION = "1"
 AGREEMENT_TOLERANCE = 1e-4
@@ -122,8 +122,8 @@ def bundle_dir(spec: ModelSpec, folder: str | Path) -> Path:
 
 def unsupported_reason(spec: ModelSpec) -> str | None:
     """Why ``spec`` cannot be a MONAI bundle here (None: it can)."""
-    if spec.input_kind != "image2d":
-        return (f"model {spec.name} scores volumes ({spec.input_kind}): its slice preparation (reorientation, head "
+    if spec.input_kind != InputKind.IMAGE2D:
+        return (f"model {spec.name} scores volumes: its slice preparation (reorientation, head "
                 "crop, slice selection) and study score are not a MONAI transform chain; only radiograph models "
                 "are exported as MONAI bundles")
     if spec.preprocess.equalize:
