@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import secrets
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medassist.atomic import write_atomic
 from medassist.errors import MedassistError
 from medassist.models.export_bundle import export_monai_bundle
 from medassist.models.registry import WEIGHTS_DIR, load_model
@@ -148,22 +147,8 @@ def export_onnx(spec: ModelSpec, out_dir: str | Path, weights_dir: str | Path = 
     if not diff <= AGREEMENT_TOLERANCE:
         raise MedassistError(f"{target}: ONNX Runtime gives probabilities up to {diff:.2g} away from torch's "
                              f"(allowed {AGREEMENT_TOLERANCE:g}) for model {spec.name}; not written")
-    write_atomically(target, data)
+    write_atomic(target, data)
     return target
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:  # the umask's permissions, as any file the user writes
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # format -> exporter(spec, out_dir, weights_dir) -> written path (a file, or the bundle's folder)
