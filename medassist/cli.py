@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "protocol (configs/adapt_protocol.yaml): a locked share of the findings, chosen by a hash of series UID and "
         "model, is never fitted on and decides acceptance. Only the threshold changes, never the weights. When "
         "accepted, writes MODELS_DIR (adapted spec with a new version, the same weights, adaptation/ record), "
-        "signed with the site key, for 'medassist triage --models-dir MODELS_DIR'. Exit 3 when the protocol refuses "
+        "signed with the site key, for medassist triage to use as its models folder. Exit 3 when the protocol refuses "
         "(too few cases, or a criterion fails), 2 for unusable input; nothing is written then.",
     )
     adapt.add_argument("--model", required=True, metavar="NAME", help="the model to adapt (e.g. fracture_xray)")
