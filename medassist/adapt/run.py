@@ -173,6 +173,7 @@ def adaptation_card(base: ModelSpec, adapted: ModelSpec) -> str:
     record = adapted.validation["adaptation"]
     counts, fit, acc = record["counts"], record["fit"], record["acceptance"]
     rel, ada = acc["locked_set_released"], acc["locked_set_adapted"]
+    level = f"{rel['confidence']:.0%} Wilson"
     lines = [
         f"# {adapted.name} {adapted.version}: site adaptation of {base.version}",
         "",
@@ -196,10 +197,10 @@ def adaptation_card(base: ModelSpec, adapted: ModelSpec) -> str:
         f"of series UID and model, never used to fit): {counts['locked']['n']} ({counts['locked']['n_positive']} "
         "positive).",
         "",
-        "| locked set | threshold | sensitivity (95% CI) | specificity (95% CI) |",
+        f"| locked set | threshold | sensitivity ({level} CI) | specificity ({level} CI) |",
         "|---|---|---|---|",
-        f"| released {base.version} | {rel['threshold']:.4f} | {_pct(rel['sensitivity'])} ({_ci(rel['sensitivity_ci'])}) "
-        f"| {_pct(rel['specificity'])} ({_ci(rel['specificity_ci'])}) |",
+        f"| released {base.version} | {rel['threshold']:.4f} | {_pct(rel['sensitivity'])} "
+        f"({_ci(rel['sensitivity_ci'])}) | {_pct(rel['specificity'])} ({_ci(rel['specificity_ci'])}) |",
         f"| adapted {adapted.version} | {ada['threshold']:.4f} | {_pct(ada['sensitivity'])} "
         f"({_ci(ada['sensitivity_ci'])}) | {_pct(ada['specificity'])} ({_ci(ada['specificity_ci'])}) |",
         "",

@@ -69,3 +69,14 @@ def site():
     """The helpers above, for the test modules."""
     return types.SimpleNamespace(MODEL=MODEL, RELEASED=RELEASED, MONDAY=MONDAY, site_cases=site_cases,
                                  write_history=write_history)
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory) -> Path:
+    """One accepted adaptation (the default site, 300 reviewed findings), shared by a test module."""
+    from medassist.adapt import run_adapt
+
+    root = tmp_path_factory.mktemp("adapted")
+    db = write_history(root / "run1", site_cases(300, seed=1))
+    run_adapt(MODEL, [db], root / "site-models")
+    return root / "site-models"
