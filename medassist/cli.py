@@ -351,6 +351,28 @@ def build_parser() -> argparse.ArgumentParser:
                          "defaults)")
     add_key_file(monitor)
     monitor.set_defaults(func=cmd_monitor)
+
+    adapt = commands.add_parser(
+        "adapt", help="a site version of a model: its threshold fitted on reviewed cases, under a locked protocol",
+        description="Fit a model's decision threshold to this site's reviewed cases (the reviewer's final call per "
+        "finding from each RUN/decisions.sqlite, the score from the worklist beside it) under the predetermined "
+        "protocol (configs/adapt_protocol.yaml): a locked share of the findings, chosen by a hash of series UID and "
+        "model, is never fitted on and decides acceptance. Only the threshold changes, never the weights. When "
+        "accepted, writes MODELS_DIR (adapted spec with a new version, the same weights, adaptation/ record), "
+        "signed with the site key, for medassist triage to use as its models folder. Exit 3 when the protocol refuses "
+        "(too few cases, or a criterion fails), 2 for unusable input; nothing is written then.",
+    )
+    adapt.add_argument("--model", required=True, metavar="NAME", help="the model to adapt (e.g. fracture_xray)")
+    adapt.add_argument("--review-db", required=True, action="append", dest="review_dbs", type=Path, metavar="DB",
+                       help="a triage run's decisions.sqlite (or its folder), beside its worklist.csv (repeatable)")
+    adapt.add_argument("--out", required=True, type=Path, metavar="MODELS_DIR",
+                       help="the new models folder (must not exist, or be empty)")
+    adapt.add_argument("--protocol", type=Path, metavar="YAML",
+                       help="the adaptation protocol (default: configs/adapt_protocol.yaml of this checkout, else the "
+                       "same built-in defaults)")
+    add_key_file(adapt)
+    add_models_dir(adapt)
+    adapt.set_defaults(func=cmd_adapt)
     return parser
 
 
@@ -640,6 +662,28 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     for problem in result.problems:
         print(f"medassist: error: {redact_credentials(problem)}", file=sys.stderr)
     return 2 if result.problems else 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """``medassist adapt``: the adapted models folder, or exit 3 with the criterion that refused it."""
+    from medassist.adapt import REFUSED_EXIT, AdaptRefused, run_adapt
+
+    try:
+        result = run_adapt(args.model, args.review_dbs, args.out, protocol_path=args.protocol,
+                           weights_dir=weights_dir_of(args), key_file=args.key_file)
+    except AdaptRefused as exc:
+        print(f"medassist: error: {redact_credentials(exc)}", file=sys.stderr)
+        return REFUSED_EXIT
+    counts, acc = result.cases.counts(), result.acceptance
+    if counts["n_dropped"]:
+        reasons = "; ".join(f"{n} {reason}" for reason, n in counts["dropped"].items())
+        print(f"medassist adapt: left out {counts['n_dropped']} decision(s): {reasons}", file=sys.stderr)
+    print(f"medassist adapt: {result.model} {result.from_version} -> {result.version}: threshold "
+          f"{result.fit.released_threshold:.4f} -> {result.fit.threshold:.4f}; {counts['fit']['n']} fit and "
+          f"{counts['locked']['n']} locked cases; locked sensitivity {acc.released.sensitivity:.3f} -> "
+          f"{acc.adapted.sensitivity:.3f}, specificity {acc.released.specificity:.3f} -> "
+          f"{acc.adapted.specificity:.3f}; accepted, signed -> {result.out_dir}")
+    return 0
 
 
 def scope_text(spec: ModelSpec) -> str:

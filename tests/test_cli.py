@@ -19,7 +19,7 @@ def models(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("command", [[], ["triage"], ["train"], ["models"], ["monitor"]])
+@pytest.mark.parametrize("command", [[], ["triage"], ["train"], ["models"], ["monitor"], ["adapt"]])
 def test_help_of_every_command(command, capsys):
     assert main([*command, "--help"]) == 0
     out = capsys.readouterr().out
