@@ -15,7 +15,7 @@ import numpy as np
 
 from medassist.adapt.data import Case, ReviewedCases
 from medassist.adapt.protocol import Protocol
-from medassist.audit.metrics import wilson_interval
+from medassist.audit.metrics import threshold_for_sensitivity, wilson_interval
 
 
 @dataclass(frozen=True)
@@ -141,11 +141,7 @@ def too_few(cases: ReviewedCases, protocol: Protocol) -> list[Criterion]:
 def fit_threshold(cases: Sequence[Case], released_threshold: float, protocol: Protocol) -> ThresholdFit:
     """The highest threshold whose sensitivity on ``cases`` (the fit set) reaches the protocol's target."""
     labels, scores = _arrays(cases)
-    positives = np.sort(scores[labels])[::-1]
-    needed = max(1, math.ceil(protocol.target_sensitivity * len(positives) - 1e-9))
-    # the needed-th highest positive score; not audit.metrics.threshold_for_sensitivity, whose
-    # roc_curve(drop_intermediate=True) drops collinear points and can return a lower threshold
-    threshold = float(positives[needed - 1])
+    threshold = threshold_for_sensitivity(labels.astype(int), scores, protocol.target_sensitivity)
     threshold = math.floor(threshold * 1e6) / 1e6  # 6 decimals, rounded down: no positive is lost
     return ThresholdFit(
         method="target_sensitivity", target_sensitivity=protocol.target_sensitivity,

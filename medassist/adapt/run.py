@@ -26,8 +26,8 @@ from pathlib import Path
 from medassist.adapt.data import ReviewedCases, read_reviewed_cases
 from medassist.adapt.fit import Acceptance, Criterion, ThresholdFit, evaluate, fit_threshold, too_few
 from medassist.adapt.protocol import Protocol, load_protocol
+from medassist.atomic import write_atomic
 from medassist.errors import MedassistError
-from medassist.explain.output import atomic_write_bytes
 from medassist.models.integrity import SHIPPED_DIR, sign_models_dir
 from medassist.models.registry import read_weights, spec_by_name
 from medassist.models.spec import ModelSpec, parse_spec
@@ -226,12 +226,12 @@ def write_models_dir(out_dir: Path, base: ModelSpec, adapted: ModelSpec, weights
     tmp = out_dir.with_name(f".{out_dir.name}.adapt-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        atomic_write_bytes(tmp / adapted.weights, weights)
-        atomic_write_bytes(tmp / f"{adapted.name}.json", spec_json.encode())
+        write_atomic(tmp / adapted.weights, weights)
+        write_atomic(tmp / f"{adapted.name}.json", spec_json)
         diff = json.dumps(spec_diff(base, adapted), indent=2, allow_nan=False) + "\n"
         (tmp / RECORD_DIR).mkdir()
-        atomic_write_bytes(tmp / RECORD_DIR / DIFF_NAME, diff.encode())
-        atomic_write_bytes(tmp / RECORD_DIR / CARD_NAME, adaptation_card(base, adapted).encode())
+        write_atomic(tmp / RECORD_DIR / DIFF_NAME, diff)
+        write_atomic(tmp / RECORD_DIR / CARD_NAME, adaptation_card(base, adapted))
         sign_models_dir(tmp, key_file=key_file)  # signs NAME.json (the only spec there); names, not folders, are signed
         names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         if out_dir.exists():

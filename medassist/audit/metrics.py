@@ -40,8 +40,11 @@ def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def threshold_for_sensitivity(labels: np.ndarray, scores: np.ndarray, sensitivity: float) -> float:
-    """The highest threshold whose sensitivity on these labels is at least ``sensitivity``."""
-    fpr, tpr, thresholds = roc_curve(labels, scores)
+    """The highest threshold whose sensitivity on these labels is at least ``sensitivity``.
+
+    Every ROC point is kept (``drop_intermediate=False``): dropping collinear points can skip the
+    exact one and return a lower threshold than needed."""
+    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
     ok = np.flatnonzero(tpr >= sensitivity)
     return float(min(thresholds[ok[0]], 1.0))
 

@@ -27,7 +27,8 @@ from medassist.monitor.run import DATE_SOURCES, NOT_CARRIED, SUBGROUP_FACTORS, M
 JSON_NAME = "monitor.json"
 HTML_NAME = "report.html"
 ALERT_KEYS = ("model", "version", "kind", "metric", "value", "limit", "detail")
-NOT_BUILT = "`medassist adapt` (site adaptation under a locked protocol, issue 21 part 2) is not built yet"
+ADAPTATION_NOTE = ("Site adaptation from these reviews is a separate, locked step: `medassist adapt` "
+                   "(threshold only, under configs/adapt_protocol.yaml)")
 
 
 def jsonable(value: Any) -> Any:
@@ -62,7 +63,6 @@ def report_dict(result: MonitorResult) -> dict:
         "units": "scores, flag rates and agreement per finding (one series scored by one model version); "
                  "studies are distinct study UIDs",
         "subgroups": {"reported": list(SUBGROUP_FACTORS), "not_available": NOT_CARRIED},
-        "not_built": NOT_BUILT,
         "runs": jsonable(result.runs),
         "models": jsonable(result.models),
         "problems": list(result.problems),
@@ -197,7 +197,7 @@ def render_html(result: MonitorResult) -> str:
                 + f"<li>Dates: scores by {_e(DATE_SOURCES['scores'])}; decisions by {_e(DATE_SOURCES['decisions'])}.</li>"
                 + "<li>Subgroups: body part and modality. " + _e(", ".join(f"{k}: {v}" for k, v in NOT_CARRIED.items()))
                 + ".</li><li>Alerts are raised per run, and per ISO week when a week pools more than one run.</li>"
-                + f"<li>{_e(NOT_BUILT)}.</li></ul>")
+                + f"<li>{_e(ADAPTATION_NOTE)}.</li></ul>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>medassist monitor</title>"
             f"<style>{REPORT_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 

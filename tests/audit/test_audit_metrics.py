@@ -142,3 +142,12 @@ def test_no_warning_on_exchangeable_subgroups():
     _, warnings = M.subgroup_analysis(labels, scores, 0.5, {"site": list(rng.choice(["a", "b"], 600))}, overall,
                                       n_resamples=200)
     assert warnings == []
+
+
+def test_threshold_for_sensitivity_is_the_exact_highest_one_even_on_collinear_roc_points():
+    from medassist.audit.metrics import threshold_for_sensitivity
+
+    # ten positives in a row above every negative: the ROC points between are collinear
+    scores = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.2, 0.1])
+    labels = np.array([1] * 10 + [0, 0])
+    assert threshold_for_sensitivity(labels, scores, 0.8) == pytest.approx(0.6)  # 8 of 10 positives, no lower

@@ -42,3 +42,4 @@ def test_small_bins_are_merged_and_the_table_round_trips_through_its_dict():
     assert ConfidenceTable.from_dict(None) is None and ConfidenceTable.from_dict({"bins": []}) is None
     tied = ConfidenceTable.from_scores([0, 1, 1], [0.5, 0.5, 0.5], unit="study", source="x", min_cases=1)
     assert sum(b.n for b in tied.bins) == 3
+
