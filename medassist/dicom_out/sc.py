@@ -8,7 +8,8 @@ FRACTIONAL SEG keeps the exact map for software, but few viewers draw segmentati
 radiographs; highdicom 0.28 builds one for DX without a frame of reference, so ``seg.py`` offers it.
 
 The overlay: the image's display pixels (ingest stage: VOI LUT/window applied, MONOCHROME1
-inverted) as grey, with a red-to-yellow ramp blended where the normalised map exceeds 0.2.
+inverted) as grey, with the map drawn by ``explain.output.render_overlay``, the one renderer the
+PNG beside the map and the review app use too (same colormap, floor and opacity).
 For multi-slice series one capture is made per slice in the worklist row's ``slices`` (else the
 slice where the map peaks). Each capture references its source image (Source Image Sequence).
 """
@@ -21,23 +22,12 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from medassist.dicom_out.results import DICOM_RESULTS, check_map_shape, with_type2_attributes
 from medassist.dicom_out.sr import MANUFACTURER, derived_uid, software_version
+from medassist.explain.output import render_overlay
 from medassist.optional import require
 
 hd = require("highdicom", extra="pacs", feature=DICOM_RESULTS)
 
 SC_SERIES_NUMBER = 9902
-FLOOR = 0.2  # map values below this are left uncoloured
-MAX_ALPHA = 0.6
-
-
-def overlay_rgb(display: np.ndarray, saliency: np.ndarray) -> np.ndarray:
-    """uint8 RGB (rows, cols, 3): grey ``display`` (0..1) with ``saliency`` (0..1) blended as heat."""
-    grey = np.clip(np.asarray(display, dtype=np.float32), 0.0, 1.0)
-    s = np.clip(np.asarray(saliency, dtype=np.float32), 0.0, 1.0)
-    heat = np.stack([np.clip(2 * s, 0, 1), np.clip(2 * s - 1, 0, 1), np.zeros_like(s)], axis=-1)  # red -> yellow
-    alpha = (MAX_ALPHA * np.clip((s - FLOOR) / (1 - FLOOR), 0, 1))[..., None]
-    rgb = (1 - alpha) * grey[..., None] + alpha * heat
-    return np.round(rgb * 255).astype(np.uint8)
 
 
 def build_saliency_sc(row, index, saliency: np.ndarray, *, instance_offset: int = 0) -> list[Dataset]:
@@ -56,7 +46,7 @@ def build_saliency_sc(row, index, saliency: np.ndarray, *, instance_offset: int 
     out = []
     for n, i in enumerate(slices, start=1):
         ref = headers[0] if multiframe else headers[i]
-        out.append(_capture(row, ref, overlay_rgb(display[i], saliency[i]), i, instance_offset + n,
+        out.append(_capture(row, ref, render_overlay(saliency[i], display[i]), i, instance_offset + n,
                             frame=i + 1 if multiframe else None))
     return out
 

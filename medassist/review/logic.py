@@ -30,6 +30,8 @@ import numpy as np
 
 from medassist.datamodel import Image, WorklistRow
 from medassist.errors import MedassistError
+from medassist.explain.output import (COLORMAPS, OVERLAY_CMAP, OVERLAY_OPACITY, colormap_lut, composite,
+                                       saliency_layer)
 from medassist.review.store import Decision, DecisionStore, FindingKey, status_of
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,6 @@ CT_PRESETS = {  # name -> (center, width), HU
 }
 AUTO_PERCENTILES = (0.5, 99.5)
 MR_BRAIN_PERCENTILES = (1.0, 99.0)
-COLORMAPS = ("inferno", "jet", "hot", "viridis")
 DEFAULT_MAX_SIDE = 1024
 _STATS_SAMPLE = 2_000_000
 
@@ -481,56 +482,11 @@ def saliency_peak(saliency: np.ndarray, slice_index: int = 0) -> tuple[int, int,
     return (int(s), int(row), int(col))
 
 
-@functools.lru_cache(maxsize=8)
-def colormap_lut(name: str) -> np.ndarray:
-    """A 256 x 3 uint8 RGB lookup table of a matplotlib colormap."""
-    if name not in COLORMAPS:
-        raise MedassistError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
-    from matplotlib import colormaps  # noqa: PLC0415 - heavy; only when an overlay is drawn
-
-    lut = (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
-    lut.flags.writeable = False
-    return lut
-
-
 def colorbar(colormap: str, height: int = 14, width: int = 256) -> np.ndarray:
     """A horizontal legend strip of the colormap (RGB uint8), low on the left."""
     lut = colormap_lut(colormap)
     index = np.linspace(0, 255, width).round().astype(np.intp)
     return np.ascontiguousarray(np.broadcast_to(lut[index][None], (height, width, 3)))
-
-
-def saliency_layer(saliency2d: np.ndarray, colormap: str = "inferno", floor: float = 0.1) -> np.ndarray:
-    """The overlay layer: RGBA uint8, colour from the colormap, alpha from the saliency
-    (transparent below ``floor`` of the maximum, so only salient regions are tinted)."""
-    values = np.clip(np.asarray(saliency2d, dtype=np.float32), 0.0, 1.0)
-    index = (values * 255.0 + 0.5).astype(np.uint8)
-    rgba = np.empty(values.shape + (4,), dtype=np.uint8)
-    rgba[..., :3] = colormap_lut(colormap)[index]
-    alpha = np.where(values >= floor, values, 0.0)
-    rgba[..., 3] = (alpha * 255.0 + 0.5).astype(np.uint8)
-    return rgba
-
-
-def composite(base: np.ndarray, layer: np.ndarray | None, opacity: float) -> np.ndarray:
-    """Blend an RGBA layer over an 8-bit grey (or RGB) base at ``opacity`` (0..1).
-
-    Returns a new RGB uint8 array; neither input is modified.
-    """
-    rgb = np.repeat(base[..., None], 3, axis=-1) if base.ndim == 2 else base.copy()
-    if layer is None or opacity <= 0:
-        return rgb.astype(np.uint8, copy=False)
-    if layer.shape[:2] != rgb.shape[:2]:
-        raise MedassistError(f"overlay is {layer.shape[:2]}, image {rgb.shape[:2]}: they must match")
-    # integer blend: out = (base * (256 - a) + colour * a) / 256, a = alpha * opacity in 0..256
-    weight = np.uint16(round(min(max(opacity, 0.0), 1.0) * 256))
-    a = (layer[..., 3].astype(np.uint16) * weight + 127) // 255
-    a = a[..., None]
-    out = rgb.astype(np.uint16) * (256 - a)
-    out += layer[..., :3].astype(np.uint16) * a
-    out += 128
-    out >>= 8
-    return out.astype(np.uint8)
 
 
 # -- zoom and rendering --------------------------------------------------------------------------
@@ -555,8 +511,8 @@ class Overlay:
     """How to draw the saliency layer: on/off, opacity 0..1, colormap."""
 
     visible: bool = True
-    opacity: float = 0.45
-    colormap: str = "inferno"
+    opacity: float = OVERLAY_OPACITY
+    colormap: str = OVERLAY_CMAP
 
 
 @dataclass(frozen=True)

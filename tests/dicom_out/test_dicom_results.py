@@ -149,7 +149,7 @@ def test_secondary_capture_round_trip(tmp_path):
     assert pixels.shape == (header.Rows, header.Columns, 3)
     outside, inside = pixels[10, 10], pixels[120, 230]
     assert outside[0] == outside[1] == outside[2]  # grey where the map is zero
-    assert inside[0] > inside[2] + 50  # coloured where it is high
+    assert min(int(inside[0]), int(inside[1])) > int(inside[2]) + 25  # tinted (inferno's pale yellow) where it is high
     assert "fracture_xray" in back.ImageComments
 
 
