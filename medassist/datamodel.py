@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -141,6 +142,26 @@ WORKLIST_JSON = "worklist.json"
 WORKLIST_CSV = "worklist.csv"
 REQUIRED_COLUMNS: tuple[str, ...] = ("study_uid", "series_uid", "source_path")
 _NO_MODEL_APPLIES = re.compile(r"\bno\b.*\bmodel\b.*\bappl", re.IGNORECASE)
+NOT_APPLICABLE = "not applicable"  # the finding of a row no shipped model covers
+
+
+class RowKind(str, Enum):
+    """The three kinds of worklist row (``triage.worklist`` documents each)."""
+
+    SCORED = "scored"
+    NOT_APPLICABLE = "not_applicable"
+    ERROR = "error"
+
+
+def kind_of_row(*, finding: str | None, model: str | None, score: float | None, error: str | None) -> RowKind:
+    """The one rule, for rows being written (records) and rows read back (WorklistRow): no model
+    applies when the finding says so (or, in worklists written before that convention, the error
+    says no model applies and no model is named); an error row when there is an error or no score."""
+    if finding == NOT_APPLICABLE or (not model and _NO_MODEL_APPLIES.search(error or "")):
+        return RowKind.NOT_APPLICABLE
+    if error or score is None:
+        return RowKind.ERROR
+    return RowKind.SCORED
 
 
 @dataclass(frozen=True)
@@ -224,9 +245,14 @@ class WorklistRow:
         return bool(self.model and self.finding and self.score is not None and not self.error)
 
     @property
+    def kind(self) -> RowKind:
+        """Scored, not applicable or error (``kind_of_row``)."""
+        return kind_of_row(finding=self.finding, model=self.model, score=self.score, error=self.error)
+
+    @property
     def not_applicable(self) -> bool:
         """No model applies to this series (not a failure: the radiologist reads it as usual)."""
-        return not self.model and bool(_NO_MODEL_APPLIES.search(self.error))
+        return self.kind == RowKind.NOT_APPLICABLE
 
     @property
     def label(self) -> str:

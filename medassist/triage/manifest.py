@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medassist.atomic import write_atomic
-from medassist.datamodel import IngestProblem, Series
+from medassist.datamodel import IngestProblem, RowKind, Series
 from medassist.sanitize import csv_unsafe, csv_writer
 from medassist.triage.worklist import FILES_NAME, Record, row_kind
 
@@ -78,7 +78,7 @@ def series_outcomes(records: Iterable[Record]) -> dict[str, tuple[str, str]]:
         if not uid:  # an ingest problem's row: no series
             continue
         kind = row_kind(record)
-        status = {"scored": USED, "not_applicable": NOT_APPLICABLE}.get(kind, ERROR)
+        status = {RowKind.SCORED: USED, RowKind.NOT_APPLICABLE: NOT_APPLICABLE}.get(kind, ERROR)
         reason = "" if status == USED else _without_source(record)
         current = outcomes.get(uid)
         if current is None or _OUTCOME_RANK[status] < _OUTCOME_RANK[current[0]]:

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from medassist.datamodel import IngestProblem, Series, WorklistRow
+from medassist.datamodel import IngestProblem, RowKind, Series, WorklistRow
 from medassist.errors import MedassistError
 from medassist.models.registry import (
     WEIGHTS_DIR,
@@ -577,10 +577,10 @@ def summarise(
     kinds = [(row_kind(r), r) for r in records]
     return TriageSummary(
         n_series=n_series,
-        n_findings=sum(1 for k, _ in kinds if k == "scored"),
-        n_flagged=sum(1 for k, r in kinds if k == "scored" and r.get("flagged")),
-        n_not_applicable=sum(1 for k, _ in kinds if k == "not_applicable"),
-        n_errors=sum(1 for k, _ in kinds if k == "error"),
+        n_findings=sum(1 for k, _ in kinds if k == RowKind.SCORED),
+        n_flagged=sum(1 for k, r in kinds if k == RowKind.SCORED and r.get("flagged")),
+        n_not_applicable=sum(1 for k, _ in kinds if k == RowKind.NOT_APPLICABLE),
+        n_errors=sum(1 for k, _ in kinds if k == RowKind.ERROR),
         n_resumed=n_resumed,
         worklist_csv=csv_path,
         worklist_json=json_path,

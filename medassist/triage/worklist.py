@@ -38,10 +38,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from medassist.atomic import write_atomic
-from medassist.datamodel import WORKLIST_COLUMNS, IngestProblem, Series, WorklistRow
+from medassist.datamodel import (NOT_APPLICABLE, WORKLIST_COLUMNS, IngestProblem, RowKind, Series, WorklistRow,
+                                 kind_of_row)
 from medassist.sanitize import csv_unsafe, csv_writer
 
-NOT_APPLICABLE = "not applicable"
 CSV_NAME = "worklist.csv"
 JSON_NAME = "worklist.json"
 QUARANTINE_NAME = "quarantine.csv"
@@ -65,22 +65,19 @@ def not_applicable_record(series: Series, reason: str) -> Record:
     return WorklistRow.for_series(series, finding=NOT_APPLICABLE, error=reason).as_record()
 
 
-def row_kind(record: Record) -> str:
-    """``"scored"``, ``"not_applicable"`` or ``"error"``."""
-    if record.get("finding") == NOT_APPLICABLE:
-        return "not_applicable"
-    if record.get("error") or record.get("score") is None:
-        return "error"
-    return "scored"
+def row_kind(record: Record) -> RowKind:
+    """The kind of a row being written (``datamodel.kind_of_row``, the rule readers use too)."""
+    return kind_of_row(finding=record.get("finding"), model=record.get("model"), score=record.get("score"),
+                       error=record.get("error"))
 
 
-_KIND_RANK = {"scored": 0, "not_applicable": 1, "error": 2}
+_KIND_RANK = {RowKind.SCORED: 0, RowKind.NOT_APPLICABLE: 1, RowKind.ERROR: 2}
 
 
 def priority_key(record: Record) -> tuple:
     """Sort key: scored (flagged first, highest score first), then not applicable, then errors."""
     kind = row_kind(record)
-    scored = kind == "scored"
+    scored = kind == RowKind.SCORED
     return (
         _KIND_RANK[kind],
         not (scored and bool(record.get("flagged"))),
@@ -136,7 +133,7 @@ def quarantine_entry(record: Record) -> tuple[str, str]:
 
 def quarantine_entries(records: Iterable[Record]) -> list[tuple[str, str]]:
     """The quarantine list: one (path, reason) per distinct error, sorted by path."""
-    entries = {quarantine_entry(r) for r in records if row_kind(r) == "error"}
+    entries = {quarantine_entry(r) for r in records if row_kind(r) == RowKind.ERROR}
     return sorted(entries)
 
 

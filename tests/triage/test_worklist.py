@@ -53,6 +53,27 @@ def test_order_scored_flagged_first_then_not_applicable_then_errors():
     assert [row_kind(r) for r in sort_records(rows)][-3:] == ["not_applicable", "error", "error"]
 
 
+def test_a_row_has_the_same_kind_when_written_and_when_read_back():
+    from medassist.datamodel import RowKind, WorklistRow
+
+    cases = {
+        RowKind.SCORED: scored("s", 0.7, 0.5),
+        RowKind.NOT_APPLICABLE: record(source_path="na", finding=NOT_APPLICABLE,
+                                       error="no shipped model applies to US / HAND"),
+        RowKind.ERROR: record(source_path="decode", model="m", finding="fracture", error="bad pixels"),
+    }
+    for kind, rec in cases.items():
+        rec = dict(rec, study_uid="1.2", series_uid="1.2.3")
+        assert row_kind(rec) == kind and WorklistRow.from_record(rec).kind == kind
+    # a worklist written before the finding said so: no model named, the error says none applies
+    legacy = dict(record(source_path="old", error="no model applies to CT"), study_uid="1", series_uid="1.1")
+    assert row_kind(legacy) == RowKind.NOT_APPLICABLE == WorklistRow.from_record(legacy).kind
+    # an error that merely mentions a model is an error
+    broken = dict(record(source_path="x", model="m", error="model m: no pixel data applies"), study_uid="1",
+                  series_uid="1.2")
+    assert row_kind(broken) == RowKind.ERROR == WorklistRow.from_record(broken).kind
+
+
 def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back_as_they_were(tmp_path):
     """OWASP CSV injection: text from DICOM headers and file names lands in worklist.csv and quarantine.csv."""
     from medassist.datamodel import read_worklist
