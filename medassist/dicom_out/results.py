@@ -48,20 +48,17 @@ class SourceIndex:
     """Finds a worklist row's source series again (cached per source path) via the ingest stage."""
 
     def __init__(self) -> None:
-        self._series: dict[str, list[Series]] = {}
+        self._series: dict[tuple[str, str], Series] = {}
         self._headers: dict[str, list[Dataset]] = {}
 
     def series(self, row: WorklistRow) -> Series:
-        """The Series a row came from; MedassistError if it is gone or no longer matches."""
-        from medassist.ingest import discover_series
+        """The Series a row came from (``ingest.find_series``); MedassistError if it is gone."""
+        from medassist.ingest import find_series
 
-        if row.source_path not in self._series:
-            found, _ = discover_series([row.source_path])
-            self._series[row.source_path] = found
-        for s in self._series[row.source_path]:
-            if s.series_uid == row.series_uid:
-                return s
-        raise MedassistError(f"{row.source_path}: the worklist's series is no longer there (moved or deleted?)")
+        key = (row.source_path, row.series_uid)
+        if key not in self._series:
+            self._series[key] = find_series(row.source_path, row.series_uid)
+        return self._series[key]
 
     def headers(self, row: WorklistRow) -> list[Dataset]:
         """The series' instances (headers only), in the ingest stage's slice order."""

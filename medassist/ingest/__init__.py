@@ -13,7 +13,7 @@ Map of the package:
 * ``images``    - plain JPEG/PNG as grayscale uint8 for training code.
 """
 
-from medassist.ingest.discover import Discovery, discover_files, discover_series, read_series_file
+from medassist.ingest.discover import Discovery, discover_files, discover_series, find_series, read_series_file
 from medassist.ingest.images import load_jpeg_grayscale
 
-__all__ = ["Discovery", "discover_files", "discover_series", "read_series_file", "load_jpeg_grayscale"]
+__all__ = ["Discovery", "discover_files", "discover_series", "find_series", "read_series_file", "load_jpeg_grayscale"]

@@ -144,6 +144,18 @@ def read_series_file(path: str | Path, *, modality_override: str | None = None) 
     return found[0]
 
 
+def find_series(source_path: str | Path, series_uid: str = "", *, modality_override: str | None = None) -> Series:
+    """The way back from a worklist row to its series: the series ``series_uid`` among those at
+    ``source_path`` (the only one there when no UID is given); MedassistError when it is gone."""
+    found, _ = discover_series([source_path], modality_override=modality_override)
+    match = [s for s in found if s.series_uid == series_uid] if series_uid else []
+    if not match and not series_uid and len(found) == 1:
+        match = found
+    if not match:
+        raise MedassistError(f"{source_path}: series {series_uid or '?'} is not there (moved or deleted?)")
+    return match[0]
+
+
 def iter_input_files(inputs: Sequence[str | Path], problems: list[IngestProblem],
                      skipped: list[Skipped] | None = None) -> Iterator[InputFile]:
     """Every file under the inputs, once each, DICOMDIR records expanded; problems appended, and

@@ -312,34 +312,9 @@ class SeriesView:
 
 def _decode(source_path: str, series_uid: str) -> Image:
     """Decode a series through ``medassist.ingest`` (the one place that reads pixels)."""
-    try:
-        from medassist.ingest import discover_series  # noqa: PLC0415 - ingest may be finishing
-    except ImportError:
-        return _decode_fallback(source_path)
-    found = discover_series(source_path)
-    if isinstance(found, tuple) and len(found) == 2 and isinstance(found[0], (list, tuple)):
-        found = found[0]  # (series, problems)
-    series = list(found)
-    match = [s for s in series if s.series_uid == series_uid] if series_uid else []
-    if not match and len(series) == 1:
-        match = series
-    if not match:
-        raise MedassistError(f"{source_path}: series {series_uid or '?'} not found there")
-    return match[0].load()
+    from medassist.ingest import find_series  # noqa: PLC0415 - heavy; only when a series is opened
 
-
-def _decode_fallback(source_path: str) -> Image:
-    """Until ``medassist.ingest.discover_series`` lands: decode the file(s) with ingest.pixels."""
-    from medassist.ingest.pixels import DisplayParams, decode_file, to_display  # noqa: PLC0415
-
-    path = Path(source_path)
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
-    if not files:
-        raise MedassistError(f"{source_path}: no such file or folder")
-    decoded = [decode_file(str(p)) for p in files]
-    pixels = np.concatenate([d.values for d in decoded], axis=0).astype(np.float32, copy=False)
-    params: DisplayParams = decoded[0].display
-    return Image(pixels=pixels, display=to_display(pixels, params), window=params.window, photometric=params.photometric)
+    return find_series(source_path, series_uid).load()
 
 
 @functools.lru_cache(maxsize=4)

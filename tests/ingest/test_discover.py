@@ -346,3 +346,16 @@ def test_every_walked_file_is_in_exactly_one_of_series_problems_and_skipped(dico
     assert kinds["DICOMDIR"] == "dicomdir"
     duplicates = [p for p in found.problems if p.kind == "duplicate"]
     assert duplicates and all(p.series_uid for p in duplicates)
+
+
+def test_find_series_goes_back_from_a_row_to_its_series_or_says_it_is_gone(tmp_path):
+    from medassist.ingest import find_series
+
+    source = Path(__file__).resolve().parents[2] / "samples" / "export" / "PAT01" / "STUDY1" / "SER1"
+    [series], _ = discover_series([source])
+    assert find_series(source, series.series_uid).series_uid == series.series_uid
+    assert find_series(source).series_uid == series.series_uid  # no UID given: the only one there
+    with pytest.raises(MedassistError, match="is not there"):
+        find_series(source, "1.2.3.4.5")  # another series' UID is never answered with this one
+    with pytest.raises(MedassistError, match="is not there"):
+        find_series(tmp_path / "moved-away")
