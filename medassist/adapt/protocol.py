@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medassist.errors import MedassistError
+from medassist.yamlfile import read_yaml
 
 REPO_PROTOCOL = Path(__file__).resolve().parents[2] / "configs" / "adapt_protocol.yaml"
 MAY_CHANGE_KEYS = ("threshold", "recalibration", "weights")
@@ -67,12 +66,7 @@ def load_protocol(path: str | Path | None = None) -> tuple[Protocol, str]:
             return Protocol(), "built-in defaults (no configs/adapt_protocol.yaml beside this medassist)"
         path = REPO_PROTOCOL
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MedassistError(f"{path}: cannot read the adaptation protocol: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise MedassistError(f"{path}: not a readable YAML file: {exc}") from exc
+    raw = read_yaml(path, "adaptation protocol")
     return parse_protocol(raw or {}, where=str(path)), str(path)
 
 

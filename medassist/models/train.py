@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.nn import functional as F
 
@@ -28,6 +27,7 @@ from medassist.models.heads import SCORE_HEADS, HeadProbabilities
 from medassist.models.networks import build_network
 from medassist.models.spec import InputKind, ModelSpec, PreprocessSpec
 from medassist.preprocess.transforms import equalize_nonzero
+from medassist.yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def load_config(path: str | Path) -> dict:
     """Read a training config; relative data/output paths are resolved from the repository root."""
-    return yaml.safe_load(Path(path).read_text())
+    return read_yaml(path, "training config")
 
 
 def resolve(path: str) -> Path:

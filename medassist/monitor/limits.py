@@ -12,9 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from medassist.errors import MedassistError
+from medassist.yamlfile import read_yaml
 
 REPO_LIMITS = Path(__file__).resolve().parents[2] / "configs" / "monitor.yaml"
 
@@ -51,12 +50,7 @@ def load_limits(path: str | Path | None = None) -> tuple[Limits, str]:
             return Limits(), "built-in defaults (no configs/monitor.yaml beside this medassist)"
         path = REPO_LIMITS
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MedassistError(f"{path}: cannot read the monitor limits: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise MedassistError(f"{path}: not a readable YAML file: {exc}") from exc
+    raw = read_yaml(path, "monitor limits")
     return parse_limits(raw or {}, where=str(path)), str(path)
 
 
