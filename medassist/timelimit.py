@@ -25,8 +25,18 @@ class DecodeTimeout(BaseException):
         self.outer = outer
 
 
+class Limit:
+    """What ``time_limit`` yields: ``fired`` turns True when its alarm went off, so code that had to
+    catch everything (a library that wraps any error, the DecodeTimeout too, in its own) can still
+    tell that the time ran out."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self.outer = False  # the alarm was the enclosing limit's
+
+
 @contextlib.contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
+def time_limit(seconds: float | None) -> Iterator[Limit]:
     """Raise DecodeTimeout in the block after ``seconds`` of wall-clock time (SIGALRM).
 
     Only where a signal can do it: on Unix, in the main thread of a process (DataLoader workers
@@ -40,23 +50,33 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         and hasattr(signal, "setitimer")
         and threading.current_thread() is threading.main_thread()
     )
+    limit = Limit()
     if not usable:
-        yield
+        yield limit
         return
     outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
     outer_first = bool(outer_left) and outer_left <= float(seconds)  # type: ignore[arg-type]
 
     def on_alarm(signum: int, frame: object) -> None:
+        limit.fired, limit.outer = True, outer_first
         raise DecodeTimeout(outer=outer_first)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     started = time.monotonic()
     signal.setitimer(signal.ITIMER_REAL, outer_left if outer_first else float(seconds))  # type: ignore[arg-type]
     try:
-        yield
+        yield limit
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         left = outer_left - (time.monotonic() - started)
         if outer_left and left > 0:  # the enclosing limit goes on
             signal.setitimer(signal.ITIMER_REAL, left)
+
+
+def timeout_if_fired(exc: BaseException, limit: Limit | None) -> BaseException:
+    """``exc`` as caught, or a DecodeTimeout when the limit's alarm went off and a library wrapped
+    the timeout in an error of its own (pydicom turns any exception while reading into an OSError)."""
+    if limit is not None and limit.fired and not isinstance(exc, DecodeTimeout):
+        return DecodeTimeout(outer=limit.outer)
+    return exc

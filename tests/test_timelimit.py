@@ -39,3 +39,24 @@ def test_an_inner_limit_gets_no_more_than_the_outer_time_left_and_says_so():
     with time_limit(0.05):  # nothing left armed: a fresh limit, then none
         pass
     _busy(0.2)
+
+
+def test_a_timeout_a_library_wrapped_in_its_own_error_is_still_known_as_a_timeout():
+    import time
+
+    from medassist.timelimit import DecodeTimeout, time_limit, timeout_if_fired
+
+    limit = None
+    try:
+        with time_limit(0.05) as limit:
+            try:
+                while True:  # a library that catches everything, as pydicom's reader does
+                    time.sleep(0.01)
+            except BaseException as inner:
+                raise OSError("No tag to read at file position 1234") from inner
+    except OSError as caught:
+        assert isinstance(timeout_if_fired(caught, limit), DecodeTimeout)
+    other = OSError("a real read error")
+    with time_limit(5) as quiet:
+        pass
+    assert timeout_if_fired(other, quiet) is other  # no alarm: the error is what it says

@@ -26,7 +26,7 @@ from medassist.ingest.dicom import DicomHeader, Skipped, first_line, quiet_pydic
 from medassist.ingest.nifti import is_nifti_path, read_nifti_series
 from medassist.ingest.research_volume import is_research_volume_path, read_research_volume_series
 from medassist.ingest.series import group_into_series
-from medassist.timelimit import DecodeTimeout, time_limit
+from medassist.timelimit import DecodeTimeout, time_limit, timeout_if_fired
 
 logger = logging.getLogger(__name__)
 
@@ -113,18 +113,27 @@ def read_input_file(item: InputFile, modality_override: str | None = None
                     ) -> Series | DicomHeader | Skipped | IngestProblem:
     """What one file is: a volume file's series, a DICOM header, skipped or a problem. An unexpected
     exception (a bug, or a reader's failure on input nobody foresaw) is that file's problem."""
+    timed_out = IngestProblem(item.path, f"reading the header took longer than {HEADER_TIMEOUT_S:g} s")
+    limit = None
     try:
-        with time_limit(HEADER_TIMEOUT_S):
+        with time_limit(HEADER_TIMEOUT_S) as limit:
             reader = volume_reader(item.path)
             if reader is not None:
-                return reader(item.path, modality_override=modality_override)
-            return read_dicom_header(item.path, explicit=item.explicit)
-    except DecodeTimeout as exc:
+                result = reader(item.path, modality_override=modality_override)
+            else:
+                result = read_dicom_header(item.path, explicit=item.explicit)
+        if limit.fired and limit.outer:  # the caller's time ran out, and the reader swallowed it
+            raise DecodeTimeout(outer=True)
+        if limit.fired and isinstance(result, IngestProblem):
+            return timed_out  # the reader caught the timeout inside pydicom and called the file unreadable
+        return result
+    except (Exception, DecodeTimeout) as caught:  # one file must never stop the run
+        exc = timeout_if_fired(caught, limit)  # pydicom may have wrapped the timeout in an OSError
+        if not isinstance(exc, DecodeTimeout):
+            return IngestProblem(item.path, unexpected_failure("read the file's header", exc))
         if exc.outer:  # the caller's time limit, not this header's
-            raise
-        return IngestProblem(item.path, f"reading the header took longer than {HEADER_TIMEOUT_S:g} s")
-    except Exception as exc:  # one file must never stop the run
-        return IngestProblem(item.path, unexpected_failure("read the file's header", exc))
+            raise exc from None
+        return timed_out
 
 
 def unexpected_failure(action: str, exc: BaseException) -> str:

@@ -29,7 +29,7 @@ from medassist.errors import MedassistError
 from medassist.models.spec import InputKind
 from medassist.models.spec import ModelSpec
 from medassist.preprocess.transforms import prepare_2d
-from medassist.timelimit import DecodeTimeout, time_limit  # noqa: F401  (time_limit: re-exported)
+from medassist.timelimit import DecodeTimeout, time_limit, timeout_if_fired  # noqa: F401  (time_limit: re-exported)
 
 if TYPE_CHECKING:
     from medassist.models.tumor import PreparedVolume
@@ -149,11 +149,13 @@ class JobDataset(Dataset):
 
     def __getitem__(self, index: int) -> Prepared:
         job = self.jobs[index]
+        limit = None
         try:
-            with time_limit(self.series_timeout):
+            with time_limit(self.series_timeout) as limit:
                 image = job.series.load()
                 inputs, slices = self.kind.prepare(image, job.spec)
         except (Exception, DecodeTimeout) as exc:  # one undecodable series must not stop the run
+            exc = timeout_if_fired(exc, limit)
             message = failure_message(job.series.source_path, exc, self.series_timeout, "prepare image")
             return Prepared(index, None, error=message)
         return Prepared(index, inputs.float(), slices)
@@ -201,9 +203,11 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, index: int) -> DecodedVolume:
         job = self.jobs[index]
+        limit = None
         try:
-            with time_limit(self.series_timeout):
+            with time_limit(self.series_timeout) as limit:
                 return DecodedVolume.of(index, job.series.load(), job.spec)
         except (Exception, DecodeTimeout) as exc:  # one undecodable volume must not stop the run
+            exc = timeout_if_fired(exc, limit)
             message = failure_message(job.series.source_path, exc, self.series_timeout, VOLUME_FAILURE)
             return DecodedVolume(index, error=message)

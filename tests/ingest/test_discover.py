@@ -311,7 +311,6 @@ def test_an_unexpected_exception_grouping_one_series_is_a_problem_of_each_of_its
 def test_a_header_that_takes_too_long_to_read_is_refused_and_the_walk_goes_on(tmp_path, write_dicom, monkeypatch):
     # An undefined-length sequence of 200,000 items: pydicom builds each one as it reads the header.
     import struct
-    import time
 
     from medassist.ingest import discover as discover_module
     from medassist.ingest.fuzz import FuzzSource, read_base, replace_elements
@@ -325,10 +324,8 @@ def test_a_header_that_takes_too_long_to_read_is_refused_and_the_walk_goes_on(tm
     path.write_bytes(replace_elements(base.data, base, {}, raw={"ReferencedImageSequence": element}))
     monkeypatch.setattr(discover_module, "HEADER_TIMEOUT_S", 0.5)
 
-    started = time.monotonic()
     series, problems = discover_series([tmp_path])
 
-    assert time.monotonic() - started < 10
     assert [(p.path, p.reason) for p in problems] == [(str(path), "reading the header took longer than 0.5 s")]
     assert [s.paths for s in series] == [(str(good),)]
 
