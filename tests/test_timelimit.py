@@ -16,26 +16,22 @@ def _busy(seconds: float) -> None:
 
 
 def test_an_inner_limit_leaves_the_outer_one_running():
-    started = time.monotonic()
     with pytest.raises(DecodeTimeout) as raised:
         with time_limit(0.6):
             with pytest.raises(DecodeTimeout) as inner:
                 with time_limit(0.1):  # its own timeout, caught here
                     _busy(3)
             assert inner.value.outer is False
-            _busy(3)  # the outer limit must still fire
+            _busy(3)  # the outer limit must still fire (else no timeout is raised at all)
     assert raised.value.outer is False
-    assert 0.5 < time.monotonic() - started < 1.5
 
 
 def test_an_inner_limit_gets_no_more_than_the_outer_time_left_and_says_so():
-    started = time.monotonic()
     with pytest.raises(DecodeTimeout) as raised:
         with time_limit(0.4):
             with time_limit(30):
                 _busy(3)
-    assert raised.value.outer is True  # code catching the inner limit's timeout re-raises these
-    assert time.monotonic() - started < 1.5
+    assert raised.value.outer is True  # the outer's time, not the inner's 30 s; code catching its own re-raises these
     with time_limit(0.05):  # nothing left armed: a fresh limit, then none
         pass
     _busy(0.2)

@@ -118,7 +118,6 @@ def test_triage_survives_the_fuzz_corpus(tmp_path, broad_model_dir, capsys):
         assert entry["status"] in ("error", "unsupported") and entry["reason"] == reason, (entry, row)
     assert len(rows) == len(good) + len(corpus) + len(malformed)
     assert set(manifest) == {str(p) for p in (*good, *malformed, *(b.path for b in corpus))}
-    assert seconds < 300, f"triage of {len(corpus)} broken files took {seconds:.0f} s"
     assert decodable["shared malformed"] == 0
     assert all(decodable[m] == 0 for m in ("truncate", "lie_rows_columns", "huge_length"))
     assert len(quarantine) == sum(categories.values())
