@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
     for b in table.bins:
         print(f"{b.lower:.3f}-{b.upper:.3f}: {b.n_positive}/{b.n}")
-    print(f"wrote validation.confidence into {path} ({len(table.bins)} bins, {len(labels)} {unit}s); "
+    print(f"wrote validation.confidence into {path} ({len(table.bins)} bins, {len(labels)} cases); "
           "now run scripts/pin_models.py")
     return 0
 

@@ -43,7 +43,8 @@ class FindingConfidence:
     def describe(self, finding: str) -> str:
         """One sentence for a reader."""
         b = self.bin
-        return (f"{b.n_positive} of {b.n} {self.unit}s of {self.source} scoring {b.lower:.2f}-{b.upper:.2f} had "
+        units = "studies" if self.unit == "study" else f"{self.unit}s"
+        return (f"{b.n_positive} of {b.n} {units} of {self.source} scoring {b.lower:.2f}-{b.upper:.2f} had "
                 f"{finding.replace('_', ' ')} ({self.rate:.0%}, 95% CI {self.ci[0]:.0%}-{self.ci[1]:.0%}; "
                 f"{self.prevalence:.0%} of that set had it)")
 

@@ -10,6 +10,6 @@ once and commit this file with the new weights (tests/models/test_integrity.py f
 RELEASED: dict[str, tuple[str, str, str]] = {
     "fracture_xray": ("1.1.0", "10236667474acadc3fce2b2bdd0e2faba2d167254106e950fa50ab193d849be5",
         "d121e3115de7e289532b2b2a9d64daa998052f963d8358cb197cf2c439269063"),
-    "tumor_mri": ("2.0.0", "23359536dd38ae80aeb243a368ee6de7d3ec6e0c870564b46167d4da022cd1be",
-        "32b7579d7ab9750e4ac4b39e7c273bb62a63ae926b035700832d5aa04a835487"),
+    "tumor_mri": ("2.1.0", "c1b6d3495b59f6684c6e496dd9eb2b12f163d01c93ab1d1065790c149ab7b507",
+        "5be93d75aa488b5e6386591665147c04f3f80a96f32e0d3c2f82174dcc45701e"),
 }
