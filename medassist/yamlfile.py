@@ -1,7 +1,9 @@
-"""Reading the project's YAML files (training configs, monitor limits, the adaptation protocol)."""
+"""Reading the project's YAML files (training configs, monitor limits, the adaptation protocol) and
+checking their numbers."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,3 +22,29 @@ def read_yaml(path: str | Path, what: str) -> Any:
         raise MedassistError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
         raise MedassistError(f"{path}: not a readable YAML file: {exc}") from exc
+
+
+def checked_number(name: str, value: Any, where: str, *, whole_from: int | None = None, open_unit: bool = False,
+                   closed: tuple[float, float] | None = None, minimum: float | None = None) -> int | float:
+    """A config value that must be a number (never a bool), with the error naming ``where`` and the key.
+
+    ``whole_from``: a whole number of at least this (returned as int). Otherwise a finite float, and
+    ``open_unit``: strictly between 0 and 1; ``closed``: inside ``lo..hi``; ``minimum``: not below it.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MedassistError(f"{where}: {name} must be a number, got {value!r}")
+    if whole_from is not None:
+        if not float(value).is_integer() or value < whole_from:
+            raise MedassistError(f"{where}: {name} must be a whole number >= {whole_from}, got {value!r}")
+        return int(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise MedassistError(f"{where}: {name} must be finite, got {value!r}")
+    if open_unit and not 0 < number < 1:
+        raise MedassistError(f"{where}: {name} must lie between 0 and 1, got {value!r}")
+    if closed is not None and not closed[0] <= number <= closed[1]:
+        raise MedassistError(f"{where}: {name} must lie in {closed[0]:g}..{closed[1]:g}, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise MedassistError(f"{where}: {name} must not be negative, got {value!r}" if minimum == 0 else
+                             f"{where}: {name} must be at least {minimum:g}, got {value!r}")
+    return number

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from medassist.errors import MedassistError
-from medassist.yamlfile import read_yaml
+from medassist.yamlfile import checked_number, read_yaml
 
 REPO_PROTOCOL = Path(__file__).resolve().parents[2] / "configs" / "adapt_protocol.yaml"
 MAY_CHANGE_KEYS = ("threshold", "recalibration", "weights")
@@ -110,17 +109,5 @@ def parse_protocol(raw: Any, *, where: str = "adaptation protocol") -> Protocol:
 def _checked(name: str, value: Any, where: str) -> Any:
     if name.startswith("change_"):
         return value  # checked above
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MedassistError(f"{where}: {name} must be a number, got {value!r}")
-    if name in _COUNTS:
-        if not float(value).is_integer() or value < 1:
-            raise MedassistError(f"{where}: {name} must be a whole number >= 1, got {value!r}")
-        return int(value)
-    number = float(value)
-    if not math.isfinite(number):
-        raise MedassistError(f"{where}: {name} must be finite, got {value!r}")
-    if name in _OPEN_UNIT and not 0 < number < 1:
-        raise MedassistError(f"{where}: {name} must lie between 0 and 1, got {value!r}")
-    if name in _MARGINS and not 0 <= number <= 1:
-        raise MedassistError(f"{where}: {name} must lie in 0..1, got {value!r}")
-    return number
+    return checked_number(name, value, where, whole_from=1 if name in _COUNTS else None,
+                          open_unit=name in _OPEN_UNIT, closed=(0.0, 1.0) if name in _MARGINS else None)

@@ -7,13 +7,12 @@ MedassistError naming the file and the field.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from medassist.errors import MedassistError
-from medassist.yamlfile import read_yaml
+from medassist.yamlfile import checked_number, read_yaml
 
 REPO_LIMITS = Path(__file__).resolve().parents[2] / "configs" / "monitor.yaml"
 
@@ -72,19 +71,6 @@ def parse_limits(raw: Any, *, where: str = "monitor limits") -> Limits:
 def _checked(name: str, value: Any, where: str) -> Any:
     if value is None and name in _OPTIONAL:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MedassistError(f"{where}: {name} must be a number, got {value!r}")
-    if name in _COUNTS:
-        if not float(value).is_integer() or value < _COUNTS[name]:
-            raise MedassistError(f"{where}: {name} must be a whole number >= {_COUNTS[name]}, got {value!r}")
-        return int(value)
-    number = float(value)
-    if not math.isfinite(number):
-        raise MedassistError(f"{where}: {name} must be finite, got {value!r}")
-    if name in _OPEN_UNIT and not 0 < number < 1:
-        raise MedassistError(f"{where}: {name} must lie between 0 and 1, got {value!r}")
-    if name == "kappa_floor" and not -1 <= number <= 1:
-        raise MedassistError(f"{where}: kappa_floor must lie in -1..1, got {value!r}")
-    if name.startswith("psi_") and number < 0:
-        raise MedassistError(f"{where}: {name} must not be negative, got {value!r}")
-    return number
+    return checked_number(name, value, where, whole_from=_COUNTS.get(name), open_unit=name in _OPEN_UNIT,
+                          closed=(-1.0, 1.0) if name == "kappa_floor" else None,
+                          minimum=0.0 if name.startswith("psi_") else None)
