@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from medassist.atomic import write_atomic
 from medassist.datamodel import WORKLIST_COLUMNS, IngestProblem
 from medassist.errors import MedassistError
 from medassist.triage import triage_series
@@ -19,7 +18,6 @@ from medassist.triage.worklist import (
     NOT_APPLICABLE,
     QUARANTINE_NAME,
     remove_stale_temporaries,
-    render_csv,
     row_kind,
     sort_records,
     write_worklist,
@@ -117,7 +115,8 @@ def test_csv_has_exact_columns_and_true_false(tmp_path):
     assert loaded[2]["score"] is None
 
 
-def test_atomic_write_keeps_the_old_file_when_replace_fails(tmp_path, monkeypatch):
+def test_a_worklist_write_that_fails_keeps_the_old_worklist(tmp_path, monkeypatch):
+    # the writer itself is medassist.atomic (tests/test_atomic.py); here: the worklist goes through it
     target = tmp_path / "worklist.csv"
     target.write_text("old\n")
 
@@ -126,7 +125,7 @@ def test_atomic_write_keeps_the_old_file_when_replace_fails(tmp_path, monkeypatc
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError):
-        write_atomic(target, render_csv([scored("a", 0.7, 0.5)]), private=True)
+        write_worklist(tmp_path, [scored("a", 0.7, 0.5)])
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["worklist.csv"], "no temporary left behind"
 
