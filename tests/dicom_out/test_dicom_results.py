@@ -12,7 +12,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
 from medassist.datamodel import WorklistRow, read_worklist
 from medassist.dicom_out.results import SourceIndex, write_dicom_results
@@ -214,45 +213,12 @@ def test_saliency_of_the_wrong_shape_is_a_problem_not_a_crash(triaged, tmp_path)
     assert "does not match the source grid" in report.problems[0].reason
 
 
-def _ct_series(folder: Path, n: int = 3) -> list[Path]:
-    """A tiny synthetic CT series (n slices with a frame of reference and positions)."""
-    from pydicom.dataset import FileMetaDataset
-
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    paths = []
-    for i in range(n):
-        ds = pydicom.Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-        ds.SOPClassUID = pydicom.uid.CTImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.PatientID, ds.PatientName, ds.Modality, ds.BodyPartExamined = "CT-TEST", "TEST^CT", "CT", "CHEST"
-        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240101", "120000", "A1", "1"
-        ds.ReferringPhysicianName, ds.PatientBirthDate, ds.PatientSex = "", "", "O"
-        ds.SeriesNumber, ds.InstanceNumber = 1, i + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(i * 2)]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 2.0
-        ds.Rows = ds.Columns = 16
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = (np.arange(256, dtype=np.int16).reshape(16, 16) * (i + 1)).tobytes()
-        path = folder / f"ct{i}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def test_multi_slice_series_gives_multiframe_seg_and_one_capture_per_listed_slice(tmp_path):
+def test_multi_slice_series_gives_multiframe_seg_and_one_capture_per_listed_slice(tmp_path, write_axial_series):
     from medassist.ingest import discover_series
 
     src = tmp_path / "ct"
     src.mkdir()
-    _ct_series(src)
+    write_axial_series(src, modality="CT", n=3, size=16, slice_mm=2.0, pixel_mm=0.5)
     [series], _ = discover_series([src])
     saliency = np.zeros((3, 16, 16), np.float32)
     saliency[2, 4:8, 4:8] = 3.0
@@ -272,12 +238,12 @@ def test_multi_slice_series_gives_multiframe_seg_and_one_capture_per_listed_slic
     assert len(write_dicom_results(tmp_path, tmp_path / "out2", rows=[row]).sc) == 2
 
 
-def test_a_volume_map_of_its_flagged_slices_only_gives_capture_and_seg_on_the_full_series(tmp_path):
+def test_a_volume_map_of_its_flagged_slices_only_gives_capture_and_seg_on_the_full_series(tmp_path, write_axial_series):
     from medassist.ingest import discover_series
 
     src = tmp_path / "ct"
     src.mkdir()
-    _ct_series(src, n=5)
+    write_axial_series(src, modality="CT", n=5, size=16, slice_mm=2.0, pixel_mm=0.5)
     [series], _ = discover_series([src])
     maps = np.zeros((2, 16, 16), np.float32)  # as triage writes a volume: one plane per flagged slice (1, 3)
     maps[0, 2:4, 2:4], maps[1, 9:12, 9:12] = 1.0, 2.0

@@ -14,7 +14,6 @@ import numpy as np
 import pydicom
 import pytest
 from matplotlib.path import Path as PolygonPath
-from pydicom.uid import generate_uid
 
 from medassist.datamodel import WorklistRow
 from medassist.dicom_out.location import FindingLocation, finding_location, plane_locations
@@ -169,41 +168,13 @@ def test_no_usable_map_means_no_region_and_the_report_is_still_made(tmp_path, ca
     assert len(sr.content.get_image_measurement_groups()) == 1
 
 
-def _mr_series(folder: Path, n: int = 5, size: int = 24) -> None:
-    """A tiny synthetic MR series (n axial slices with a frame of reference and positions), written
-    in reverse instance order so the slice order comes from the positions, not the file names."""
-    from pydicom.dataset import FileMetaDataset
-
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    for i in range(n):
-        ds = pydicom.Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-        ds.SOPClassUID = pydicom.uid.MRImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.PatientID, ds.PatientName, ds.Modality, ds.BodyPartExamined = "MR-TEST", "TEST^MR", "MR", "BRAIN"
-        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240101", "120000", "A2", "1"
-        ds.ReferringPhysicianName, ds.PatientBirthDate, ds.PatientSex = "", "", "O"
-        ds.SeriesNumber, ds.InstanceNumber = 1, i + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(i * 5)]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 5.0
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = (np.arange(size * size, dtype=np.uint16).reshape(size, size) + i).tobytes()
-        ds.save_as(folder / f"mr{n - i:02d}.dcm", enforce_file_format=True)
-
-
-def test_mr_volume_sr_references_each_flagged_slice_with_its_peak(tmp_path):
+def test_mr_volume_sr_references_each_flagged_slice_with_its_peak(tmp_path, write_axial_series):
     from medassist.ingest import discover_series
 
     src = tmp_path / "mr"
     src.mkdir()
-    _mr_series(src)
+    # written in reverse instance order: the slice order must come from the positions
+    write_axial_series(src, modality="MR", n=5, size=24, slice_mm=5.0, pixel_mm=1.0, reverse_names=True)
     [series], _ = discover_series([src])
     # As triage writes a volume's map: one plane per flagged slice (1, 3, 4), ascending; slice 4's is empty.
     peaks = {1: (5, 17), 3: (12, 3)}
