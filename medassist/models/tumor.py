@@ -391,12 +391,6 @@ def mirror_negatives(images_u8: np.ndarray, masks_u8: np.ndarray, indices: np.nd
 # --- augmentation -------------------------------------------------------------------------------------
 
 
-def _disk(radius: int) -> np.ndarray:
-    """A filled disk of ``radius`` pixels (a round structuring element)."""
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return yy**2 + xx**2 <= radius**2
-
-
 def brain_region(slice01: np.ndarray, tumour: np.ndarray, *, erode_px: int = 6,
                  min_share: float = 0.25, max_share: float = 0.85) -> np.ndarray | None:
     """The brain in one head slice (0..1, background 0), as a skull-stripping tool would keep it.
@@ -413,16 +407,17 @@ def brain_region(slice01: np.ndarray, tumour: np.ndarray, *, erode_px: int = 6,
         return None
     values = slice01[head]
     tissue = slice01 > max(0.5 * vol.otsu_threshold(values), 0.35 * float(np.median(values)))
-    core = ndimage.binary_erosion(tissue, structure=_disk(erode_px))
+    disk = _ellipsoid(np.array([erode_px, erode_px]))  # a round structuring element
+    core = ndimage.binary_erosion(tissue, structure=disk)
     labels, n = ndimage.label(core)
     if n == 0:
         return None
     areas = ndimage.sum_labels(core, labels, index=np.arange(1, n + 1))
     brain = labels == (int(np.argmax(areas)) + 1)
-    brain = ndimage.binary_dilation(brain, structure=_disk(erode_px)) & head
+    brain = ndimage.binary_dilation(brain, structure=disk) & head
     brain = ndimage.binary_fill_holes(brain)
     if tumour.any():
-        brain |= ndimage.binary_dilation(tumour, structure=_disk(3))
+        brain |= ndimage.binary_dilation(tumour, structure=_ellipsoid(np.array([3, 3])))
     share = brain.sum() / head_area
     return brain if min_share <= share <= max_share else None
 
