@@ -37,15 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     if report.get("version") != spec["version"]:
         print(f"error: {args.volumes} is for version {report.get('version')}, not {spec['version']}", file=sys.stderr)
         return 2
-    scores = sorted((v["score"] for v in report["sources"][args.positive]["volumes"] if not v.get("error")),
-                    reverse=True)
-    needed = max(1, math.ceil(args.sensitivity * len(scores) - 1e-9))
-    threshold = math.floor(scores[needed - 1] * 1e4) / 1e4  # 4 decimals, rounded down: no positive lost
-    flagged = {}
-    for name in negatives:
-        volumes = [v for v in report["sources"][name]["volumes"] if not v.get("error")]
-        flagged[name] = sum(v["score"] >= threshold for v in volumes) / max(1, len(volumes))
-    print(f"threshold {threshold} flags {needed}/{len(scores)} of {args.positive}; negatives flagged {flagged}")
+    import numpy as np
+
+    from medassist.audit.metrics import threshold_for_sensitivity
+
+    def scores_of(name: str) -> list[float]:
+        return [v["score"] for v in report["sources"][name]["volumes"] if not v.get("error")]
+
+    positive = scores_of(args.positive)
+    negative = {name: scores_of(name) for name in negatives}
+    pooled = [s for scores in negative.values() for s in scores]
+    exact = threshold_for_sensitivity(np.array([1] * len(positive) + [0] * len(pooled)),
+                                      np.array(positive + pooled), args.sensitivity)
+    threshold = math.floor(exact * 1e4) / 1e4  # 4 decimals, rounded down: no positive lost
+    flagged = {name: sum(s >= threshold for s in scores) / max(1, len(scores)) for name, scores in negative.items()}
+    print(f"threshold {threshold} flags {sum(s >= threshold for s in positive)}/{len(positive)} of {args.positive}; "
+          f"negatives flagged {flagged}")
     if any(rate > args.max_flagged for rate in flagged.values()):
         print("refused: a negative source is flagged too often at that threshold", file=sys.stderr)
         return 1
