@@ -1,6 +1,6 @@
 """Atomic file writes: a reader, or a crash, sees the old file or the new one, never half of one.
 
-Every writer of a finished file goes through ``write_atomic``: a fresh temporary file beside the
+Every writer of a finished file goes through ``write_atomic`` (a finished folder: ``atomic_folder``): a fresh temporary file beside the
 target (created exclusively), the payload, fsync, ``os.replace``, fsync of the folder. ``private``
 files (worklists, logs, accounts, anything with patient identifiers or credentials) are owner-only
 (0600); the rest get the usual permissions (0666 less the umask).
@@ -9,8 +9,11 @@ files (worklists, logs, accounts, anything with patient identifiers or credentia
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -45,8 +48,25 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
 
 def dicom_bytes(dataset) -> bytes:
     """A pydicom dataset as the bytes of a DICOM file (preamble, file meta), for ``write_atomic``."""
-    import io
-
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a folder in a fresh temporary sibling of ``target`` (yielded), then rename it into place;
+    ``target`` must by then be absent or an empty folder (callers decide what may be replaced and
+    clear it first). On any failure the temporary folder is removed and ``target`` is left as it was."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            target.rmdir()  # an empty folder only: anything else stays, and the rename is not done
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(target.parent)

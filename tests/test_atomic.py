@@ -44,3 +44,24 @@ def test_dicom_bytes_are_a_readable_part10_file(tmp_path):
     path = write_atomic(tmp_path / "copy.dcm", dicom_bytes(ds))
     back = pydicom.dcmread(path)
     assert back.SOPInstanceUID == ds.SOPInstanceUID and path.read_bytes()[128:132] == b"DICM"
+
+
+def test_a_folder_appears_whole_or_not_at_all(tmp_path):
+    from medassist.atomic import atomic_folder
+
+    target = tmp_path / "models"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.json").write_text("{}")
+        assert not target.exists()  # nothing visible until the block ends
+    assert [p.name for p in target.iterdir()] == ["a.json"]
+    other = tmp_path / "other"
+    with pytest.raises(RuntimeError):
+        with atomic_folder(other) as tmp:
+            (tmp / "half").write_text("x")
+            raise RuntimeError("failed half way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]  # no folder, no temporary left
+    with pytest.raises(OSError):
+        with atomic_folder(target) as tmp:  # a folder that is not empty is never replaced
+            (tmp / "b.json").write_text("{}")
+    assert [p.name for p in target.iterdir()] == ["a.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +23,7 @@ from pathlib import Path
 from medassist.adapt.data import ReviewedCases, read_reviewed_cases
 from medassist.adapt.fit import Acceptance, Criterion, ThresholdFit, evaluate, fit_threshold, too_few
 from medassist.adapt.protocol import Protocol, load_protocol
-from medassist.atomic import write_atomic
+from medassist.atomic import atomic_folder, write_atomic
 from medassist.errors import MedassistError
 from medassist.models.integrity import SHIPPED_DIR, sign_models_dir
 from medassist.models.registry import read_weights, spec_by_name
@@ -223,9 +220,7 @@ def write_models_dir(out_dir: Path, base: ModelSpec, adapted: ModelSpec, weights
     spec_json = adapted.to_json()
     parse_spec(spec_json.encode(), f"{adapted.name}.json (adapted)")  # never write a spec the registry refuses
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.adapt-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir) as tmp:  # out_dir: absent or empty (checked before)
         write_atomic(tmp / adapted.weights, weights)
         write_atomic(tmp / f"{adapted.name}.json", spec_json)
         diff = json.dumps(spec_diff(base, adapted), indent=2, allow_nan=False) + "\n"
@@ -234,10 +229,4 @@ def write_models_dir(out_dir: Path, base: ModelSpec, adapted: ModelSpec, weights
         write_atomic(tmp / RECORD_DIR / CARD_NAME, adaptation_card(base, adapted))
         sign_models_dir(tmp, key_file=key_file)  # signs NAME.json (the only spec there); names, not folders, are signed
         names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked before), so the rename below puts the whole folder in place
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return tuple(str(out_dir / name) for name in names)

@@ -30,8 +30,6 @@ study score (``medassist.models.tumor``) are not a MONAI transform chain.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -39,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medassist.atomic import atomic_folder
 from medassist.errors import MedassistError
 from medassist.models.registry import WEIGHTS_DIR, LoadedModel, load_model, read_weights
 from medassist.models.spec import InputKind, ModelSpec
@@ -485,8 +484,7 @@ def export_monai_bundle(spec: ModelSpec, out_dir: str | Path, weights_dir: str |
     problems = metadata_problems(metadata)
     if problems:  # a bug here, not the user's: still refuse rather than write a bundle MONAI rejects
         raise MedassistError(f"{target}: bundle metadata break the MONAI bundle specification: {'; '.join(problems)}")
-    tmp = out / f".{spec.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
+    with atomic_folder(target) as tmp:
         for sub in ("configs", "models", "docs"):
             (tmp / sub).mkdir(parents=True)
         _write_json(tmp / "configs" / "metadata.json", metadata)
@@ -503,10 +501,7 @@ def export_monai_bundle(spec: ModelSpec, out_dir: str | Path, weights_dir: str |
             raise MedassistError(f"{target}: MONAI running the bundle gives probabilities up to {diff:.2g} away from "
                                  f"medassist's (allowed {AGREEMENT_TOLERANCE:g}) for model {spec.name}; not written")
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(target)  # a medassist bundle (checked above): replaced by the new one
     return target
 
 
