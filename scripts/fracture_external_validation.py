@@ -34,17 +34,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from medassist.atomic import write_atomic
     from medassist.models.fracture_external import prepare_external, read_external, score_inputs
-    from medassist.models.registry import WEIGHTS_DIR, choose_device, load_model, spec_by_name
-    from medassist.models.spec import read_spec
+    from medassist.models.registry import choose_device, load_named_or_file
     from medassist.models.train import ExternalInputs, external_report
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    path = Path(args.model)
-    if path.suffix == ".json" and path.is_file():
-        model = load_model(read_spec(path), choose_device("cpu"), weights_dir=path.parent)
-    else:
-        model = load_model(spec_by_name(args.model), choose_device("cpu"), WEIGHTS_DIR)
+    model = load_named_or_file(args.model, choose_device("cpu"))
     spec = model.spec
     if not args.root.is_dir():
         print(f"error: {args.root} not found", file=sys.stderr)

@@ -37,13 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load(model: str, device: str):
     """A LoadedModel from a shipped name or a spec JSON path."""
-    from medassist.models.registry import WEIGHTS_DIR, choose_device, load_model, spec_by_name
-    from medassist.models.spec import read_spec
+    from medassist.models.registry import choose_device, load_named_or_file
 
-    path = Path(model)
-    if path.suffix == ".json" and path.is_file():
-        return load_model(read_spec(path), choose_device(device), weights_dir=path.parent)
-    return load_model(spec_by_name(model), choose_device(device), WEIGHTS_DIR)
+    return load_named_or_file(model, choose_device(device))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,6 +174,17 @@ def load_model(spec: ModelSpec, device: torch.device, weights_dir: Path = WEIGHT
     return LoadedModel(spec=spec, network=network, device=device)
 
 
+def load_named_or_file(model: str | Path, device: torch.device) -> LoadedModel:
+    """A model from a shipped name, or from a spec JSON path with its weights beside it (a candidate
+    kept outside the repository); the weights are checked as ``load_model`` checks them."""
+    from medassist.models.spec import read_spec
+
+    path = Path(model)
+    if path.suffix == ".json" and path.is_file():
+        return load_model(read_spec(path), device, weights_dir=path.parent)
+    return load_model(spec_by_name(str(model)), device, WEIGHTS_DIR)
+
+
 def choose_device(requested: str = "auto") -> torch.device:
     """The one place that decides the device: CUDA when present (or asked for), else CPU."""
     if requested == "auto":
