@@ -24,6 +24,17 @@ def read_yaml(path: str | Path, what: str) -> Any:
         raise MedassistError(f"{path}: not a readable YAML file: {exc}") from exc
 
 
+def read_config(path: str | Path | None, default: Path, what: str) -> tuple[Any, str | None]:
+    """A config's mapping (empty for an empty file) from ``path``, or else from ``default`` (the
+    checkout's ``configs/`` file), and where it came from; where is None when neither was given or
+    found (the caller uses its built-in defaults)."""
+    if path is None:
+        if not default.is_file():
+            return {}, None
+        path = default
+    return read_yaml(path, what) or {}, str(path)
+
+
 def checked_number(name: str, value: Any, where: str, *, whole_from: int | None = None, open_unit: bool = False,
                    closed: tuple[float, float] | None = None, minimum: float | None = None) -> int | float:
     """A config value that must be a number (never a bool), with the error naming ``where`` and the key.

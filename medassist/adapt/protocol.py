@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medassist.errors import MedassistError
-from medassist.yamlfile import checked_number, read_yaml
+from medassist.yamlfile import checked_number, read_config
 
 REPO_PROTOCOL = Path(__file__).resolve().parents[2] / "configs" / "adapt_protocol.yaml"
 MAY_CHANGE_KEYS = ("threshold", "recalibration", "weights")
@@ -60,13 +60,10 @@ _MARGINS = ("max_threshold_change", "sensitivity_margin", "specificity_margin") 
 def load_protocol(path: str | Path | None = None) -> tuple[Protocol, str]:
     """The protocol from ``path`` (default: this checkout's configs/adapt_protocol.yaml, else the
     built-in defaults) and where it came from."""
-    if path is None:
-        if not REPO_PROTOCOL.is_file():
-            return Protocol(), "built-in defaults (no configs/adapt_protocol.yaml beside this medassist)"
-        path = REPO_PROTOCOL
-    path = Path(path)
-    raw = read_yaml(path, "adaptation protocol")
-    return parse_protocol(raw or {}, where=str(path)), str(path)
+    raw, where = read_config(path, REPO_PROTOCOL, "adaptation protocol")
+    if where is None:
+        return Protocol(), "built-in defaults (no configs/adapt_protocol.yaml beside this medassist)"
+    return parse_protocol(raw, where=where), where
 
 
 def parse_protocol(raw: Any, *, where: str = "adaptation protocol") -> Protocol:

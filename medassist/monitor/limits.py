@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medassist.errors import MedassistError
-from medassist.yamlfile import checked_number, read_yaml
+from medassist.yamlfile import checked_number, read_config
 
 REPO_LIMITS = Path(__file__).resolve().parents[2] / "configs" / "monitor.yaml"
 
@@ -44,13 +44,10 @@ _OPTIONAL = ("ks_alpha",)
 def load_limits(path: str | Path | None = None) -> tuple[Limits, str]:
     """The limits from ``path`` (default: the checkout's configs/monitor.yaml when there is one,
     else the built-in defaults), and where they came from, in words."""
-    if path is None:
-        if not REPO_LIMITS.is_file():
-            return Limits(), "built-in defaults (no configs/monitor.yaml beside this medassist)"
-        path = REPO_LIMITS
-    path = Path(path)
-    raw = read_yaml(path, "monitor limits")
-    return parse_limits(raw or {}, where=str(path)), str(path)
+    raw, where = read_config(path, REPO_LIMITS, "monitor limits")
+    if where is None:
+        return Limits(), "built-in defaults (no configs/monitor.yaml beside this medassist)"
+    return parse_limits(raw, where=where), where
 
 
 def parse_limits(raw: Any, *, where: str = "monitor limits") -> Limits:
