@@ -197,3 +197,23 @@ def random_crops(images: torch.Tensor, masks: torch.Tensor, size: int, gen: torc
         out_x[i] = images[i, :, top : top + size, left : left + size]
         out_m[i] = masks[i, :, top : top + size, left : left + size]
     return out_x, out_m
+
+
+def magnify(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize (N, 1, s, s) windows and their masks to ``size`` (bilinear / nearest): a window of the
+    input shown at the network's input size, as a tile of a radiograph is shown at inference."""
+    if images.shape[-1] == size:
+        return images, masks
+    return (F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False),
+            F.interpolate(masks, size=(size, size), mode="nearest"))
+
+
+def rescale_percentiles(images: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Each (N, 1, s, s) image re-scaled to 0..1 between its own ``low``/``high`` percentiles
+    (clipped; a flat image becomes zeros): a window scaled as ``prepare_2d`` scales a cropped tile."""
+    flat = images.reshape(images.shape[0], -1)
+    q = torch.quantile(flat, torch.tensor([low / 100.0, high / 100.0], dtype=flat.dtype), dim=1)
+    lo, hi = q[0][:, None], q[1][:, None]
+    span = hi - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp(min=1e-12), torch.zeros_like(flat))
+    return out.clamp_(0.0, 1.0).reshape(images.shape)

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from medassist.audit.metrics import binary_metrics, metrics_with_ci, threshold_for_sensitivity, youden_threshold
 from medassist.errors import MedassistError
-from medassist.models.augment import augment_batch, random_crops
+from medassist.models.augment import augment_batch, magnify, random_crops, rescale_percentiles
 from medassist.models.fracture_external import prepare_external, read_external, score_inputs
 from medassist.models.heads import SCORE_HEADS, HeadProbabilities
 from medassist.models.networks import build_network
@@ -199,6 +199,9 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
     image_bce = nn.BCEWithLogitsLoss()
     crop = int(cfg_train.get("crop_size") or 0)  # local-evidence training: windows of the full-size input
     crop_on_finding = float(cfg_train.get("crop_on_finding", 0.6))
+    # magnified windows: each window resized back to the input size and scaled by its own
+    # percentiles, as a tile of a radiograph is prepared at inference (``prepare_2d`` of the crop)
+    magnify_windows = bool(cfg_train.get("magnify_windows", False))
     for epoch in range(start_epoch, epochs):
         cycle, first = cycle_of(epoch, cycles)
         if epoch == first and epoch != start_epoch:  # warm restart: a new one-cycle schedule
@@ -217,6 +220,9 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
                 x = equalize_nonzero(x)
             if crop:
                 x, m = random_crops(x, m, crop, gen, on_finding=crop_on_finding)
+                if magnify_windows:
+                    x, m = magnify(x, m, pre.input_size)
+                    x = rescale_percentiles(x, *pre.percentiles)
             y = torch.from_numpy(labels[idx]).float()
             if cfg_train.get("label_from_mask"):  # a crop that lost every fracture pixel shows none
                 kept = m.amax(dim=(1, 2, 3)) > 0
