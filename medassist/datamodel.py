@@ -268,9 +268,10 @@ class WorklistRow:
         """A row from a worklist record (JSON values or CSV strings), checked strictly.
 
         ``slices`` may be "3 6 2" or a list. Columns a worklist lacks (e.g. ``manufacturer``,
-        ``sex``, ``age_band``, ``study_date`` in one written before they existed) read as empty. Relative ``saliency_path``/``source_path`` values are
-        resolved against ``base`` (the worklist's folder) when they do not exist relative to the
-        working directory. Bad values raise MedassistError naming ``where`` (file and row).
+        ``sex``, ``age_band``, ``study_date`` in one written before they existed) read as empty.
+        Relative ``saliency_path``/``source_path`` values are resolved against ``base`` (the
+        worklist's folder) when they do not exist relative to the working directory. Bad values
+        raise MedassistError naming ``where`` (file and row).
         """
         where = where or "worklist record"
         missing = [name for name in REQUIRED_COLUMNS if name not in record]
