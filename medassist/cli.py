@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         "review app was used; read-only) and report per model and version, per run and per ISO week: studies, "
         "flag rate, the score distribution against --reference (population stability index on the reference's "
         "quantile bins with a bootstrap interval, Kolmogorov-Smirnov test), and agreement with the reviewers "
-        "(accept/reject/correct, Cohen's kappa, overrides) overall and by body part and modality. Writes "
-        "REPORT_DIR/monitor.json and REPORT_DIR/report.html; alerts when a limit of configs/monitor.yaml is "
+        "(accept/reject/correct, Cohen's kappa, overrides) overall and by body part, modality, manufacturer, sex "
+        "and age band. Writes REPORT_DIR/monitor.json and REPORT_DIR/report.html; alerts when a limit of "
+        "configs/monitor.yaml is "
         "crossed (exit 0 with alerts; 2 when a folder cannot be used, after reporting on the others).",
     )
     monitor.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="a triage output folder")

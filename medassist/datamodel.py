@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
@@ -64,6 +65,8 @@ class Series:
     Never holds pixels: ``load()`` decodes them on request.
     ``source_path`` names the file (single-file series, NIfTI) or the folder holding the series.
     ``paths`` lists the files, already ordered along the slice normal.
+    ``sex``, ``age``, ``manufacturer`` and ``study_date`` are the DICOM header's text as read
+    (PatientSex, PatientAge, Manufacturer, StudyDate); empty for other inputs.
     """
 
     study_uid: str
@@ -79,6 +82,7 @@ class Series:
     sex: str = ""
     age: str = ""
     manufacturer: str = ""
+    study_date: str = ""
     n_instances: int = 1
 
     def load(self) -> Image:
@@ -125,6 +129,10 @@ WORKLIST_COLUMNS: tuple[str, ...] = (
     "accession",
     "modality",
     "body_part",
+    "manufacturer",
+    "sex",
+    "age_band",
+    "study_date",
     "model",
     "model_version",
     "finding",
@@ -143,6 +151,48 @@ WORKLIST_CSV = "worklist.csv"
 REQUIRED_COLUMNS: tuple[str, ...] = ("study_uid", "series_uid", "source_path")
 _NO_MODEL_APPLIES = re.compile(r"\bno\b.*\bmodel\b.*\bappl", re.IGNORECASE)
 NOT_APPLICABLE = "not applicable"  # the finding of a row no shipped model covers
+AGE_BANDS: tuple[str, ...] = ("0-17", "18-39", "40-64", "65+")
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([DWMY]?)")
+_PER_YEAR = {"": 1.0, "Y": 1.0, "M": 12.0, "W": 52.1775, "D": 365.25}
+_DICOM_DATE = re.compile(r"\d{8}")
+
+
+def age_band(age: str | float | int | None) -> str:
+    """The coarse band (one of ``AGE_BANDS``) of a DICOM age string ('045Y', '006M', '010W',
+    '003D') or a number of years; "" when the value is missing or malformed (never raises).
+
+    The worklist carries this band only, never the age itself, so it is no more identifying."""
+    if age is None:
+        return ""
+    match = _AGE.fullmatch(str(age).strip().upper())
+    if not match:
+        return ""
+    years = float(match.group(1)) / _PER_YEAR[match.group(2)]
+    if years < 18:
+        return "0-17"
+    if years < 40:
+        return "18-39"
+    if years < 65:
+        return "40-64"
+    return "65+"
+
+
+def dicom_sex(value: str | None) -> str:
+    """PatientSex as the worklist carries it: "M", "F" or "O", else ""."""
+    text = (value or "").strip().upper()
+    return text if text in ("M", "F", "O") else ""
+
+
+def dicom_date(value: str | None) -> str:
+    """A DICOM DA value (StudyDate) as YYYYMMDD when it is a real calendar date, else ""."""
+    text = (value or "").strip()
+    if not _DICOM_DATE.fullmatch(text):
+        return ""
+    try:
+        datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return ""
+    return text
 
 
 class RowKind(str, Enum):
@@ -169,6 +219,9 @@ class WorklistRow:
     """A series' identifiers plus one model's finding, or an error, or 'no model applies'.
 
     Frozen: readers (review, DICOM results) share rows; use ``dataclasses.replace`` to vary one.
+    ``manufacturer``, ``sex`` (M/F/O), ``age_band`` (``age_band``, never the age) and
+    ``study_date`` (YYYYMMDD) are empty when the input has none (NIfTI, worklists written before
+    they were columns).
     """
 
     study_uid: str
@@ -177,6 +230,10 @@ class WorklistRow:
     accession: str = ""
     modality: str = ""
     body_part: str = ""
+    manufacturer: str = ""
+    sex: str = ""
+    age_band: str = ""
+    study_date: str = ""
     source_path: str = ""
     model: str = ""
     model_version: str = ""
@@ -198,6 +255,10 @@ class WorklistRow:
             accession=series.accession,
             modality=series.modality,
             body_part=series.body_part,
+            manufacturer=series.manufacturer.strip(),
+            sex=dicom_sex(series.sex),
+            age_band=age_band(series.age),
+            study_date=dicom_date(series.study_date),
             source_path=series.source_path,
             **kwargs,
         )
@@ -206,9 +267,11 @@ class WorklistRow:
     def from_record(cls, record: Mapping[str, Any], *, base: Path | None = None, where: str = "") -> "WorklistRow":
         """A row from a worklist record (JSON values or CSV strings), checked strictly.
 
-        ``slices`` may be "3 6 2" or a list. Relative ``saliency_path``/``source_path`` values are
-        resolved against ``base`` (the worklist's folder) when they do not exist relative to the
-        working directory. Bad values raise MedassistError naming ``where`` (file and row).
+        ``slices`` may be "3 6 2" or a list. Columns a worklist lacks (e.g. ``manufacturer``,
+        ``sex``, ``age_band``, ``study_date`` in one written before they existed) read as empty.
+        Relative ``saliency_path``/``source_path`` values are resolved against ``base`` (the
+        worklist's folder) when they do not exist relative to the working directory. Bad values
+        raise MedassistError naming ``where`` (file and row).
         """
         where = where or "worklist record"
         missing = [name for name in REQUIRED_COLUMNS if name not in record]
@@ -222,6 +285,10 @@ class WorklistRow:
             accession=text["accession"],
             modality=text["modality"].upper(),
             body_part=text["body_part"],
+            manufacturer=text["manufacturer"],
+            sex=text["sex"],
+            age_band=text["age_band"],
+            study_date=text["study_date"],
             source_path=_resolve(text["source_path"], base),
             model=text["model"],
             model_version=text["model_version"],
@@ -271,6 +338,10 @@ class WorklistRow:
             "accession": self.accession,
             "modality": self.modality,
             "body_part": self.body_part,
+            "manufacturer": self.manufacturer,
+            "sex": self.sex,
+            "age_band": self.age_band,
+            "study_date": self.study_date,
             "model": self.model,
             "model_version": self.model_version,
             "finding": self.finding,

@@ -23,13 +23,13 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medassist.datamodel import age_band as datamodel_age_band
 from medassist.errors import MedassistError
 from medassist.models.heads import score_probability
 from medassist.models.spec import InputKind, ModelSpec
@@ -142,23 +142,9 @@ def parse_label(value: str, spec: ModelSpec | None = None, *, where: str = "") -
 
 
 def age_band(age: str | float | int | None) -> str:
-    """A DICOM age string ('034Y', '006M', '012W', '003D') or a number of years -> an age band."""
-    if age is None:
-        return "unknown"
-    text = str(age).strip().upper()
-    if not text:
-        return "unknown"
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([DWMY]?)", text)
-    if not match:
-        return "unknown"
-    years = float(match.group(1)) / {"": 1, "Y": 1, "M": 12, "W": 52.1775, "D": 365.25}[match.group(2)]
-    if years < 18:
-        return "0-17"
-    if years < 40:
-        return "18-39"
-    if years < 65:
-        return "40-64"
-    return "65+"
+    """A DICOM age string ('034Y', '006M', '012W', '003D') or a number of years -> an age band
+    (``medassist.datamodel.age_band``, the worklist's rule), "unknown" when missing or malformed."""
+    return datamodel_age_band(age) or "unknown"
 
 
 def _factor_value(column: str, value: str) -> str:

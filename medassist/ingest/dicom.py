@@ -110,6 +110,7 @@ class DicomHeader:
     sex: str
     age: str
     manufacturer: str
+    study_date: str
     description: str
     rows: int
     columns: int
@@ -612,6 +613,7 @@ def _header(
         sex=_text(ds, "PatientSex"),
         age=_text(ds, "PatientAge"),
         manufacturer=_text(ds, "Manufacturer"),
+        study_date=_text(ds, "StudyDate"),
         description=_text(ds, "SeriesDescription"),
         rows=rows,
         columns=columns,

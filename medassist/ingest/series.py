@@ -180,5 +180,6 @@ def _make_series(
         sex=lead.sex,
         age=lead.age,
         manufacturer=lead.manufacturer,
+        study_date=lead.study_date,
         n_instances=len(paths),
     )

@@ -5,7 +5,8 @@
 model and version, per run and per ISO week: studies, flag rate, score drift against a reference
 run (PSI with fixed reference bins and a bootstrap interval, two-sample Kolmogorov-Smirnov), and
 agreement with the reviewers (accept / reject / correct, Cohen's kappa, overrides) overall and by
-body part and modality; alerts when a limit of ``configs/monitor.yaml`` is crossed.
+body part, modality, manufacturer, sex and age band; alerts when a limit of ``configs/monitor.yaml``
+is crossed.
 
 Modules: :mod:`.limits` (the limits file), :mod:`.drift` (PSI, KS, flag-rate band),
 :mod:`.agreement_view` (decision logs, read-only, through ``medassist.audit.agreement``),

@@ -44,8 +44,8 @@ class Agreement:
 
 @dataclass(frozen=True)
 class DecisionLog:
-    """What one run's decision log holds (``decided``: current decisions with the final call, the
-    run's body part and modality attached; not written to the report row by row)."""
+    """What one run's decision log holds (``decided``: current decisions with the final call and
+    the worklist row's subgroup values attached; not written to the report row by row)."""
 
     path: str
     present: bool

@@ -3,7 +3,7 @@
 
 Both are written atomically (``medassist.atomic.write_atomic``, owner-only: temporary file,
 fsync, ``os.replace``). Neither lists patient identifiers: figures are counts and aggregates, runs
-are named by their folders, subgroups by body part and modality.
+are named by their folders, subgroups by body part, modality, manufacturer, sex and age band.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def _model_section(m: ModelFigures, limits: Limits) -> str:
         parts.append(f'<figure><img alt="{_e(m.model)} {_e(m.version)} per run" '
                      f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>')
     parts.append("<h3>Per run</h3>" + _table(_PERIOD_HEADERS, [_period_row(p) for p in m.runs]))
-    parts.append("<h3>Per ISO week</h3><p>Scores by run week, agreement by decision week.</p>"
+    parts.append("<h3>Per ISO week</h3><p>Scores by study week (the run week where a row has no study date), "
+                 "agreement by decision week.</p>"
                  + _table(_PERIOD_HEADERS, [_period_row(p) for p in m.weeks]))
     notes = [p for p in m.runs if p.drift_note and p.scores is not None]
     if notes:
@@ -183,8 +184,9 @@ def render_html(result: MonitorResult) -> str:
     else:
         body.append('<div class="ok">No limit crossed.</div>')
     body.append("<h2>Runs</h2>" + _table(
-        ["run", "run time", "ISO week", "worklist rows", "scored", "not applicable", "errors", "decision log"],
-        [[r.path, r.run_time, r.iso_week, r.n_rows, r.n_scored, r.n_not_applicable, r.n_errors,
+        ["run", "run time", "ISO week", "worklist rows", "scored", "scored with a study date", "not applicable",
+         "errors", "decision log"],
+        [[r.path, r.run_time, r.iso_week, r.n_rows, r.n_scored, r.n_study_dated, r.n_not_applicable, r.n_errors,
           "" if r.decisions is None else f"{r.decisions.integrity}: {r.decisions.note}"
           + (f" ({r.decisions.current_decisions} current decisions)" if r.decisions.present else "")]
          for r in result.runs]))
@@ -195,7 +197,9 @@ def render_html(result: MonitorResult) -> str:
                                                                for k, v in limits.items()]))
     body.append("<h2>Notes</h2><ul>"
                 + f"<li>Dates: scores by {_e(DATE_SOURCES['scores'])}; decisions by {_e(DATE_SOURCES['decisions'])}.</li>"
-                + "<li>Subgroups: body part and modality. " + _e(", ".join(f"{k}: {v}" for k, v in NOT_CARRIED.items()))
+                + "<li>Subgroups: " + _e(", ".join(f.replace("_", " ") for f in SUBGROUP_FACTORS))
+                + " (an empty value is the level unknown). "
+                + _e(", ".join(f"{k}: {v}" for k, v in NOT_CARRIED.items()))
                 + ".</li><li>Alerts are raised per run, and per ISO week when a week pools more than one run.</li>"
                 + f"<li>{_e(ADAPTATION_NOTE)}.</li></ul>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>medassist monitor</title>"

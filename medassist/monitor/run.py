@@ -4,10 +4,15 @@ A run is a triage output folder: its ``worklist.csv`` (read with the worklist re
 ``medassist.datamodel.read_worklist``) and, when the review app was used on it, its decision log.
 Scores are counted per finding (one series scored by one model); studies are distinct study UIDs.
 
-Dates: the worklist carries no study date, so scores are dated by the **run time**, the
-modification time of the run's ``worklist.csv`` (triage rewrites it last when it finishes), and
-decisions by their own ``decided_at``. A week's scores pool the runs of that week; a week's
-agreement pools the decisions made in it, from every run's log.
+Subgroups (``SUBGROUP_FACTORS``): the worklist's body part, modality, manufacturer, sex and age
+band; a decision takes its finding's values from the worklist row. An empty value is the level
+"unknown" (NIfTI inputs, headers without the attribute, worklists written before the column).
+
+Dates: a score is dated by its row's **study date** (the worklist's ``study_date``, from the DICOM
+StudyDate) and, where the row has none, by the **run time**, the modification time of the run's
+``worklist.csv`` (triage rewrites it last when it finishes); decisions by their own ``decided_at``.
+A week's scores pool the rows of that week from every run; a week's agreement pools the decisions
+made in it, from every run's log. A run's own period is labelled with its run week.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medassist.datamodel import WORKLIST_CSV, WorklistRow, read_worklist
+from medassist.datamodel import WORKLIST_CSV, WorklistRow, dicom_date, read_worklist
 from medassist.errors import MedassistError
 from medassist.monitor import drift as D
 from medassist.monitor.agreement_view import (
@@ -33,14 +38,14 @@ from medassist.monitor.agreement_view import (
 )
 from medassist.monitor.limits import Limits, load_limits
 
-SUBGROUP_FACTORS: tuple[str, ...] = ("body_part", "modality")
+SUBGROUP_FACTORS: tuple[str, ...] = ("body_part", "modality", "manufacturer", "sex", "age_band")
 NOT_CARRIED = {
-    "sex": "not in the worklist or the decision log",
-    "age_band": "not in the worklist or the decision log",
-    "manufacturer": "not in the worklist or the decision log",
+    "age": "only its coarse band (age_band) is in the worklist, never the age or the birth date",
 }
 DATE_SOURCES = {
-    "scores": "run time: modification time of each run's worklist.csv (UTC); the worklist carries no study date",
+    "scores": "study date: each row's study_date in the worklist (DICOM StudyDate); where a row has none "
+              "(non-DICOM input, no or malformed StudyDate, a worklist written before the column), the run "
+              "time: modification time of the run's worklist.csv (UTC)",
     "decisions": "decided_at of each decision (UTC)",
 }
 NO_REFERENCE = (
@@ -64,6 +69,7 @@ class Run:
     findings: tuple[WorklistRow, ...] = field(repr=False)
     model_errors: dict[ModelKey, int] = field(repr=False)
     decisions: DecisionLog | None = None
+    n_study_dated: int = 0  # scored rows dated by their study date (the others by the run time)
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,12 @@ def iso_week(moment: datetime) -> str:
     return f"{year}-W{week:02d}"
 
 
+def score_week(row: WorklistRow, run_week: str) -> str:
+    """The ISO week a score counts in: its study date's, else (no or malformed date) the run's."""
+    date = dicom_date(row.study_date)
+    return iso_week(datetime.strptime(date, "%Y%m%d")) if date else run_week
+
+
 def read_run(path: str | Path, *, key_file: str | Path | None = None, with_decisions: bool = True) -> Run:
     """A run folder's worklist rows (and decision log). MedassistError naming the folder when it has no
     worklist.csv or the worklist cannot be read."""
@@ -176,6 +188,7 @@ def read_run(path: str | Path, *, key_file: str | Path | None = None, with_decis
         path=str(path), run_time=moment.strftime("%Y-%m-%dT%H:%M:%SZ"), iso_week=iso_week(moment),
         n_rows=len(rows), n_scored=len(findings), n_not_applicable=not_applicable, n_errors=len(errors),
         findings=findings, model_errors=dict(model_errors), decisions=decisions,
+        n_study_dated=sum(bool(dicom_date(row.study_date)) for row in findings),
     )
 
 
@@ -250,7 +263,7 @@ def _period(kind: str, label: str, week: str, score_runs: list[Run], rows: list[
 def model_figures(model: str, version: str, runs: list[Run], ref_run: Run | None, limits: Limits) -> ModelFigures:
     """Reference, per-run and per-week figures of one model version."""
     ref, ref_scores = _reference(ref_run, model, version, limits)
-    per_run, weeks_rows, weeks_runs = [], defaultdict(list), defaultdict(list)
+    per_run, weeks_rows, weeks_runs = [], defaultdict(list), defaultdict(dict)
     weeks_decided, weeks_decision_runs = defaultdict(list), defaultdict(set)
     weeks_errors: Counter = Counter()
     for run in runs:
@@ -261,18 +274,21 @@ def model_figures(model: str, version: str, runs: list[Run], ref_run: Run | None
             continue
         per_run.append(_period("run", run.path, run.iso_week, [run], rows, [run.path] if decided else [], decided,
                                errors, ref, ref_scores, limits))
-        if rows or errors:
-            weeks_rows[run.iso_week] += rows
-            weeks_runs[run.iso_week].append(run)
+        for row in rows:
+            week = score_week(row, run.iso_week)
+            weeks_rows[week].append(row)
+            weeks_runs[week].setdefault(run.path, run)
+        if errors:  # error rows have no score to date: the run's week
+            weeks_runs[run.iso_week].setdefault(run.path, run)
             weeks_errors[run.iso_week] += errors
         for row in decided:
             weeks_decided[row["decision_week"]].append(row)
             weeks_decision_runs[row["decision_week"]].add(run.path)
     weeks = [
-        _period("week", week, week, weeks_runs.get(week, []), weeks_rows.get(week, []),
+        _period("week", week, week, list(weeks_runs.get(week, {}).values()), weeks_rows.get(week, []),
                 sorted(weeks_decision_runs.get(week, ())), weeks_decided.get(week, []), weeks_errors.get(week, 0),
                 ref, ref_scores, limits)
-        for week in sorted(set(weeks_rows) | set(weeks_decided))
+        for week in sorted(set(weeks_runs) | set(weeks_decided))
     ]
     return ModelFigures(model=model, version=version, reference=ref, runs=tuple(per_run), weeks=tuple(weeks))
 

@@ -21,15 +21,20 @@ MONDAY = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)  # ISO week 2026-W49
 
 
 def finding_records(scores: Sequence[float], *, prefix: str, body_parts: Sequence[str] = ("HAND", "LEG"),
-                    model: str = MODEL, version: str = VERSION, threshold: float = THRESHOLD) -> list[dict]:
+                    model: str = MODEL, version: str = VERSION, threshold: float = THRESHOLD,
+                    sexes: Sequence[str] = ("",), age_bands: Sequence[str] = ("",),
+                    manufacturers: Sequence[str] = ("",), study_dates: Sequence[str] = ("",)) -> list[dict]:
     """One scored worklist row per score (one study and series each), with a patient ID the
-    report must never show (``PAT-<prefix>-<i>``)."""
+    report must never show (``PAT-<prefix>-<i>``); subgroup values and study dates cycle through
+    the sequences given (empty by default, as for NIfTI input)."""
     records = []
     for i, score in enumerate(scores):
         score = round(float(score), 6)
         records.append(WorklistRow(
             study_uid=f"2.25.{prefix}.1.{i}", series_uid=f"2.25.{prefix}.2.{i}", patient_id=f"PAT-{prefix}-{i}",
             accession=f"ACC-{prefix}-{i}", modality="DX", body_part=body_parts[i % len(body_parts)],
+            sex=sexes[i % len(sexes)], age_band=age_bands[i % len(age_bands)],
+            manufacturer=manufacturers[i % len(manufacturers)], study_date=study_dates[i % len(study_dates)],
             source_path=f"/data/{prefix}/{i}.dcm", model=model, model_version=version, finding="fracture",
             score=score, threshold=threshold, flagged=score >= threshold,
         ).as_record())

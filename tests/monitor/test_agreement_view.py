@@ -128,3 +128,23 @@ def test_an_unreadable_log_is_a_problem_and_the_scores_are_still_reported(tmp_pa
     report = json.loads((out / "monitor.json").read_text())
     assert report["runs"][0]["decisions"]["integrity"] == "unreadable"
     assert _period(report)["scores"]["n_findings"] == 40 and _period(report)["agreement"] is None
+
+
+def test_decisions_take_sex_age_band_and_manufacturer_from_their_worklist_rows(tmp_path, limits_file, mon):
+    # model flags 1 1 0 0 1 0; sexes F M F M F (empty); the reader overrides findings 1 and 2 (both M or 0-17)
+    records = mon.finding_records([0.9, 0.8, 0.2, 0.1, 0.7, 0.3], prefix="s", sexes=("F", "M", "F", "M", "F", ""),
+                                  age_bands=("65+", "0-17", "0-17", "65+", "65+", "65+"),
+                                  manufacturers=("ACME", "ACME", "Other", "Other", "ACME", ""))
+    run = mon.write_run(tmp_path / "run", records)
+    mon.review(run, records, lambda i, r: "reject" if i == 1 else "accept")
+    report = _report(tmp_path, [run], limits_path=limits_file(min_reviewed=1))
+    period = _period(report)
+    by_sex = period["agreement_by_subgroup"]["sex"]
+    assert {level: a["n_decided"] for level, a in by_sex.items()} == {"F": 3, "M": 2, "unknown": 1}
+    assert by_sex["M"]["n_reject"] == 1 and by_sex["M"]["override_rate"] == pytest.approx(0.5)
+    assert by_sex["F"]["n_overrides"] == 0 and by_sex["F"]["cohen_kappa"] == pytest.approx(1.0)
+    by_age = period["agreement_by_subgroup"]["age_band"]
+    assert {level: a["n_overrides"] for level, a in by_age.items()} == {"0-17": 1, "65+": 0}
+    by_maker = period["agreement_by_subgroup"]["manufacturer"]
+    assert {level: a["n_decided"] for level, a in by_maker.items()} == {"ACME": 3, "Other": 2, "unknown": 1}
+    assert by_maker["ACME"]["reject_rate"] == pytest.approx(1 / 3)

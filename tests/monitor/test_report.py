@@ -36,7 +36,8 @@ def test_monitor_json_starts_with_alerts_of_exactly_the_documented_keys(tmp_path
     [model] = report["models"]
     assert (model["model"], model["version"]) == ("fracture_xray", "1.1.0")
     assert model["runs"][0]["agreement"]["n_decided"] == 40
-    assert set(report["subgroups"]["not_available"]) == {"sex", "age_band", "manufacturer"}
+    assert report["subgroups"]["reported"] == ["body_part", "modality", "manufacturer", "sex", "age_band"]
+    assert set(report["subgroups"]["not_available"]) == {"age"}  # only its band is carried
 
 
 def test_the_report_names_no_patient_and_escapes_text_from_the_data(tmp_path, runs):

@@ -134,3 +134,64 @@ def test_a_reference_without_a_worklist_stops_before_anything_is_written(tmp_pat
     with pytest.raises(MedassistError, match="--reference .*nothing.*no worklist.csv"):
         run_monitor([run], tmp_path / "report", reference=tmp_path / "nothing")
     assert not (tmp_path / "report").exists()
+
+
+def test_flag_rates_by_sex_age_band_and_manufacturer_with_empty_values_as_unknown(tmp_path, mon):
+    scores = [0.9, 0.8, 0.1, 0.2, 0.7, 0.3, 0.6, 0.05]  # flagged: 1 1 0 0 1 0 1 0
+    records = mon.finding_records(scores, prefix="g", sexes=("F", "M"), age_bands=("65+", "65+", "18-39", ""),
+                                  manufacturers=("ACME", "ACME", "ACME", "Other"))
+    report = _monitor(tmp_path, [mon.write_run(tmp_path / "run", records)], None)
+    assert report["subgroups"]["reported"] == ["body_part", "modality", "manufacturer", "sex", "age_band"]
+    groups = _model(report)["runs"][0]["scores_by_subgroup"]
+    rates = {factor: {level: (g["n_findings"], g["n_flagged"]) for level, g in groups[factor].items()}
+             for factor in ("sex", "age_band", "manufacturer")}
+    assert rates["sex"] == {"F": (4, 3), "M": (4, 1)}
+    assert rates["age_band"] == {"65+": (4, 3), "18-39": (2, 1), "unknown": (2, 0)}
+    assert rates["manufacturer"] == {"ACME": (6, 4), "Other": (2, 0)}
+    assert groups["sex"]["F"]["flag_rate"] == pytest.approx(0.75)
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<td>sex</td><td>F</td><td>4</td><td>75.0%</td>" in page
+    assert "<td>age_band</td><td>65+</td><td>4</td><td>75.0%</td>" in page
+    assert "Subgroups: body part, modality, manufacturer, sex, age band" in page
+
+
+def test_scores_are_dated_by_study_date_and_by_the_run_time_where_a_row_has_none(tmp_path, mon):
+    # one run on Monday of 2026-W49 holding studies from 2026-W45 (a Thursday) and rows with no or a malformed date
+    records = mon.finding_records([0.9, 0.1, 0.8, 0.2, 0.7, 0.3], prefix="d",
+                                  study_dates=("20261105", "20261105", "", "", "20261331", "20261108"))
+    run = mon.write_run(tmp_path / "run", records)
+    report = _monitor(tmp_path, [run], None)
+    [entry] = report["runs"]
+    assert entry["iso_week"] == "2026-W49" and entry["n_study_dated"] == 3
+    figures = _model(report)
+    assert [p["iso_week"] for p in figures["runs"]] == ["2026-W49"]
+    weeks = {p["label"]: p for p in figures["weeks"]}
+    assert set(weeks) == {"2026-W45", "2026-W49"}  # 2026-11-08 is the Sunday of W45
+    assert (weeks["2026-W45"]["scores"]["n_findings"], weeks["2026-W45"]["scores"]["n_flagged"]) == (3, 1)
+    assert (weeks["2026-W49"]["scores"]["n_findings"], weeks["2026-W49"]["scores"]["n_flagged"]) == (3, 2)
+    assert weeks["2026-W45"]["runs"] == weeks["2026-W49"]["runs"] == [str(run)]
+    assert "study_date" in report["dates"]["scores"] and "worklist.csv" in report["dates"]["scores"]
+
+
+def test_a_worklist_written_before_the_subgroup_columns_is_still_monitored(tmp_path, mon):
+    import csv
+    import os
+
+    old_columns = ("study_uid", "series_uid", "patient_id", "accession", "modality", "body_part", "model",
+                   "model_version", "finding", "score", "threshold", "flagged", "slices", "saliency_path",
+                   "source_path", "error")
+    records = mon.finding_records([0.9, 0.2, 0.6], prefix="old")
+    folder = tmp_path / "old"
+    folder.mkdir()
+    with open(folder / "worklist.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**r, "flagged": str(r["flagged"]).lower()} for r in records)
+    os.utime(folder / "worklist.csv", (mon.MONDAY.timestamp(), mon.MONDAY.timestamp()))
+    report = _monitor(tmp_path, [folder], None)
+    [period] = _model(report)["runs"]
+    assert (period["scores"]["n_findings"], period["scores"]["n_flagged"]) == (3, 2)
+    for factor in ("manufacturer", "sex", "age_band"):
+        assert set(period["scores_by_subgroup"][factor]) == {"unknown"}
+    assert set(period["scores_by_subgroup"]["body_part"]) == {"HAND", "LEG"}
+    assert [w["label"] for w in _model(report)["weeks"]] == ["2026-W49"] and report["runs"][0]["n_study_dated"] == 0

@@ -171,3 +171,24 @@ def _constant_image():
 
     pixels = np.full((1, 80, 60), 7.0, dtype=np.float32)
     return Image(pixels=pixels, display=np.zeros_like(pixels))
+
+
+def test_a_dicom_file_puts_sex_age_band_manufacturer_and_study_date_in_the_worklist(tmp_path, model_dir):
+    import pydicom
+
+    path = write_dicom_image(tmp_path / "in" / "IM1.dcm", synthetic_radiograph(120, 90, 3), patient_id="SECRET-9")
+    ds = pydicom.dcmread(path)
+    ds.PatientSex, ds.PatientAge, ds.Manufacturer, ds.StudyDate = "F", "067Y", "ACME Imaging", "20261130"
+    ds.save_as(path, enforce_file_format=True)
+    bare = write_dicom_image(tmp_path / "in" / "bare" / "IM1.dcm", synthetic_radiograph(120, 90, 4), index=4)
+    run_triage([tmp_path / "in"], tmp_path / "out", device="cpu", batch_size=2, num_workers=0,
+               weights_dir=model_dir, progress=False)
+    csv_text = (tmp_path / "out" / "worklist.csv").read_text()
+    with open(tmp_path / "out" / "worklist.csv", newline="") as fh:
+        rows = {r["source_path"]: r for r in csv.DictReader(fh)}
+    tagged, untagged = rows[str(path)], rows[str(bare)]
+    assert tagged["model"] == "fracture_xray" and tagged["score"] != ""
+    assert (tagged["sex"], tagged["age_band"], tagged["manufacturer"], tagged["study_date"]) == (
+        "F", "65+", "ACME Imaging", "20261130")
+    assert (untagged["sex"], untagged["age_band"], untagged["manufacturer"], untagged["study_date"]) == ("", "", "", "")
+    assert "067Y" not in csv_text and "067Y" not in (tmp_path / "out" / "worklist.json").read_text()
