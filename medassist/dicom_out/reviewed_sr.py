@@ -27,6 +27,9 @@ signed-in account; single-user decisions are refused). No DICOM Digital Signatur
 write it could change it. The decision log itself is tamper-evident (``review.store``). The SR stays
 PRELIMINARY, as the AI SR: medassist is not the reporting system of record.
 
+``write_reviewed_srs(run_dir, db, out_dir, ...)`` does this for every current decision of a triage
+run: one file per decided finding, ``OUT/<StudyInstanceUID>/SR_<uid>.dcm``, written atomically.
+
 Limits: a corrected location on slice 0 of a single multi-frame instance is referenced without a
 frame number (the AI SR does not say how many frames its source has), and a point outside the
 image cannot be caught here (the SR does not carry the source's Rows and Columns).
@@ -35,25 +38,34 @@ image cannot be caught here (the SR does not carry the source's Rows and Columns
 from __future__ import annotations
 
 import copy
+import logging
+import os
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
+from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
 
+from medassist.atomic import dicom_bytes, write_atomic
 from medassist.audit.agreement import final_call
+from medassist.datamodel import read_worklist
 from medassist.dicom_out import codes as mcodes
 from medassist.dicom_out.location import FindingLocation
-from medassist.dicom_out.results import DICOM_RESULTS
+from medassist.dicom_out.results import DICOM_RESULTS, _safe_name
 from medassist.dicom_out.sr import DEVICE_UID, MANUFACTURER, SR_SERIES_NUMBER, derived_uid, software_version, tracking_uid
 from medassist.errors import MedassistError
 from medassist.optional import require
 from medassist.review.accounts import NAME_RE
-from medassist.review.store import Decision
+from medassist.review.store import Decision, default_db_path, open_store
 
 hd = require("highdicom", extra="pacs", feature=DICOM_RESULTS)
+
+logger = logging.getLogger(__name__)
 
 REVIEWED_SR_SERIES_NUMBER = 9902
 REVIEWED_SR_SERIES_DESCRIPTION = "medassist reviewed report (research use, not for diagnosis)"
@@ -271,3 +283,85 @@ def _evidence(ai_sr: Dataset, referenced: set[str]) -> list[Dataset]:
 
 _STUDY_KEYWORDS = frozenset({"SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
                              "StudyDescription", "StudyID", "IssuerOfAccessionNumberSequence"})
+
+
+@dataclass
+class ReviewedSRs:
+    """What ``write_reviewed_srs`` wrote, what it left out (counts) and what it could not do."""
+
+    written: list[Path] = field(default_factory=list)
+    undecided: int = 0  # findings of the worklist nobody decided yet
+    not_signed_in: int = 0  # decisions of the single-user mode: no named reviewer to verify them
+    problems: list[str] = field(default_factory=list)
+
+
+def write_reviewed_srs(
+    run_dir: str | os.PathLike[str],
+    db: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    verifying_organization: str,
+    key_file: str | os.PathLike[str] | None = None,
+    anchor_file: str | os.PathLike[str] | None = None,
+) -> ReviewedSRs:
+    """A reviewed SR per current decision of ``db`` (verified first), from the run's AI SRs
+    (``run_dir/dicom/<study>/SR_*.dcm``); see the module docstring.
+
+    A decision with no AI SR holding its finding, or one that cannot be built, is a problem (named
+    by file and decision id); the others are written. MedassistError when the worklist, the
+    decisions database or an AI SR file cannot be read, or the log fails verification.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    db_path = Path(db)
+    if db_path.is_dir():
+        db_path = default_db_path(db_path)
+    if not db_path.is_file():
+        raise MedassistError(f"{db_path}: no decisions database there")
+    findings = [row for row in read_worklist(run_dir) if row.is_finding]
+    store = open_store(db_path, key_file=key_file, anchor_file=anchor_file)  # refuses a log that fails verification
+    current = store.current_decisions()
+    report = ReviewedSRs(undecided=sum(1 for row in findings if row.key not in current))
+    ai_srs = _ai_srs(run_dir / "dicom")
+    for decision in current.values():
+        if not NAME_RE.fullmatch(decision.reviewer or ""):
+            report.not_signed_in += 1
+            continue
+        found = ai_srs.get((decision.study_uid, decision_tracking_uid(decision)))
+        if found is None:
+            report.problems.append(f"{run_dir / 'dicom'}: no AI SR holds the finding of decision {decision.id} "
+                                   "(medassist triage --send writes them)")
+            continue
+        path, ai_sr = found
+        try:
+            sr = build_reviewed_sr(ai_sr=ai_sr, decision=decision, verifying_organization=verifying_organization)
+        except (MedassistError, ValueError) as exc:
+            report.problems.append(f"{path}: no reviewed SR for decision {decision.id}: {exc}")
+            continue
+        target = out_dir / _safe_name(decision.study_uid) / f"SR_{sr.SOPInstanceUID}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        report.written.append(write_atomic(target, dicom_bytes(sr)))
+    logger.info("reviewed SRs: %d written, %d undecided, %d not by a signed-in reviewer, %d problem(s)",
+                len(report.written), report.undecided, report.not_signed_in, len(report.problems))
+    return report
+
+
+def _ai_srs(folder: Path) -> dict[tuple[str, str], tuple[Path, Dataset]]:
+    """The AI SRs under ``folder`` by (StudyInstanceUID, finding tracking UID); where several hold
+    a finding (results written again with another map), the latest by content date and time."""
+    found: dict[tuple[str, str], tuple[Path, Dataset]] = {}
+    for path in sorted(folder.glob("*/SR_*.dcm")):
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as exc:
+            raise MedassistError(f"{path}: not a readable DICOM file ({exc})") from exc
+        if not is_ai_sr(ds):
+            continue
+        for group in hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups():
+            key = (str(ds.StudyInstanceUID), str(group.tracking_uid))
+            if key not in found or _content_time(ds) >= _content_time(found[key][1]):
+                found[key] = (path, ds)
+    return found
+
+
+def _content_time(ds: Dataset) -> str:
+    return f"{ds.get('ContentDate', '')}{ds.get('ContentTime', '')}"
