@@ -4,7 +4,8 @@ Exit status: 0 when the command ran (even if some input files were unreadable: t
 worklist), 2 for a usage error or a problem the user can fix (MedassistError: printed as
 ``medassist: error: <message>``, no traceback; a command whose extra is not installed is one:
 ``medassist.optional`` names the command that installs it), ``EXIT_RESULTS_FAILED`` (3) when ``triage --send``
-wrote the worklist but could not build or send every result, 130 when interrupted. Messages and
+wrote the worklist but could not build or send every result (and when ``review-sr`` could not write or send
+every reviewed SR), 130 when interrupted. Messages and
 log lines never show credentials given inside a URL (``sanitize.redact_credentials``).
 """
 
@@ -44,6 +45,9 @@ prefer_sleeping_threads()  # the heavy imports (torch) are inside the commands b
 # ``triage --send``: the worklist is written, but some result (an SR, a saliency capture or SEG) could not be
 # built or was not stored by the PACS; each is listed on stderr. Distinct from 2 (usage errors, argparse's too).
 EXIT_RESULTS_FAILED = 3
+
+# review-sr: the verifying organization when --organization is not given
+ORGANIZATION_ENV = "MEDASSIST_ORGANIZATION"
 
 # the choices of triage --runtime and export-model --format (medassist.models.onnx_runtime.RUNTIMES and
 # medassist.models.export.EXPORT_FORMATS, kept equal by tests/test_cli.py): named here so that building the
@@ -275,6 +279,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_key_file(review)
     add_users_file(review)
     review.set_defaults(func=cmd_review)
+
+    review_sr = commands.add_parser(
+        "review-sr", help="write the reviewers' decisions as reviewed SRs (new versions of the AI SRs)",
+        description="For every finding of RUN_DIR with a current decision in DB (verified first), write a new "
+        "version of its AI SR (RUN_DIR/dicom/<study>/SR_*.dcm, written by triage --send): same study, its own "
+        "series, the AI SR as predecessor, VERIFIED by the reviewer (their account name) for --organization, the "
+        "finding as the reviewer settled it and a corrected location as an SCOORD POINT. One file per decided "
+        "finding, DIR/<study>/SR_<uid>.dcm. Undecided findings and single-user (unauthenticated) decisions are "
+        "skipped and counted. Not digitally signed (no PS3.15 Annex C signature). Exit 3 when some decision "
+        "could not be written (each listed on stderr) or sent.",
+    )
+    review_sr.add_argument("run", type=Path, metavar="RUN_DIR", help="a folder written by medassist triage")
+    review_sr.add_argument("--db", required=True, type=Path, metavar="DB",
+                           help="the run's decisions.sqlite (or its folder)")
+    review_sr.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    review_sr.add_argument("--organization", metavar="NAME", default=None,
+                           help=f"the verifying organization the SRs name (default: ${ORGANIZATION_ENV})")
+    review_sr.add_argument("--send", metavar="TARGET", help="send the reviewed SRs: a DICOMweb URL (STOW-RS) or "
+                           "dicom://AET@host:port (C-STORE)")
+    add_pacs_credentials(review_sr)
+    add_key_file(review_sr)
+    review_sr.add_argument("--anchor", type=Path, metavar="FILE",
+                           help="the decision log's anchor (default: the one kept for DB beside the site key)")
+    review_sr.set_defaults(func=cmd_review_sr)
 
     users = commands.add_parser(
         "users", help="reviewer accounts: add, list, remove",
@@ -578,6 +606,40 @@ def cmd_review(args: argparse.Namespace) -> int:
         raise MedassistError("--tls-cert and --tls-key go with --public")
     return launch(args.out, port=args.port, host=args.host, key_file=args.key_file, users_file=args.users_file,
                   public=args.public, tls_cert=args.tls_cert, tls_key=args.tls_key)
+
+
+def cmd_review_sr(args: argparse.Namespace) -> int:
+    """``medassist review-sr RUN_DIR --db DB --out DIR``: one reviewed SR per decided finding, then counts
+    (no identifiers); EXIT_RESULTS_FAILED when some could not be written or sent."""
+    organization = (args.organization or os.environ.get(ORGANIZATION_ENV, "")).strip()
+    if not organization:
+        raise MedassistError(f"review-sr: give --organization NAME (or set {ORGANIZATION_ENV}): the verifying "
+                             "organization a verified SR names")
+    require_extra("pacs", feature="medassist review-sr")
+    from medassist.dicom_out.reviewed_sr import write_reviewed_srs
+
+    made = write_reviewed_srs(args.run, args.db, args.out, verifying_organization=organization,
+                              key_file=args.key_file, anchor_file=args.anchor)
+    print(f"medassist review-sr: {len(made.written)} reviewed SR(s) written to {args.out}; skipped "
+          f"{made.undecided} undecided finding(s) and {made.not_signed_in} decision(s) not made by a signed-in "
+          f"reviewer; {len(made.problems)} failed")
+    for problem in made.problems:
+        print(f"  not written: {redact_credentials(problem)}", file=sys.stderr)
+    failed = len(made.problems)
+    if args.send and made.written:
+        from medassist.pacs.send import send
+
+        try:
+            report = send(args.send, made.written, username=args.pacs_user, password=pacs_password(args))
+        except MedassistError as exc:
+            print(f"medassist: error: reviewed SRs not sent: {redact_credentials(exc)}", file=sys.stderr)
+            return EXIT_RESULTS_FAILED
+        print(f"medassist review-sr: sent {len(report.stored)} reviewed SR(s) to {redact_credentials(args.send)}, "
+              f"{len(report.failed)} failed")
+        for uid, reason in report.failed.items():
+            print(f"  not stored: {uid}: {redact_credentials(reason)}", file=sys.stderr)
+        failed += len(report.failed)
+    return EXIT_RESULTS_FAILED if failed else 0
 
 
 def read_new_password(from_stdin: bool) -> str:

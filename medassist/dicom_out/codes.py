@@ -37,6 +37,11 @@ NO_UNITS = CodedConcept("1", "UCUM", "no units")
 PRESENT = CodedConcept("52101004", "SCT", "Present")
 ABSENT = CodedConcept("272519000", "SCT", "Absent")
 FINDING_CATEGORY = CodedConcept("49755003", "SCT", "Morphologically Abnormal Structure")
+# the reviewed SR (reviewed_sr.py): what the radiologist decided in medassist's review app
+REVIEW_DECISION = CodedConcept("MA-REVIEW", LOCAL_SCHEME, "Reviewer decision on the AI finding")
+REVIEW_ACCEPTED = CodedConcept("MA-ACCEPTED", LOCAL_SCHEME, "AI finding accepted by the reviewer")
+REVIEW_REJECTED = CodedConcept("MA-REJECTED", LOCAL_SCHEME, "AI finding rejected by the reviewer")
+REVIEW_CORRECTED = CodedConcept("MA-CORRECTED", LOCAL_SCHEME, "AI finding corrected by the reviewer")
 
 _PROCEDURES = {
     "DX": CodedConcept("168537006", "SCT", "Plain radiography"),

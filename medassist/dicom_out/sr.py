@@ -69,6 +69,11 @@ def derived_uid(*parts: object) -> str:
     return generate_uid(prefix="2.25.", entropy_srcs=[json.dumps(p, sort_keys=True, default=str) for p in parts])
 
 
+def tracking_uid(series_uid: str, model: str, model_version: str) -> str:
+    """The tracking UID of a finding (one model on one series): the same in every SR about it."""
+    return derived_uid("tracking", series_uid, model, model_version)
+
+
 def _row_key(row) -> dict:
     return {k: getattr(row, k) for k in ("series_uid", "model", "model_version", "finding", "score", "threshold", "flagged")}
 
@@ -164,7 +169,7 @@ def _measurement_group(row, headers: Sequence[Dataset]) -> hd.sr.MeasurementsAnd
         for ds in headers
     ]
     tracking = hd.sr.TrackingIdentifier(
-        uid=derived_uid("tracking", row.series_uid, row.model, row.model_version),
+        uid=tracking_uid(row.series_uid, row.model, row.model_version),
         identifier=f"{row.model} {row.finding} series {row.series_uid}"[:64],
     )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -206,7 +211,7 @@ def _location_groups(row, headers: Sequence[Dataset], locations: Sequence[Findin
         return []
     algorithm = hd.sr.AlgorithmIdentification(name=row.model, version=row.model_version or "unknown")
     finding = mcodes.finding_code(row.finding or row.model)
-    tracking_uid = derived_uid("tracking", row.series_uid, row.model, row.model_version)
+    finding_uid = tracking_uid(row.series_uid, row.model, row.model_version)
     single = _n_planes(headers) == 1
     multiframe = len(headers) == 1
 
@@ -219,7 +224,7 @@ def _location_groups(row, headers: Sequence[Dataset], locations: Sequence[Findin
         )
         region = hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=np.asarray(data, dtype=np.float64),
                                    source_image=source)
-        tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=f"{row.model} {row.finding} {what}"[:64])
+        tracking = hd.sr.TrackingIdentifier(uid=finding_uid, identifier=f"{row.model} {row.finding} {what}"[:64])
         return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking,
             referenced_region=region,
