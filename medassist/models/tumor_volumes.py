@@ -13,6 +13,11 @@ For the tumour sources the slices the study score reports are compared with the 
 tumour mask is non-empty (BraTS: any label, oedema included; LGG: the FLAIR abnormality), in the
 same index space (stored slice indices when the plane is the stored slice axis, else canonical).
 ``TARGETS`` states what 2.0.0 must reach (issue 16).
+
+``transform`` (every ``validate_*`` and ``score_image``; default none): a function applied to each
+volume's Image just before it is scored (e.g. ``bias_field.n4_image``, measured for issue 16/19);
+it must keep the geometry (the tumour masks stay on the original grid). Its seconds per volume are
+reported as ``transform_s``; without one the report is as before.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import dataclasses
 import logging
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from medassist.datamodel import Image
 from medassist.errors import MedassistError
 from medassist.models import tumor, tumor_data
 from medassist.preprocess import volume as vol
@@ -43,13 +49,15 @@ TARGETS = {
 }
 LGG_MIN_FLAGGED = 0.9
 IXI_MAX_FLAGGED = 0.1
+Transform = Callable[[Image], Image]  # an ingest Image to one on the same grid
 
 
 @dataclass(frozen=True)
 class VolumeScore:
     """One volume's study result. ``slices``: the slices the study score reports (``indices_are``
     says in which index space); ``tumour_slices``: where the mask is non-empty, in the same space
-    (None for normal volumes); ``error``: why there is no score (then ``score`` is None)."""
+    (None for normal volumes); ``error``: why there is no score (then ``score`` is None);
+    ``transform_s``: seconds the validation's ``transform`` took on this volume (None: no transform)."""
 
     source: str
     variant: str
@@ -67,6 +75,7 @@ class VolumeScore:
     max_slice_score: float | None
     tumour_slices: tuple[int, ...] | None = None
     error: str = ""
+    transform_s: float | None = None
 
     @property
     def slices_in_tumour(self) -> int | None:
@@ -86,6 +95,8 @@ class VolumeScore:
         out = asdict(self)
         out.update(slices=list(self.slices), slices_in_tumour=self.slices_in_tumour, localised=self.localised,
                    tumour_slices=None if self.tumour_slices is None else list(self.tumour_slices))
+        if self.transform_s is None:  # no transform: the report as it was before transforms existed
+            del out["transform_s"]
         return out
 
 
@@ -178,17 +189,25 @@ def reported_tumour_slices(mask, prepared: tumor.PreparedVolume, indices_are: st
     return tuple(int(i) for i in hits)
 
 
-def score_image(model, image, *, source: str, variant: str, name: str, mask=None) -> VolumeScore:
-    """Score one Image as triage does (``prepare_volume`` + ``score_prepared_volume``); a
-    MedassistError (e.g. "no brain found") becomes the VolumeScore's ``error``."""
+def score_image(model, image, *, source: str, variant: str, name: str, mask=None,
+                transform: Transform | None = None) -> VolumeScore:
+    """Score one Image as triage does (``prepare_volume`` + ``score_prepared_volume``), after
+    ``transform`` when given (timed: ``transform_s``); a MedassistError (e.g. "no brain found", or
+    from the transform) becomes the VolumeScore's ``error``."""
     network, spec = tumor._as_model(model)
     threshold = float(spec.threshold)
+    seconds = None
     try:
+        if transform is not None:
+            started = time.perf_counter()
+            image = transform(image)
+            seconds = round(time.perf_counter() - started, 3)
         prepared = tumor.prepare_volume(spec, image)
         result = tumor.score_prepared_volume(network, spec, prepared)
         tumour = None if mask is None else reported_tumour_slices(mask, prepared, result["indices_are"])
     except MedassistError as exc:
-        return failed(source, variant, name, threshold, str(exc), masked=mask is not None)
+        return dataclasses.replace(failed(source, variant, name, threshold, str(exc), masked=mask is not None),
+                                   transform_s=seconds)
     inside, slice_scores = result["in_brain"], result["slice_scores"]
     return VolumeScore(
         source=source, variant=variant, name=name, score=round(float(result["score"]), 6), threshold=threshold,
@@ -196,6 +215,7 @@ def score_image(model, image, *, source: str, variant: str, name: str, mask=None
         plane=result["plane"], spacing_mm=round(float(result["spacing_mm"]), 4), n_slices=int(inside.size),
         n_in_brain=int(inside.sum()), n_slices_over_threshold=int(np.sum(slice_scores[inside] >= threshold)),
         max_slice_score=round(float(slice_scores.max(initial=0.0)), 6), tumour_slices=tumour,
+        transform_s=seconds,
     )
 
 
@@ -215,7 +235,7 @@ def _timed(report: VolumeScore, started: float) -> VolumeScore:
     return report
 
 
-def validate_brats(model, cases: Sequence[tumor_data.BratsCase]) -> SourceReport:
+def validate_brats(model, cases: Sequence[tumor_data.BratsCase], transform: Transform | None = None) -> SourceReport:
     """The BraTS examples as given, reported slices against the segmentation (any label)."""
     model = tumor._as_model(model)
     volumes = []
@@ -227,7 +247,7 @@ def validate_brats(model, cases: Sequence[tumor_data.BratsCase]) -> SourceReport
             volumes.append(failed("brats", "as_given", case.case, model[1].threshold, str(exc), masked=True))
             continue
         volumes.append(_timed(score_image(model, image, source="brats", variant="as_given", name=case.case,
-                                          mask=mask), started))
+                                          mask=mask, transform=transform), started))
     return SourceReport("brats", "as_given", tuple(volumes))
 
 
@@ -248,7 +268,7 @@ def lgg_mask(slices: tuple[tumor_data.LggSlice, ...], image, folder: Path, spaci
 
 
 def validate_lgg(model, patients: Mapping[str, tuple[tumor_data.LggSlice, ...]],
-                 slice_spacing_mm: float | None = None) -> SourceReport:
+                 slice_spacing_mm: float | None = None, transform: Transform | None = None) -> SourceReport:
     """Each LGG patient's slices as one skull-on stack (``lgg_volume``; spacing
     ``tumor_data.lgg_spacing_mm``), reported slices against the FLAIR-abnormality masks."""
     model = tumor._as_model(model)
@@ -264,13 +284,14 @@ def validate_lgg(model, patients: Mapping[str, tuple[tumor_data.LggSlice, ...]],
                 volumes.append(failed("lgg", "stack", patient, model[1].threshold, str(exc), masked=True))
                 continue
             volumes.append(_timed(score_image(model, image, source="lgg", variant="stack", name=patient,
-                                              mask=mask), started))
+                                              mask=mask, transform=transform), started))
     return SourceReport("lgg", "stack", tuple(volumes))
 
 
-def validate_ixi(model, subjects: Sequence[tumor_data.IxiSubject], variants: Sequence[str] = IXI_VARIANTS
-                 ) -> list[SourceReport]:
-    """The IXI subjects (healthy) as given and skull-stripped (``tumor.skull_strip``): one report per variant."""
+def validate_ixi(model, subjects: Sequence[tumor_data.IxiSubject], variants: Sequence[str] = IXI_VARIANTS,
+                 transform: Transform | None = None) -> list[SourceReport]:
+    """The IXI subjects (healthy) as given and skull-stripped (``tumor.skull_strip``): one report per
+    variant. ``transform`` is applied to the volume scored, i.e. after the skull strip."""
     model = tumor._as_model(model)
     found: dict[str, list[VolumeScore]] = {v: [] for v in variants}
     for subject in subjects:
@@ -285,7 +306,7 @@ def validate_ixi(model, subjects: Sequence[tumor_data.IxiSubject], variants: Seq
             started = time.time()
             shown = tumor.skull_strip(image) if variant == "skull_stripped" else image
             found[variant].append(_timed(score_image(model, shown, source="ixi", variant=variant,
-                                                     name=subject.subject), started))
+                                                     name=subject.subject, transform=transform), started))
     return [SourceReport("ixi", v, tuple(found[v])) for v in variants]
 
 
@@ -293,11 +314,12 @@ def validate_ixi(model, subjects: Sequence[tumor_data.IxiSubject], variants: Seq
 
 
 def validate_volumes(model, data_cfg: Mapping | None = None, *, sources: Sequence[str] = SOURCES,
-                     limit: int | None = None, lgg_spacing_mm: float | None = None) -> VolumeValidation:
+                     limit: int | None = None, lgg_spacing_mm: float | None = None,
+                     transform: Transform | None = None) -> VolumeValidation:
     """The volume-level validation of ``model`` (a LoadedModel, (network, spec) or spec JSON path):
     BraTS (all six), the LGG and IXI validation splits (``tumor_data.lgg_split`` / ``ixi_split``
     under ``data_cfg``, a config's data section). ``limit``: at most that many volumes per source
-    (smoke runs)."""
+    (smoke runs). ``transform``: applied to each Image before it is scored (module docstring)."""
     network, spec = tumor._as_model(model)
     network.eval()
     model = (network, spec)
@@ -307,16 +329,17 @@ def validate_volumes(model, data_cfg: Mapping | None = None, *, sources: Sequenc
         raise MedassistError(f"unknown volume sources {sorted(unknown)}; known: {', '.join(SOURCES)}")
     if "brats" in sources:
         cases = tumor_data.read_brats(tumor_data.source_root(data_cfg, "brats"))
-        reports.append(validate_brats(model, cases[:limit]))
+        reports.append(validate_brats(model, cases[:limit], transform))
     if "lgg" in sources:
         slices = tumor_data.read_lgg(tumor_data.source_root(data_cfg, "lgg"))
         split = tumor_data.lgg_split(slices, data_cfg)
         patients = {p: s for p, s in tumor_data.lgg_patients(slices).items() if split[p] == "val"}
-        reports.append(validate_lgg(model, dict(list(patients.items())[:limit]), lgg_spacing_mm))
+        reports.append(validate_lgg(model, dict(list(patients.items())[:limit]), lgg_spacing_mm, transform))
     if "ixi" in sources:
         subjects = tumor_data.read_ixi(tumor_data.source_root(data_cfg, "ixi"))
         split = tumor_data.ixi_split(subjects, data_cfg)
-        reports += validate_ixi(model, [s for s in subjects if split[s.subject] == "val"][:limit])
+        reports += validate_ixi(model, [s for s in subjects if split[s.subject] == "val"][:limit],
+                                transform=transform)
     return VolumeValidation(spec.name, spec.version, float(spec.threshold), tuple(reports),
                             assumptions=assumptions(data_cfg, lgg_spacing_mm))
 
