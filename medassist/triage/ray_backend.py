@@ -52,11 +52,10 @@ import torch
 
 from medassist.datamodel import Image, IngestProblem, Series
 from medassist.errors import MedassistError
-from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, load_model
+from medassist.models.registry import LoadedModel, choose_device, load_model
 from medassist.models.spec import InputKind, ModelSpec
 from medassist.optional import require
 from medassist.triage.inputs import (
-    DEFAULT_SERIES_TIMEOUT,
     Job,
     JobDataset,
     Prepared,
@@ -64,6 +63,7 @@ from medassist.triage.inputs import (
     collate_prepared,
     kind_of,
 )
+from medassist.triage.options import TriageOptions
 from medassist.triage.run import (
     Finished,
     TriageSummary,
@@ -181,78 +181,69 @@ def ray_session(address: str | None) -> Iterator[ModuleType]:
 
 
 def run_triage_ray(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    *,
-    modality_override: str | None = None,
-    **options,
+    inputs: Sequence[str | Path], out_dir: str | Path, options: TriageOptions = TriageOptions()
 ) -> TriageSummary:
-    """``run_triage`` on Ray: discover the series under ``inputs`` here, score them on the cluster.
-
-    ``options`` are those of ``triage_series_ray``.
-    """
-    found = discover_all(inputs, modality_override)
-    return triage_series_ray(found.series, found.problems, out_dir, skipped=found.skipped, **options)
+    """``run_triage`` on Ray: discover the series under ``inputs`` here, score them on the cluster
+    (``triage_series_ray``)."""
+    found = discover_all(inputs, options.modality_override)
+    return triage_series_ray(found.series, found.problems, out_dir, options, skipped=found.skipped)
 
 
 def triage_series_ray(
     series: Sequence[Series],
     problems: Sequence[IngestProblem],
     out_dir: str | Path,
+    options: TriageOptions = TriageOptions(),
     *,
-    device: str | torch.device = "auto",
-    batch_size: int = 8,
-    num_workers: int = 1,
-    weights_dir: str | Path = WEIGHTS_DIR,
-    progress: bool = True,
-    checkpoint_every: int = 50,
-    explain: str = "flagged",
-    explain_method: str = "gradcam",
-    series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
-    ray_address: str | None = None,
-    actors: int | None = None,
     skipped: Sequence[Skipped] = (),
 ) -> TriageSummary:
-    """``triage_series`` with decoding and scoring on a Ray cluster; same arguments, plus:
+    """``triage_series`` with decoding and scoring on a Ray cluster; same options, plus
+    ``options.ray_address`` and ``options.actors`` (see ``TriageOptions``).
 
-    ``ray_address``: the cluster to join ("auto": the one this machine belongs to); None starts a
-    local one. ``actors``: model actors (default: one per GPU in the cluster, else one).
     ``num_workers`` is not used: decode tasks run on every cluster CPU the model actors leave free.
-    ``series_timeout`` holds each decode task as it holds the local backend's decoding.
+    ``series_timeout`` holds each decode task as it holds the local backend's decoding. Scoring is
+    torch's: a ``runtime`` other than "torch" raises MedassistError (``onnx_dir`` is not used).
     """
-    del num_workers  # decode parallelism is the cluster's
-    device = str(device)  # "auto", "cpu", "cuda" or a torch.device
-    if batch_size < 1 or checkpoint_every < 1 or (actors is not None and actors < 1):
-        raise ValueError("batch_size, checkpoint_every and actors must be >= 1")
-    out, specs = prepare_run(out_dir, weights_dir, explain)
-    stage = StageOptions(
-        weights_dir=str(Path(weights_dir).resolve()), batch_size=batch_size, out_dir=str(out.resolve()),
-        explain=explain, explain_method=explain_method, series_timeout=series_timeout, cwd=os.getcwd(),
-    )
+    if options.runtime != "torch":
+        raise MedassistError(f"--runtime {options.runtime} is not available with --backend ray (it scores with torch)")
+    device = str(options.device)  # "auto", "cpu", "cuda" or a torch.device
+    out, specs = prepare_run(out_dir, options.weights_dir)
+    stage = StageOptions.of(options, out)
 
     def produce(pending: list[tuple[ModelSpec, list[Job]]]) -> Iterator[Finished]:
         jobs = [job for _, group in pending for job in group]
         if not jobs:  # everything decided already: no cluster to start
             return
-        with ray_session(ray_address) as ray:
-            for index, score, slices, error, saliency in run_pipeline(ray, jobs, stage, device, actors, progress):
+        with ray_session(options.ray_address) as ray:
+            for index, score, slices, error, saliency in run_pipeline(ray, jobs, stage, device, options.actors,
+                                                                      options.progress):
                 yield jobs[index], score, slices, error, saliency
 
-    return record_run(series, problems, out, specs, produce, progress=progress,
-                      checkpoint_every=checkpoint_every, desc="triage (ray)", skipped=skipped)
+    return record_run(series, problems, out, specs, produce, progress=options.progress,
+                      checkpoint_every=options.checkpoint_every, desc="triage (ray)", skipped=skipped)
 
 
 @dataclasses.dataclass(frozen=True)
 class StageOptions:
-    """What the cluster stages need besides the jobs (plain values: they travel to the workers)."""
+    """What the cluster stages need of the run's ``TriageOptions`` besides the jobs (plain values:
+    they travel to the workers), with the paths made absolute."""
 
-    weights_dir: str
+    weights_dir: str  # absolute
     batch_size: int
     out_dir: str  # absolute
     explain: str
     explain_method: str
     series_timeout: float | None
     cwd: str  # the driver's working directory, against which relative input paths resolve
+
+    @classmethod
+    def of(cls, options: TriageOptions, out_dir: Path) -> StageOptions:
+        """The stages' part of ``options``, for a run writing into ``out_dir``."""
+        return cls(
+            weights_dir=str(Path(options.weights_dir).resolve()), batch_size=options.batch_size,
+            out_dir=str(out_dir.resolve()), explain=options.explain, explain_method=options.explain_method,
+            series_timeout=options.series_timeout, cwd=os.getcwd(),
+        )
 
 
 Result = tuple[int, "float | None", tuple[int, ...], str, str]  # (job index, score, slices, error, saliency)

@@ -31,7 +31,6 @@ from tqdm import tqdm
 from medassist.datamodel import IngestProblem, RowKind, Series, WorklistRow
 from medassist.errors import MedassistError
 from medassist.models.registry import (
-    WEIGHTS_DIR,
     LoadedModel,
     choose_device,
     load_model,
@@ -39,7 +38,7 @@ from medassist.models.registry import (
     not_applicable_reason,
     shipped_specs,
 )
-from medassist.models.onnx_runtime import DEFAULT_RUNTIME, check_runtime, with_runtime
+from medassist.models.onnx_runtime import with_runtime
 from medassist.models.spec import InputKind, ModelSpec
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
@@ -64,6 +63,7 @@ from medassist.triage.journal import (
     run_lock,
 )
 from medassist.triage.manifest import file_entries, write_manifest
+from medassist.triage.options import TriageOptions
 from medassist.triage.worklist import (
     Record,
     not_applicable_record,
@@ -102,43 +102,18 @@ class TriageSummary:
 
 
 def run_triage(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    *,
-    device: str | torch.device = "auto",
-    batch_size: int = 8,
-    num_workers: int = 1,
-    weights_dir: str | Path = WEIGHTS_DIR,
-    modality_override: str | None = None,
-    progress: bool = True,
-    checkpoint_every: int = 50,
-    explain: str = "flagged",
-    explain_method: str = "gradcam",
-    series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
-    runtime: str = DEFAULT_RUNTIME,
-    onnx_dir: str | Path | None = None,
+    inputs: Sequence[str | Path], out_dir: str | Path, options: TriageOptions = TriageOptions()
 ) -> TriageSummary:
     """Discover the series under ``inputs``, score them, write ``out_dir``/worklist.{csv,json}.
 
-    ``progress``: show a progress bar on stderr (only when stderr is a terminal).
-    ``explain``: which findings get a saliency map ("flagged", "all" or "none"), written under
-    ``out_dir``/saliency/ with its path (relative to ``out_dir``) in the ``saliency_path`` column.
-    ``series_timeout``: seconds one series may spend decoding and preprocessing before it becomes
-    an error row (None or 0: no limit).
-    ``runtime``: what scores, "torch", "onnx" (ONNX Runtime on ``onnx_dir``/NAME.onnx, checked
-    against the spec; saliency stays on torch) or "auto" (ONNX when it passes those checks, else
-    torch); see ``medassist.models.onnx_runtime``.
+    ``options``: device, batch size, workers, models folder, modality override, saliency policy,
+    series timeout, runtime... (``TriageOptions``, whose fields say what each does).
     A missing input path, a bad output folder or refused model weights raise MedassistError;
     unreadable files, undecodable series and series out of time become error rows instead, and
     are listed in ``out_dir``/quarantine.csv.
     """
-    found = discover_all(inputs, modality_override)
-    return triage_series(
-        found.series, found.problems, out_dir, device=device, batch_size=batch_size, num_workers=num_workers,
-        weights_dir=weights_dir, progress=progress, checkpoint_every=checkpoint_every,
-        explain=explain, explain_method=explain_method, series_timeout=series_timeout, skipped=found.skipped,
-        runtime=runtime, onnx_dir=onnx_dir,
-    )
+    found = discover_all(inputs, options.modality_override)
+    return triage_series(found.series, found.problems, out_dir, options, skipped=found.skipped)
 
 
 def discover(inputs: Sequence[str | Path], modality_override: str | None = None
@@ -186,49 +161,37 @@ def triage_series(
     series: Sequence[Series],
     problems: Sequence[IngestProblem],
     out_dir: str | Path,
+    options: TriageOptions = TriageOptions(),
     *,
-    device: str | torch.device = "auto",
-    batch_size: int = 8,
-    num_workers: int = 1,
-    weights_dir: str | Path = WEIGHTS_DIR,
-    progress: bool = True,
-    checkpoint_every: int = 50,
-    explain: str = "flagged",
-    explain_method: str = "gradcam",
-    series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
     skipped: Sequence[Skipped] = (),
-    runtime: str = DEFAULT_RUNTIME,
-    onnx_dir: str | Path | None = None,
 ) -> TriageSummary:
     """Score already-discovered series (see ``run_triage``) and write the worklist; ``skipped``:
-    the files discovery skipped, listed in files.csv with the series' and problems' files."""
-    if batch_size < 1 or num_workers < 0 or checkpoint_every < 1:
-        raise ValueError("batch_size and checkpoint_every must be >= 1, num_workers >= 0")
-    check_runtime(runtime)
-    out, specs = prepare_run(out_dir, weights_dir, explain)
+    the files discovery skipped, listed in files.csv with the series' and problems' files.
+    ``options.modality_override`` is not used here (it applies where series are discovered)."""
+    out, specs = prepare_run(out_dir, options.weights_dir)
+    device = options.device
     torch_device = choose_device(device) if isinstance(device, str) else device
 
     def produce(pending: list[tuple[ModelSpec, list[Job]]]) -> Iterator[Finished]:
         for spec, jobs in pending:
-            model = with_runtime(load_model(spec, torch_device, Path(weights_dir)), runtime, onnx_dir)
+            loaded = load_model(spec, torch_device, Path(options.weights_dir))
+            model = with_runtime(loaded, options.runtime, options.onnx_dir)
             if spec.input_kind == InputKind.VOLUME:
-                results = score_volume_jobs(model, jobs, series_timeout, num_workers)
+                results = score_volume_jobs(model, jobs, options.series_timeout, options.num_workers)
             else:
-                results = score_jobs(model, jobs, batch_size, num_workers, series_timeout)
+                results = score_jobs(model, jobs, options.batch_size, options.num_workers, options.series_timeout)
             for job, score, slices, error, inputs, features in results:
                 saliency = ""
-                if wants_saliency(explain, model.spec, score):
-                    saliency = explain_job(model, job, inputs, slices, out, explain_method, features=features)
+                if wants_saliency(options.explain, model.spec, score):
+                    saliency = explain_job(model, job, inputs, slices, out, options.explain_method, features=features)
                 yield job, score, slices, error, saliency
 
-    return record_run(series, problems, out, specs, produce, progress=progress, checkpoint_every=checkpoint_every,
-                      skipped=skipped)
+    return record_run(series, problems, out, specs, produce, progress=options.progress,
+                      checkpoint_every=options.checkpoint_every, skipped=skipped)
 
 
-def prepare_run(out_dir: str | Path, weights_dir: str | Path, explain: str) -> tuple[Path, list[ModelSpec]]:
-    """Check ``explain``, create the output folder, read the shipped specs (warning when none)."""
-    if explain not in EXPLAIN_CHOICES:
-        raise MedassistError(f"--explain {explain!r}: choose one of {', '.join(EXPLAIN_CHOICES)}")
+def prepare_run(out_dir: str | Path, weights_dir: str | Path) -> tuple[Path, list[ModelSpec]]:
+    """Create the output folder, read the shipped specs (warning when none)."""
     out = prepare_out_dir(out_dir)
     specs = shipped_specs(Path(weights_dir))
     if not specs:
@@ -466,7 +429,6 @@ def score_decoded_volume(model: LoadedModel, job: Job, decoded: DecodedVolume) -
     return job, round(float(result["score"]), 6), tuple(result["slices"]), "", None, None
 
 
-EXPLAIN_CHOICES = ("flagged", "all", "none")
 SALIENCY_DIR = "saliency"
 
 

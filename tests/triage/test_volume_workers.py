@@ -19,7 +19,7 @@ from medassist.datamodel import Image, Series
 from medassist.errors import MedassistError
 from medassist.ingest import discover_series
 from medassist.models.registry import WEIGHTS_DIR
-from medassist.triage import triage_series
+from medassist.triage import TriageOptions, triage_series
 from medassist.triage.inputs import Job
 from medassist.triage.run import score_volume_jobs
 
@@ -71,8 +71,9 @@ def runs(tmp_path_factory) -> dict[int, Path]:
     outs = {}
     for workers in (0, 1, 2):
         outs[workers] = tmp_path_factory.mktemp(f"workers{workers}")
-        triage_series(series, [], outs[workers], device="cpu", num_workers=workers, progress=False,
-                      explain="flagged", series_timeout=10.0)  # real series decode well within it, even on a loaded machine
+        options = TriageOptions(device="cpu", num_workers=workers, progress=False, explain="flagged",
+                                series_timeout=10.0)  # real series decode well within it, even on a loaded machine
+        triage_series(series, [], outs[workers], options)
     return outs
 
 
@@ -142,8 +143,8 @@ def test_volumes_decode_in_a_worker_process(tmp_path):
     (tumour,), _ = discover_series([TUMOUR_SERIES])
     series = [mr_series("pid", _decoder_pid), tumour]
     for workers in (0, 1):
-        triage_series(series, [], tmp_path / str(workers), device="cpu", num_workers=workers, progress=False,
-                      explain="none")
+        triage_series(series, [], tmp_path / str(workers),
+                      TriageOptions(device="cpu", num_workers=workers, progress=False, explain="none"))
         rows = {Path(r["source_path"]).name: r for r in json.loads((tmp_path / str(workers) / "worklist.json").read_text())}
         pid = int(rows["pid"]["error"].split()[-1])
         assert (pid == os.getpid()) == (workers == 0)
@@ -156,8 +157,8 @@ def test_volumes_decode_in_process_when_shared_memory_is_short(tmp_path, monkeyp
 
     monkeypatch.setattr(triage_run, "shared_memory_free", lambda: 64 * 2**20)  # a container's default /dev/shm
     (tumour,), _ = discover_series([TUMOUR_SERIES])
-    triage_series([mr_series("pid", _decoder_pid), tumour], [], tmp_path, device="cpu", num_workers=2,
-                  progress=False, explain="none")
+    triage_series([mr_series("pid", _decoder_pid), tumour], [], tmp_path,
+                  TriageOptions(device="cpu", num_workers=2, progress=False, explain="none"))
     rows = {Path(r["source_path"]).name: r for r in json.loads((tmp_path / "worklist.json").read_text())}
     assert int(rows["pid"]["error"].split()[-1]) == os.getpid()
     assert rows["SER1"]["flagged"] is True
