@@ -48,7 +48,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from medassist.datamodel import Image, IngestProblem, Series
 from medassist.errors import MedassistError
@@ -66,6 +65,7 @@ from medassist.triage.inputs import (
 from medassist.triage.options import TriageOptions
 from medassist.triage.run import (
     Finished,
+    ScoredJob,
     TriageSummary,
     discover_all,
     explain_job,
@@ -215,9 +215,7 @@ def triage_series_ray(
         if not jobs:  # everything decided already: no cluster to start
             return
         with ray_session(options.ray_address) as ray:
-            for index, score, slices, error, saliency in run_pipeline(ray, jobs, stage, device, options.actors,
-                                                                      options.progress):
-                yield jobs[index], score, slices, error, saliency
+            yield from run_pipeline(ray, jobs, stage, device, options.actors, options.progress)
 
     return record_run(series, problems, out, specs, produce, progress=options.progress,
                       checkpoint_every=options.checkpoint_every, desc="triage (ray)", skipped=skipped)
@@ -246,12 +244,9 @@ class StageOptions:
         )
 
 
-Result = tuple[int, "float | None", tuple[int, ...], str, str]  # (job index, score, slices, error, saliency)
-
-
 def run_pipeline(
     ray: ModuleType, jobs: list[Job], stage: StageOptions, device: str, actors: int | None, progress: bool
-) -> Iterator[Result]:
+) -> Iterator[Finished]:
     """Run the decode and model stages over ``jobs``; yield each job's result as it comes back."""
     resources = ray.cluster_resources()
     use_gpu, n_actors = plan_actors(resources, device, actors)
@@ -274,7 +269,8 @@ def run_pipeline(
         for row in dataset.iter_rows():
             score = float(row["score"])
             slices = tuple(int(s) for s in str(row["slices"]).split())
-            yield int(row["job"]), None if math.isnan(score) else score, slices, str(row["error"]), str(row["saliency"])
+            yield Finished(jobs[int(row["job"])], None if math.isnan(score) else score, slices, str(row["error"]),
+                           str(row["saliency"]))
     except ray.exceptions.RayError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MedassistError(f"the Ray pipeline failed ({first}); finished series are kept: "
@@ -396,7 +392,7 @@ class ModelStage:
             (int(job), str(name), bytes(ref), pickle.loads(payload))
             for job, name, ref, payload in zip(batch["job"], batch["spec"], batch["ref"], batch["payload"])
         ]
-        results: dict[int, tuple] = {}
+        results: dict[int, Finished] = {}
         for name in dict.fromkeys(entry[1] for entry in entries):
             group = [entry for entry in entries if entry[1] == name]
             model = self.model(name)
@@ -407,32 +403,31 @@ class ModelStage:
             else:
                 scored = score_prepared(model, jobs, decoded, self.stage.batch_size)
             position = {id(job): entry[0] for job, entry in zip(jobs, group)}
-            for job, score, slices, error, inputs, features in scored:
-                key = position[id(job)]
+            for result in scored:
                 saliency = ""
-                if wants_saliency(self.stage.explain, model.spec, score):
-                    saliency = explain_job(model, job, inputs, slices, Path(self.stage.out_dir),
-                                           self.stage.explain_method, features=features)
-                results[key] = (math.nan if score is None else float(score), " ".join(map(str, slices)), error, saliency)
-        order = [entry[0] for entry in entries]
-        return {
-            "job": np.array(order, dtype=np.int64),
-            "score": np.array([results[i][0] for i in order], dtype=np.float64),
-            "slices": np.array([results[i][1] for i in order], dtype=object),
-            "error": np.array([results[i][2] for i in order], dtype=object),
-            "saliency": np.array([results[i][3] for i in order], dtype=object),
+                if wants_saliency(self.stage.explain, model.spec, result.score):
+                    saliency = explain_job(model, result.job, result.inputs, result.slices, Path(self.stage.out_dir),
+                                           self.stage.explain_method, features=result.features)
+                results[position[id(result.job)]] = result.finished(saliency)
+        done = [results[entry[0]] for entry in entries]
+        return {  # plain columns: what Ray Data carries back to the driver (``run_pipeline``)
+            "job": np.array([entry[0] for entry in entries], dtype=np.int64),
+            "score": np.array([math.nan if r.score is None else float(r.score) for r in done], dtype=np.float64),
+            "slices": np.array([" ".join(map(str, r.slices)) for r in done], dtype=object),
+            "error": np.array([r.error for r in done], dtype=object),
+            "saliency": np.array([r.saliency for r in done], dtype=object),
         }
 
 
 def score_prepared(
     model: LoadedModel, jobs: list[Job], prepared: list[Prepared], batch_size: int
-) -> Iterator[tuple[Job, float | None, tuple[int, ...], str, torch.Tensor | None, torch.Tensor | None]]:
-    """``score_jobs`` for inputs the decode stage already prepared: the same tuples and messages."""
+) -> Iterator[ScoredJob]:
+    """``score_jobs`` for inputs the decode stage already prepared: the same results and messages."""
     kind = kind_of(model.spec)
     for position, item in enumerate(prepared):
         item.index = position
     batch = collate_prepared(prepared)
     for index, message in batch.errors:
-        yield jobs[index], None, (), message, None, None
+        yield ScoredJob.failed(jobs[index], message)
     if batch.inputs is not None:
         yield from score_batch(model, kind, jobs, batch, batch_size)  # the local path's scoring and retry

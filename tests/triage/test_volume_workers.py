@@ -131,7 +131,7 @@ def test_each_worker_decodes_at_most_one_volume_ahead_of_scoring(tmp_path, monke
     jobs = [Job(mr_series(f"v{i}", functools.partial(_recorded_image, log, i)), spec) for i in range(6)]  # type: ignore[arg-type]
     model = SimpleNamespace(network=None, scoring_network=None, spec=spec)  # a LoadedModel: what scores, on its runtime
     results = list(score_volume_jobs(model, jobs, None, num_workers=workers))  # type: ignore[arg-type]
-    assert [(job.series.source_path, score, slices, error) for job, score, slices, error, _, _ in results] == \
+    assert [(r.job.series.source_path, r.score, r.slices, r.error) for r in results] == \
            [(f"/data/v{i}", i / 10, (i,), "") for i in range(6)]
     assert [value for value, _, _ in scored] == list(range(6))
     for value, decoded, kind in scored:  # decoded so far: this one, plus at most one per worker
