@@ -164,3 +164,9 @@ def test_processes_of_a_failed_start_are_ended(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_ray_backend_refuses_a_runtime_other_than_torch(tmp_path):
+    with pytest.raises(MedassistError, match="--runtime onnx is not available with --backend ray"):
+        triage_series_ray([], [], tmp_path / "out", TriageOptions(runtime="onnx"))
+    assert not (tmp_path / "out").exists()

@@ -193,3 +193,17 @@ def test_a_dicom_file_puts_sex_age_band_manufacturer_and_study_date_in_the_workl
         "F", "65+", "ACME Imaging", "20261130")
     assert (untagged["sex"], untagged["age_band"], untagged["manufacturer"], untagged["study_date"]) == ("", "", "", "")
     assert "067Y" not in csv_text and "067Y" not in (tmp_path / "out" / "worklist.json").read_text()
+
+
+def test_triage_options_refuse_bad_values_with_the_messages_of_the_triage_functions():
+    from medassist.errors import MedassistError
+
+    for bad in ({"batch_size": 0}, {"num_workers": -1}, {"checkpoint_every": 0}):
+        with pytest.raises(ValueError, match=r"^batch_size and checkpoint_every must be >= 1, num_workers >= 0$"):
+            TriageOptions(**bad)
+    with pytest.raises(ValueError, match="actors must be >= 1"):
+        TriageOptions(actors=0)
+    with pytest.raises(MedassistError, match=r"--runtime 'tflite': choose one of torch, onnx, auto"):
+        TriageOptions(runtime="tflite")
+    with pytest.raises(MedassistError, match=r"--explain 'some': choose one of flagged, all, none"):
+        TriageOptions(explain="some")
