@@ -47,7 +47,7 @@ import torch
 
 from medassist.ingest import discover_series
 from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, load_model, shipped_specs
-from medassist.triage import run_triage
+from medassist.triage import TriageOptions, run_triage
 from medassist.triage.inputs import Job, JobDataset, kind_of
 from medassist.triage.run import score_inputs_with_features
 from medassist.triage.testing import new_file_dataset, synthetic_radiograph, write_dicom_image
@@ -197,8 +197,9 @@ def model_only(model: LoadedModel, inputs: torch.Tensor, batch_size: int) -> flo
 
 def end_to_end(run: Callable, folder: Path, out: Path, args: argparse.Namespace, **extra) -> tuple[float, int]:
     """Seconds of one whole triage run into a fresh folder, and its flagged findings."""
-    summary, seconds = timed(lambda: run([folder], out, device=args.device, batch_size=args.batch_size,
-                                         num_workers=args.workers, progress=False, explain=args.explain, **extra))
+    options = TriageOptions(device=args.device, batch_size=args.batch_size, num_workers=args.workers, progress=False,
+                            explain=args.explain, **extra)
+    summary, seconds = timed(lambda: run([folder], out, options))
     assert summary.n_errors == 0 and summary.n_findings == summary.n_series, summary
     return seconds, summary.n_flagged
 

@@ -31,7 +31,7 @@ import torch
 from medassist.ingest import discover_series
 from medassist.models.registry import WEIGHTS_DIR, choose_device, load_model, shipped_specs
 from medassist.preprocess.transforms import prepare_2d
-from medassist.triage import run_triage
+from medassist.triage import TriageOptions, run_triage
 from medassist.triage.testing import synthetic_radiograph, write_dicom_image, write_throwaway_model
 
 
@@ -102,8 +102,9 @@ def end_to_end_run(export: Path, out: Path, weights_dir: Path, device: torch.dev
     runs = iter(range(1_000_000))
 
     def run() -> int:
-        summary = run_triage([export], out / str(next(runs)), device=device, batch_size=batch_size,
-                             num_workers=workers, weights_dir=weights_dir, progress=False)
+        options = TriageOptions(device=device, batch_size=batch_size, num_workers=workers, weights_dir=weights_dir,
+                                progress=False)
+        summary = run_triage([export], out / str(next(runs)), options)
         return summary.n_findings
 
     return run

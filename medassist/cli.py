@@ -27,6 +27,7 @@ from medassist.sanitize import redact_credentials
 
 if TYPE_CHECKING:
     from medassist.models.spec import ModelSpec
+    from medassist.triage.options import TriageOptions
 
 def prefer_sleeping_threads() -> None:
     """Ask OpenMP to let torch's waiting threads sleep, not spin; call before torch loads.
@@ -458,37 +459,53 @@ def require_triage_extras(args: argparse.Namespace) -> None:
             raise MedassistError("--runtime onnx is not available with --backend ray (it scores with torch)")
 
 
+def triage_options(args: argparse.Namespace) -> TriageOptions:
+    """The ``TriageOptions`` of a command that triages (``triage``, ``listen``), from its arguments.
+
+    ``listen`` has only --device and --models-dir: its other options keep TriageOptions' defaults,
+    and it shows no progress bar. For ``triage``, --series-timeout not given keeps the default
+    (DEFAULT_SERIES_TIMEOUT); --runtime and --onnx-dir apply to --backend local, --ray-address and
+    --ray-actors to --backend ray (which scores with torch: --runtime auto is dropped, with a warning).
+    """
+    from medassist.triage.options import TriageOptions
+
+    given: dict = {"device": args.device, "weights_dir": weights_dir_of(args), "progress": False}
+    if args.command == "triage":
+        given.update(
+            batch_size=args.batch_size, num_workers=args.workers,
+            modality_override=args.modality.upper() if args.modality else None, progress=not args.quiet,
+            explain=args.explain, explain_method=args.explain_method,
+        )
+        if args.series_timeout is not None:
+            given["series_timeout"] = args.series_timeout
+        if args.backend == "local":
+            given.update(runtime=args.runtime, onnx_dir=args.onnx_dir)
+        else:
+            if args.runtime == "auto":
+                logging.getLogger("medassist").warning("--runtime auto: --backend ray scores with torch")
+            given.update(ray_address=args.ray_address, actors=args.ray_actors)
+    return TriageOptions(**given)
+
+
 def cmd_triage(args: argparse.Namespace) -> int:
     """``medassist triage``: run_triage, then one summary line without identifiers."""
     require_triage_extras(args)
     from medassist.triage import run_triage
 
-    options = dict(
-        device=args.device, batch_size=args.batch_size, num_workers=args.workers,
-        weights_dir=weights_dir_of(args), modality_override=args.modality.upper() if args.modality else None,
-        progress=not args.quiet, explain=args.explain, explain_method=args.explain_method,
-    )
-    if args.backend == "local":
-        options.update(runtime=args.runtime, onnx_dir=args.onnx_dir)
-    elif args.runtime == "auto":
-        logging.getLogger("medassist").warning("--runtime auto: --backend ray scores with torch")
-    if args.series_timeout is not None:  # else run_triage's default (DEFAULT_SERIES_TIMEOUT)
-        options["series_timeout"] = args.series_timeout
+    options = triage_options(args)
     triage = run_triage
     if args.backend == "ray":
         from medassist.triage.ray_backend import run_triage_ray as triage
-
-        options.update(ray_address=args.ray_address, actors=args.ray_actors)
     password = pacs_password(args)
     if args.pacs:
         from medassist.pacs.dicomweb import triage_from_pacs
 
         _, summary = triage_from_pacs(
             args.pacs, args.out, username=args.pacs_user, password=password, date_from=args.date_from,
-            date_to=args.date_to, modality=args.modality_filter, triage=triage, **options,
+            date_to=args.date_to, modality=args.modality_filter, triage=triage, options=options,
         )
     else:
-        summary = triage(args.inputs, args.out, **options)
+        summary = triage(args.inputs, args.out, options)
     print(f"medassist triage: {summary.line()}; worklist: {summary.worklist_csv}")
     return send_triage_results(args, password) if args.send else 0
 
@@ -542,8 +559,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     tls = tls_server_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     listen(args.aet, args.port, args.out, host=args.host, idle_seconds=args.idle_seconds, send_to=args.send,
            send_username=args.pacs_user, send_password=pacs_password(args), allow_ae=args.allow_ae,
-           allow_any_ae=args.allow_any_ae, limits=listener_limits(args), tls=tls, device=args.device,
-           weights_dir=weights_dir_of(args), progress=False)
+           allow_any_ae=args.allow_any_ae, limits=listener_limits(args), tls=tls, options=triage_options(args))
     return 0
 
 

@@ -148,8 +148,9 @@ def orthanc_available() -> bool:
 # --------------------------------------------------------------------------- a stand-in for run_triage
 
 
-def fake_triage(inputs, out_dir, **kwargs):
-    """Stands in for ``medassist.triage.run_triage`` (same call shape) where no model is needed.
+def fake_triage(inputs, out_dir, options=None):
+    """Stands in for ``medassist.triage.run_triage`` (same call shape: ``options`` a TriageOptions,
+    not used) where no model is needed.
 
     Finds the series with the real ingest stage, then writes the worklist contract's
     ``worklist.json`` (a list of records) and ``worklist.csv``: DX/CR series get a finding with

@@ -181,3 +181,28 @@ def test_log_lines_of_any_library_never_show_a_password(caplog):
     logging.getLogger("some.library").warning("after: %s", "http://u:kept@pacs/")  # filter removed again
     assert "pw-secret" not in caplog.text and "GET http://***@pacs/dicom-web/studies failed" in caplog.text
     assert "http://u:kept@pacs/" in caplog.text
+
+
+def test_triage_options_are_built_once_from_the_arguments_of_triage_and_listen(tmp_path, caplog):
+    from pathlib import Path
+
+    from medassist.cli import build_parser, triage_options
+    from medassist.models.registry import WEIGHTS_DIR
+    from medassist.triage import TriageOptions
+
+    parser = build_parser()
+    args = parser.parse_args(["triage", "in", "--out", "o", "--device", "cpu", "--batch-size", "3", "--workers", "0",
+                              "--modality", "mr", "--quiet", "--explain", "all", "--explain-method", "occlusion",
+                              "--series-timeout", "0", "--runtime", "auto", "--onnx-dir", "x", "--models-dir", "m"])
+    assert triage_options(args) == TriageOptions(
+        device="cpu", batch_size=3, num_workers=0, weights_dir=Path("m"), modality_override="MR", progress=False,
+        explain="all", explain_method="occlusion", series_timeout=0.0, runtime="auto", onnx_dir=Path("x"))
+    defaults = triage_options(parser.parse_args(["triage", "in", "--out", "o", "--workers", "2"]))
+    assert defaults == TriageOptions(num_workers=2, weights_dir=WEIGHTS_DIR)  # --series-timeout not given: 120 s
+    ray = triage_options(parser.parse_args(["triage", "in", "--out", "o", "--workers", "1", "--backend", "ray",
+                                            "--runtime", "auto", "--onnx-dir", "x", "--ray-address", "auto",
+                                            "--ray-actors", "2"]))
+    assert ray == TriageOptions(weights_dir=WEIGHTS_DIR, ray_address="auto", actors=2)  # ray scores with torch
+    assert "--runtime auto: --backend ray scores with torch" in caplog.text
+    listen = triage_options(parser.parse_args(["listen", "--out", "o", "--device", "cpu", "--allow-any-ae"]))
+    assert listen == TriageOptions(device="cpu", weights_dir=WEIGHTS_DIR, progress=False)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -30,6 +31,9 @@ from medassist.atomic import dicom_bytes, write_atomic
 from medassist.errors import MedassistError
 from medassist.optional import require
 from medassist.sanitize import redact_credentials
+
+if TYPE_CHECKING:  # the triage stage (torch) is imported only when a pull is triaged
+    from medassist.triage.options import TriageOptions
 
 DICOMWEB = "DICOMweb (triage --pacs, sending to a DICOMweb URL)"  # what needs requests + dicomweb-client
 
@@ -287,13 +291,14 @@ def triage_from_pacs(
     limit: int | None = None,
     download_dir: str | Path | None = None,
     triage: Callable | None = None,
-    **triage_kwargs,
+    options: TriageOptions | None = None,
 ):
     """Pull the matching studies from ``url`` and triage them into ``out_dir``.
 
     ``download_dir`` defaults to ``out_dir/pacs`` (kept, so a rerun fetches only what is new).
-    ``triage_kwargs`` go to ``medassist.triage.run_triage`` (device, batch_size, num_workers,
-    weights_dir, modality_override, progress); ``triage`` replaces that function (tests).
+    ``options`` (``TriageOptions``; None: the defaults) go to ``medassist.triage.run_triage``;
+    ``triage`` replaces that function (the Ray backend's ``run_triage_ray``, tests), called as
+    ``triage(inputs, out_dir, options)``.
     Returns (PullResult, what run_triage returned). No matching study is not an error: the
     triage stage is still run on the (empty) folder so the worklist says so.
     """
@@ -304,7 +309,11 @@ def triage_from_pacs(
                           date_to=date_to, modality=modality, limit=limit)
     if triage is None:
         from medassist.triage import run_triage as triage
-    result = triage([str(folder)], out_dir, **triage_kwargs)
+    if options is None:
+        from medassist.triage.options import TriageOptions
+
+        options = TriageOptions()
+    result = triage([str(folder)], out_dir, options)
     return pulled, result
 
 

@@ -40,10 +40,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medassist.errors import MedassistError
 from medassist.optional import require
 from medassist.pacs.guard import AssociationGate, ListenerLimits, ReceiveGuard, gate_rules, guarded_server
+
+if TYPE_CHECKING:  # the triage stage (torch) is imported only when a study is triaged
+    from medassist.triage.options import TriageOptions
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +94,7 @@ class StudyListener:
         idle_seconds: float = 30.0,
         spool_dir: str | Path | None = None,
         triage: Callable | None = None,
-        triage_kwargs: dict | None = None,
+        options: TriageOptions | None = None,
         on_study: Callable[[TriagedStudy], None] | None = None,
         allow_ae: Sequence[str] = (),
         allow_any_ae: bool = False,
@@ -112,7 +116,7 @@ class StudyListener:
         self.spool_dir = Path(spool_dir) if spool_dir is not None else self.out_dir / "spool"
         self.idle_seconds = float(idle_seconds)
         self.triage = triage
-        self.triage_kwargs = dict(triage_kwargs or {})
+        self.options = options
         self.on_study = on_study
         self.studies: dict[str, StudyState] = {}
         self.triaged: list[TriagedStudy] = []
@@ -256,14 +260,18 @@ class StudyListener:
         folder = self.spool_dir / study_uid
         target = self.out_dir / "studies" / study_uid
         target.mkdir(parents=True, exist_ok=True)
-        triage = self.triage
+        triage, options = self.triage, self.options
         if triage is None:
             from medassist.triage import run_triage as triage
+        if options is None:
+            from medassist.triage.options import TriageOptions
+
+            options = TriageOptions()
         done = TriagedStudy(study_uid=study_uid, out_dir=target, instances=count)
         logger.info("listener: triaging a study (%d instance(s))", count)
         logger.debug("listener: triaging study %s", study_uid)
         try:
-            done.result = triage([str(folder)], target, **self.triage_kwargs)
+            done.result = triage([str(folder)], target, options)
         except Exception as exc:  # one bad study must not stop the listener
             done.error = str(exc) if isinstance(exc, MedassistError) else f"{type(exc).__name__}: {exc}"
             logger.error("listener: triage failed for the study in %s: %s", folder, done.error)
@@ -361,11 +369,12 @@ def listen(
     allow_any_ae: bool = False,
     limits: ListenerLimits | None = None,
     tls: ssl.SSLContext | None = None,
-    **triage_kwargs,
+    options: TriageOptions | None = None,
 ) -> list[TriagedStudy]:
     """Receive and triage until Ctrl-C (or ``stop_event`` is set); see the module docstring.
 
-    ``triage_kwargs`` go to ``run_triage`` (device, batch_size, num_workers, weights_dir, ...).
+    ``options`` (``TriageOptions``; None: the defaults) go to ``run_triage`` (or ``triage``, called
+    as ``triage(inputs, out_dir, options)``).
     ``send_to``: after each study, send its SR and saliency captures there (``pacs.send`` targets).
     ``allow_ae``/``allow_any_ae``, ``limits``, ``tls``: who may send and how much (``StudyListener``).
     On stop, studies still waiting are triaged before returning. Returns what was triaged.
@@ -373,7 +382,7 @@ def listen(
     if send_to:
         on_study = _sending(on_study, send_to, send_username, send_password)
     listener = StudyListener(ae_title, port, out_dir, host=host, idle_seconds=idle_seconds, spool_dir=spool_dir,
-                             triage=triage, triage_kwargs=triage_kwargs, on_study=on_study, allow_ae=allow_ae,
+                             triage=triage, options=options, on_study=on_study, allow_ae=allow_ae,
                              allow_any_ae=allow_any_ae, limits=limits, tls=tls)
     listener.start()
     stop_event = stop_event or threading.Event()

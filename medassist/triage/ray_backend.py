@@ -48,15 +48,13 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from medassist.datamodel import Image, IngestProblem, Series
 from medassist.errors import MedassistError
-from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, load_model
+from medassist.models.registry import LoadedModel, choose_device, load_model
 from medassist.models.spec import InputKind, ModelSpec
 from medassist.optional import require
 from medassist.triage.inputs import (
-    DEFAULT_SERIES_TIMEOUT,
     Job,
     JobDataset,
     Prepared,
@@ -64,8 +62,10 @@ from medassist.triage.inputs import (
     collate_prepared,
     kind_of,
 )
+from medassist.triage.options import TriageOptions
 from medassist.triage.run import (
     Finished,
+    ScoredJob,
     TriageSummary,
     discover_all,
     explain_job,
@@ -181,72 +181,52 @@ def ray_session(address: str | None) -> Iterator[ModuleType]:
 
 
 def run_triage_ray(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    *,
-    modality_override: str | None = None,
-    **options,
+    inputs: Sequence[str | Path], out_dir: str | Path, options: TriageOptions = TriageOptions()
 ) -> TriageSummary:
-    """``run_triage`` on Ray: discover the series under ``inputs`` here, score them on the cluster.
-
-    ``options`` are those of ``triage_series_ray``.
-    """
-    found = discover_all(inputs, modality_override)
-    return triage_series_ray(found.series, found.problems, out_dir, skipped=found.skipped, **options)
+    """``run_triage`` on Ray: discover the series under ``inputs`` here, score them on the cluster
+    (``triage_series_ray``)."""
+    found = discover_all(inputs, options.modality_override)
+    return triage_series_ray(found.series, found.problems, out_dir, options, skipped=found.skipped)
 
 
 def triage_series_ray(
     series: Sequence[Series],
     problems: Sequence[IngestProblem],
     out_dir: str | Path,
+    options: TriageOptions = TriageOptions(),
     *,
-    device: str | torch.device = "auto",
-    batch_size: int = 8,
-    num_workers: int = 1,
-    weights_dir: str | Path = WEIGHTS_DIR,
-    progress: bool = True,
-    checkpoint_every: int = 50,
-    explain: str = "flagged",
-    explain_method: str = "gradcam",
-    series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
-    ray_address: str | None = None,
-    actors: int | None = None,
     skipped: Sequence[Skipped] = (),
 ) -> TriageSummary:
-    """``triage_series`` with decoding and scoring on a Ray cluster; same arguments, plus:
+    """``triage_series`` with decoding and scoring on a Ray cluster; same options, plus
+    ``options.ray_address`` and ``options.actors`` (see ``TriageOptions``).
 
-    ``ray_address``: the cluster to join ("auto": the one this machine belongs to); None starts a
-    local one. ``actors``: model actors (default: one per GPU in the cluster, else one).
     ``num_workers`` is not used: decode tasks run on every cluster CPU the model actors leave free.
-    ``series_timeout`` holds each decode task as it holds the local backend's decoding.
+    ``series_timeout`` holds each decode task as it holds the local backend's decoding. Scoring is
+    torch's: a ``runtime`` other than "torch" raises MedassistError (``onnx_dir`` is not used).
     """
-    del num_workers  # decode parallelism is the cluster's
-    device = str(device)  # "auto", "cpu", "cuda" or a torch.device
-    if batch_size < 1 or checkpoint_every < 1 or (actors is not None and actors < 1):
-        raise ValueError("batch_size, checkpoint_every and actors must be >= 1")
-    out, specs = prepare_run(out_dir, weights_dir, explain)
-    stage = StageOptions(
-        weights_dir=str(Path(weights_dir).resolve()), batch_size=batch_size, out_dir=str(out.resolve()),
-        explain=explain, explain_method=explain_method, series_timeout=series_timeout, cwd=os.getcwd(),
-    )
+    if options.runtime != "torch":
+        raise MedassistError(f"--runtime {options.runtime} is not available with --backend ray (it scores with torch)")
+    device = str(options.device)  # "auto", "cpu", "cuda" or a torch.device
+    out, specs = prepare_run(out_dir, options.weights_dir)
+    stage = StageOptions.of(options, out)
 
     def produce(pending: list[tuple[ModelSpec, list[Job]]]) -> Iterator[Finished]:
         jobs = [job for _, group in pending for job in group]
         if not jobs:  # everything decided already: no cluster to start
             return
-        with ray_session(ray_address) as ray:
-            for index, score, slices, error, saliency in run_pipeline(ray, jobs, stage, device, actors, progress):
-                yield jobs[index], score, slices, error, saliency
+        with ray_session(options.ray_address) as ray:
+            yield from run_pipeline(ray, jobs, stage, device, options.actors, options.progress)
 
-    return record_run(series, problems, out, specs, produce, progress=progress,
-                      checkpoint_every=checkpoint_every, desc="triage (ray)", skipped=skipped)
+    return record_run(series, problems, out, specs, produce, progress=options.progress,
+                      checkpoint_every=options.checkpoint_every, desc="triage (ray)", skipped=skipped)
 
 
 @dataclasses.dataclass(frozen=True)
 class StageOptions:
-    """What the cluster stages need besides the jobs (plain values: they travel to the workers)."""
+    """What the cluster stages need of the run's ``TriageOptions`` besides the jobs (plain values:
+    they travel to the workers), with the paths made absolute."""
 
-    weights_dir: str
+    weights_dir: str  # absolute
     batch_size: int
     out_dir: str  # absolute
     explain: str
@@ -254,13 +234,19 @@ class StageOptions:
     series_timeout: float | None
     cwd: str  # the driver's working directory, against which relative input paths resolve
 
-
-Result = tuple[int, "float | None", tuple[int, ...], str, str]  # (job index, score, slices, error, saliency)
+    @classmethod
+    def of(cls, options: TriageOptions, out_dir: Path) -> StageOptions:
+        """The stages' part of ``options``, for a run writing into ``out_dir``."""
+        return cls(
+            weights_dir=str(Path(options.weights_dir).resolve()), batch_size=options.batch_size,
+            out_dir=str(out_dir.resolve()), explain=options.explain, explain_method=options.explain_method,
+            series_timeout=options.series_timeout, cwd=os.getcwd(),
+        )
 
 
 def run_pipeline(
     ray: ModuleType, jobs: list[Job], stage: StageOptions, device: str, actors: int | None, progress: bool
-) -> Iterator[Result]:
+) -> Iterator[Finished]:
     """Run the decode and model stages over ``jobs``; yield each job's result as it comes back."""
     resources = ray.cluster_resources()
     use_gpu, n_actors = plan_actors(resources, device, actors)
@@ -283,7 +269,8 @@ def run_pipeline(
         for row in dataset.iter_rows():
             score = float(row["score"])
             slices = tuple(int(s) for s in str(row["slices"]).split())
-            yield int(row["job"]), None if math.isnan(score) else score, slices, str(row["error"]), str(row["saliency"])
+            yield Finished(jobs[int(row["job"])], None if math.isnan(score) else score, slices, str(row["error"]),
+                           str(row["saliency"]))
     except ray.exceptions.RayError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MedassistError(f"the Ray pipeline failed ({first}); finished series are kept: "
@@ -405,7 +392,7 @@ class ModelStage:
             (int(job), str(name), bytes(ref), pickle.loads(payload))
             for job, name, ref, payload in zip(batch["job"], batch["spec"], batch["ref"], batch["payload"])
         ]
-        results: dict[int, tuple] = {}
+        results: dict[int, Finished] = {}
         for name in dict.fromkeys(entry[1] for entry in entries):
             group = [entry for entry in entries if entry[1] == name]
             model = self.model(name)
@@ -416,32 +403,31 @@ class ModelStage:
             else:
                 scored = score_prepared(model, jobs, decoded, self.stage.batch_size)
             position = {id(job): entry[0] for job, entry in zip(jobs, group)}
-            for job, score, slices, error, inputs, features in scored:
-                key = position[id(job)]
+            for result in scored:
                 saliency = ""
-                if wants_saliency(self.stage.explain, model.spec, score):
-                    saliency = explain_job(model, job, inputs, slices, Path(self.stage.out_dir),
-                                           self.stage.explain_method, features=features)
-                results[key] = (math.nan if score is None else float(score), " ".join(map(str, slices)), error, saliency)
-        order = [entry[0] for entry in entries]
-        return {
-            "job": np.array(order, dtype=np.int64),
-            "score": np.array([results[i][0] for i in order], dtype=np.float64),
-            "slices": np.array([results[i][1] for i in order], dtype=object),
-            "error": np.array([results[i][2] for i in order], dtype=object),
-            "saliency": np.array([results[i][3] for i in order], dtype=object),
+                if wants_saliency(self.stage.explain, model.spec, result.score):
+                    saliency = explain_job(model, result.job, result.inputs, result.slices, Path(self.stage.out_dir),
+                                           self.stage.explain_method, features=result.features)
+                results[position[id(result.job)]] = result.finished(saliency)
+        done = [results[entry[0]] for entry in entries]
+        return {  # plain columns: what Ray Data carries back to the driver (``run_pipeline``)
+            "job": np.array([entry[0] for entry in entries], dtype=np.int64),
+            "score": np.array([math.nan if r.score is None else float(r.score) for r in done], dtype=np.float64),
+            "slices": np.array([" ".join(map(str, r.slices)) for r in done], dtype=object),
+            "error": np.array([r.error for r in done], dtype=object),
+            "saliency": np.array([r.saliency for r in done], dtype=object),
         }
 
 
 def score_prepared(
     model: LoadedModel, jobs: list[Job], prepared: list[Prepared], batch_size: int
-) -> Iterator[tuple[Job, float | None, tuple[int, ...], str, torch.Tensor | None, torch.Tensor | None]]:
-    """``score_jobs`` for inputs the decode stage already prepared: the same tuples and messages."""
+) -> Iterator[ScoredJob]:
+    """``score_jobs`` for inputs the decode stage already prepared: the same results and messages."""
     kind = kind_of(model.spec)
     for position, item in enumerate(prepared):
         item.index = position
     batch = collate_prepared(prepared)
     for index, message in batch.errors:
-        yield jobs[index], None, (), message, None, None
+        yield ScoredJob.failed(jobs[index], message)
     if batch.inputs is not None:
         yield from score_batch(model, kind, jobs, batch, batch_size)  # the local path's scoring and retry

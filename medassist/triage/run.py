@@ -31,7 +31,6 @@ from tqdm import tqdm
 from medassist.datamodel import IngestProblem, RowKind, Series, WorklistRow
 from medassist.errors import MedassistError
 from medassist.models.registry import (
-    WEIGHTS_DIR,
     LoadedModel,
     choose_device,
     load_model,
@@ -39,7 +38,7 @@ from medassist.models.registry import (
     not_applicable_reason,
     shipped_specs,
 )
-from medassist.models.onnx_runtime import DEFAULT_RUNTIME, check_runtime, with_runtime
+from medassist.models.onnx_runtime import with_runtime
 from medassist.models.spec import InputKind, ModelSpec
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
@@ -64,6 +63,7 @@ from medassist.triage.journal import (
     run_lock,
 )
 from medassist.triage.manifest import file_entries, write_manifest
+from medassist.triage.options import TriageOptions
 from medassist.triage.worklist import (
     Record,
     not_applicable_record,
@@ -102,43 +102,18 @@ class TriageSummary:
 
 
 def run_triage(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    *,
-    device: str | torch.device = "auto",
-    batch_size: int = 8,
-    num_workers: int = 1,
-    weights_dir: str | Path = WEIGHTS_DIR,
-    modality_override: str | None = None,
-    progress: bool = True,
-    checkpoint_every: int = 50,
-    explain: str = "flagged",
-    explain_method: str = "gradcam",
-    series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
-    runtime: str = DEFAULT_RUNTIME,
-    onnx_dir: str | Path | None = None,
+    inputs: Sequence[str | Path], out_dir: str | Path, options: TriageOptions = TriageOptions()
 ) -> TriageSummary:
     """Discover the series under ``inputs``, score them, write ``out_dir``/worklist.{csv,json}.
 
-    ``progress``: show a progress bar on stderr (only when stderr is a terminal).
-    ``explain``: which findings get a saliency map ("flagged", "all" or "none"), written under
-    ``out_dir``/saliency/ with its path (relative to ``out_dir``) in the ``saliency_path`` column.
-    ``series_timeout``: seconds one series may spend decoding and preprocessing before it becomes
-    an error row (None or 0: no limit).
-    ``runtime``: what scores, "torch", "onnx" (ONNX Runtime on ``onnx_dir``/NAME.onnx, checked
-    against the spec; saliency stays on torch) or "auto" (ONNX when it passes those checks, else
-    torch); see ``medassist.models.onnx_runtime``.
+    ``options``: device, batch size, workers, models folder, modality override, saliency policy,
+    series timeout, runtime... (``TriageOptions``, whose fields say what each does).
     A missing input path, a bad output folder or refused model weights raise MedassistError;
     unreadable files, undecodable series and series out of time become error rows instead, and
     are listed in ``out_dir``/quarantine.csv.
     """
-    found = discover_all(inputs, modality_override)
-    return triage_series(
-        found.series, found.problems, out_dir, device=device, batch_size=batch_size, num_workers=num_workers,
-        weights_dir=weights_dir, progress=progress, checkpoint_every=checkpoint_every,
-        explain=explain, explain_method=explain_method, series_timeout=series_timeout, skipped=found.skipped,
-        runtime=runtime, onnx_dir=onnx_dir,
-    )
+    found = discover_all(inputs, options.modality_override)
+    return triage_series(found.series, found.problems, out_dir, options, skipped=found.skipped)
 
 
 def discover(inputs: Sequence[str | Path], modality_override: str | None = None
@@ -186,49 +161,38 @@ def triage_series(
     series: Sequence[Series],
     problems: Sequence[IngestProblem],
     out_dir: str | Path,
+    options: TriageOptions = TriageOptions(),
     *,
-    device: str | torch.device = "auto",
-    batch_size: int = 8,
-    num_workers: int = 1,
-    weights_dir: str | Path = WEIGHTS_DIR,
-    progress: bool = True,
-    checkpoint_every: int = 50,
-    explain: str = "flagged",
-    explain_method: str = "gradcam",
-    series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
     skipped: Sequence[Skipped] = (),
-    runtime: str = DEFAULT_RUNTIME,
-    onnx_dir: str | Path | None = None,
 ) -> TriageSummary:
     """Score already-discovered series (see ``run_triage``) and write the worklist; ``skipped``:
-    the files discovery skipped, listed in files.csv with the series' and problems' files."""
-    if batch_size < 1 or num_workers < 0 or checkpoint_every < 1:
-        raise ValueError("batch_size and checkpoint_every must be >= 1, num_workers >= 0")
-    check_runtime(runtime)
-    out, specs = prepare_run(out_dir, weights_dir, explain)
+    the files discovery skipped, listed in files.csv with the series' and problems' files.
+    ``options.modality_override`` is not used here (it applies where series are discovered)."""
+    out, specs = prepare_run(out_dir, options.weights_dir)
+    device = options.device
     torch_device = choose_device(device) if isinstance(device, str) else device
 
     def produce(pending: list[tuple[ModelSpec, list[Job]]]) -> Iterator[Finished]:
         for spec, jobs in pending:
-            model = with_runtime(load_model(spec, torch_device, Path(weights_dir)), runtime, onnx_dir)
+            loaded = load_model(spec, torch_device, Path(options.weights_dir))
+            model = with_runtime(loaded, options.runtime, options.onnx_dir)
             if spec.input_kind == InputKind.VOLUME:
-                results = score_volume_jobs(model, jobs, series_timeout, num_workers)
+                results = score_volume_jobs(model, jobs, options.series_timeout, options.num_workers)
             else:
-                results = score_jobs(model, jobs, batch_size, num_workers, series_timeout)
-            for job, score, slices, error, inputs, features in results:
+                results = score_jobs(model, jobs, options.batch_size, options.num_workers, options.series_timeout)
+            for scored in results:
                 saliency = ""
-                if wants_saliency(explain, model.spec, score):
-                    saliency = explain_job(model, job, inputs, slices, out, explain_method, features=features)
-                yield job, score, slices, error, saliency
+                if wants_saliency(options.explain, model.spec, scored.score):
+                    saliency = explain_job(model, scored.job, scored.inputs, scored.slices, out,
+                                           options.explain_method, features=scored.features)
+                yield scored.finished(saliency)
 
-    return record_run(series, problems, out, specs, produce, progress=progress, checkpoint_every=checkpoint_every,
-                      skipped=skipped)
+    return record_run(series, problems, out, specs, produce, progress=options.progress,
+                      checkpoint_every=options.checkpoint_every, skipped=skipped)
 
 
-def prepare_run(out_dir: str | Path, weights_dir: str | Path, explain: str) -> tuple[Path, list[ModelSpec]]:
-    """Check ``explain``, create the output folder, read the shipped specs (warning when none)."""
-    if explain not in EXPLAIN_CHOICES:
-        raise MedassistError(f"--explain {explain!r}: choose one of {', '.join(EXPLAIN_CHOICES)}")
+def prepare_run(out_dir: str | Path, weights_dir: str | Path) -> tuple[Path, list[ModelSpec]]:
+    """Create the output folder, read the shipped specs (warning when none)."""
     out = prepare_out_dir(out_dir)
     specs = shipped_specs(Path(weights_dir))
     if not specs:
@@ -236,7 +200,17 @@ def prepare_run(out_dir: str | Path, weights_dir: str | Path, explain: str) -> t
     return out, specs
 
 
-Finished = tuple[Job, "float | None", tuple[int, ...], str, str]  # (job, score, slices, error, saliency path)
+@dataclass(frozen=True)
+class Finished:
+    """One job as the writer (``record_run``) records it, from either backend: its score (None
+    when it failed), the slices its score reports, the error row's text ("" when scored) and its
+    saliency map's path relative to the output folder ("" when none)."""
+
+    job: Job
+    score: float | None
+    slices: tuple[int, ...]
+    error: str
+    saliency: str = ""
 
 
 def record_run(
@@ -265,8 +239,8 @@ def record_run(
         bar = tqdm(total=sum(len(jobs) for _, jobs in pending), desc=desc, unit="series", file=sys.stderr,
                    disable=not (progress and sys.stderr.isatty()), leave=False)
         try:
-            for job, score, slices, error, saliency in produce(pending):
-                rows.finish(job, score, slices, error, saliency)
+            for finished in produce(pending):
+                rows.finish(finished)
                 bar.update(1)
                 if rows.since_checkpoint >= max(checkpoint_every, len(rows.records) // 10):
                     rows.checkpoint()
@@ -311,10 +285,10 @@ class Rows:
         self.records[key] = row
         return True
 
-    def finish(self, job: Job, score: float | None, slices: tuple[int, ...], error: str,
-               saliency_path: str = "") -> None:
+    def finish(self, finished: Finished) -> None:
         """Record one scored (or failed) job."""
-        spec, series = job.spec, job.series
+        spec, series = finished.job.spec, finished.job.series
+        score, error = finished.score, finished.error
         key = result_key(series.series_uid, spec.name, spec.version)
         if error:
             row = WorklistRow.for_series(series, model=spec.name, model_version=spec.version,
@@ -325,8 +299,8 @@ class Rows:
             assert score is not None
             row = WorklistRow.for_series(
                 series, model=spec.name, model_version=spec.version, finding=spec.finding,
-                score=score, threshold=spec.threshold, flagged=score >= spec.threshold, slices=slices,
-                saliency_path=saliency_path,
+                score=score, threshold=spec.threshold, flagged=score >= spec.threshold, slices=finished.slices,
+                saliency_path=finished.saliency,
             )
             self.add(key, row.as_record())
         self.since_checkpoint += 1
@@ -364,26 +338,47 @@ def plan(
     return [(spec, pending[spec.name]) for spec in specs if pending[spec.name]]
 
 
-ScoredJob = tuple[Job, "float | None", tuple[int, ...], str, "torch.Tensor | None", "torch.Tensor | None"]
+@dataclass(frozen=True)
+class ScoredJob:
+    """One job as a model scored it (both backends' scoring yields these): score (None when it
+    failed), reported slices, error text ("" when scored), and, for a scored radiograph, the job's
+    network inputs and last feature map (None otherwise), which its saliency map reuses (GradCAM
+    then skips a second backbone pass)."""
+
+    job: Job
+    score: float | None
+    slices: tuple[int, ...] = ()
+    error: str = ""
+    inputs: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+    @classmethod
+    def failed(cls, job: Job, error: str) -> ScoredJob:
+        """A job that could not be decoded or scored: an error row's text, nothing else."""
+        return cls(job, None, (), error)
+
+    def finished(self, saliency: str = "") -> Finished:
+        """What the writer records of it (the tensors stay behind)."""
+        return Finished(self.job, self.score, self.slices, self.error, saliency)
 
 
 def score_jobs(
     model: LoadedModel, jobs: list[Job], batch_size: int, num_workers: int,
     series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
 ) -> Iterator[ScoredJob]:
-    """(job, score, slices, error, job's inputs, job's last feature map) per job, decoding in
-    workers while the model scores. The feature map lets GradCAM skip a second backbone pass."""
+    """A ``ScoredJob`` per job (with its inputs and last feature map), decoding in workers while
+    the model scores."""
     kind = kind_of(model.spec)
     for batch in make_loader(jobs, kind, batch_size, num_workers, model.device, series_timeout):
         for index, message in batch.errors:
-            yield jobs[index], None, (), message, None, None
+            yield ScoredJob.failed(jobs[index], message)
         if batch.inputs is not None:
             yield from score_batch(model, kind, jobs, batch, batch_size)
 
 
 def score_batch(model: LoadedModel, kind: InputFamily, jobs: list[Job], batch: Batch, batch_size: int
                 ) -> Iterator[ScoredJob]:
-    """``score_jobs``' tuples for a batch's decoded jobs. If scoring the batch raises, its jobs are
+    """``score_jobs``' results for a batch's decoded jobs. If scoring the batch raises, its jobs are
     scored one by one, so only a job whose own scoring fails becomes an error row."""
     assert batch.inputs is not None
     try:
@@ -392,7 +387,7 @@ def score_batch(model: LoadedModel, kind: InputFamily, jobs: list[Job], batch: B
         if len(batch.owners) == 1:
             index = batch.owners[0][0]
             message = failure_message(jobs[index].series.source_path, exc, None, "score image")
-            yield jobs[index], None, (), message, None, None
+            yield ScoredJob.failed(jobs[index], message)
             return
         offset = 0
         for index, count, slices in batch.owners:
@@ -408,10 +403,10 @@ def score_batch(model: LoadedModel, kind: InputFamily, jobs: list[Job], batch: B
         offset += count
         score = round(float(score), 6)
         if math.isfinite(score) and 0.0 <= score <= 1.0:
-            yield jobs[index], score, report, "", job_inputs, job_features
+            yield ScoredJob(jobs[index], score, report, "", job_inputs, job_features)
         else:
             message = f"{jobs[index].series.source_path}: model {model.spec.name} gave no valid score"
-            yield jobs[index], None, (), message, None, None
+            yield ScoredJob.failed(jobs[index], message)
 
 
 # A volume prepared in a worker reaches this process through shared memory (/dev/shm): its network
@@ -433,7 +428,7 @@ def shared_memory_free() -> int:
 def score_volume_jobs(
     model: LoadedModel, jobs: list[Job], series_timeout: float | None = DEFAULT_SERIES_TIMEOUT, num_workers: int = 0,
 ) -> Iterator[ScoredJob]:
-    """(job, study score, flagged slice indices, error, None, None) per volume job, in order.
+    """A ``ScoredJob`` per volume job, in order: study score, flagged slice indices or error (no tensors).
 
     Each series is decoded and cut into network inputs (``tumor.prepare_volume``, held to
     ``series_timeout``) in ``num_workers`` processes (0: in this process) while this process scores
@@ -454,19 +449,18 @@ def score_volume_jobs(
 
 
 def score_decoded_volume(model: LoadedModel, job: Job, decoded: DecodedVolume) -> ScoredJob:
-    """``score_volume_jobs``'s tuple for one prepared volume (or its decoding error)."""
+    """``score_volume_jobs``'s result for one prepared volume (or its decoding error)."""
     from medassist.models.tumor import score_prepared_volume
 
     if decoded.error or decoded.prepared is None:
-        return job, None, (), decoded.error, None, None
+        return ScoredJob.failed(job, decoded.error)
     try:
         result = score_prepared_volume(model.scoring_network, model.spec, decoded.prepared)
     except Exception as exc:  # one unscorable volume must not stop the run
-        return job, None, (), failure_message(job.series.source_path, exc, None, VOLUME_FAILURE), None, None
-    return job, round(float(result["score"]), 6), tuple(result["slices"]), "", None, None
+        return ScoredJob.failed(job, failure_message(job.series.source_path, exc, None, VOLUME_FAILURE))
+    return ScoredJob(job, round(float(result["score"]), 6), tuple(result["slices"]))
 
 
-EXPLAIN_CHOICES = ("flagged", "all", "none")
 SALIENCY_DIR = "saliency"
 
 

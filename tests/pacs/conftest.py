@@ -52,9 +52,9 @@ def fake_triage():
     """``run_triage``'s stand-in, recording its calls in ``.calls``."""
     calls = []
 
-    def triage(inputs, out_dir, **kwargs):
-        calls.append((list(inputs), Path(out_dir), kwargs))
-        return conftest_orthanc.fake_triage(inputs, out_dir, **kwargs)
+    def triage(inputs, out_dir, options):
+        calls.append((list(inputs), Path(out_dir), options))
+        return conftest_orthanc.fake_triage(inputs, out_dir, options)
 
     triage.calls = calls
     return triage

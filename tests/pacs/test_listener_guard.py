@@ -38,7 +38,7 @@ LISTENER = "MEDASSIST"
 CT = pydicom.data.get_testdata_file("CT_small.dcm")
 
 
-def no_triage(inputs, out_dir, **kwargs):
+def no_triage(inputs, out_dir, options):
     return None
 
 

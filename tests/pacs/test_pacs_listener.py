@@ -31,9 +31,11 @@ def worklist_studies(path) -> list[str]:
 
 
 def test_orthanc_pushes_a_study_and_its_worklist_appears(orthanc_loaded, tmp_path, fake_triage):
+    from medassist.triage import TriageOptions
+
     orthanc = orthanc_loaded
     listener = StudyListener(LISTENER_AET, orthanc.listener_port, tmp_path, idle_seconds=1.0, triage=fake_triage,
-                             triage_kwargs={"device": "cpu"}, allow_ae=[f"{orthanc.aet}@127.0.0.1", "TESTSCU"])
+                             options=TriageOptions(device="cpu"), allow_ae=[f"{orthanc.aet}@127.0.0.1", "TESTSCU"])
     with listener:
         echo = requests.post(f"{orthanc.url}/modalities/medassist/echo", data="{}", auth=orthanc.auth, timeout=30)
         assert echo.status_code == 200
@@ -46,9 +48,9 @@ def test_orthanc_pushes_a_study_and_its_worklist_appears(orthanc_loaded, tmp_pat
         spooled = list((tmp_path / "spool" / DX_STUDY).glob("*.dcm"))
         assert len(spooled) == 1
         assert pydicom.dcmread(spooled[0]).StudyInstanceUID == DX_STUDY
-        [(inputs, out_dir, kwargs)] = fake_triage.calls
+        [(inputs, out_dir, options)] = fake_triage.calls
         assert inputs == [str(tmp_path / "spool" / DX_STUDY)]
-        assert out_dir == tmp_path / "studies" / DX_STUDY and kwargs == {"device": "cpu"}
+        assert out_dir == tmp_path / "studies" / DX_STUDY and options == TriageOptions(device="cpu")
         assert (out_dir / "worklist.json").is_file()
 
         # An instance that arrives later makes the study due again: re-triaged on both instances.
@@ -65,7 +67,7 @@ def test_orthanc_pushes_a_study_and_its_worklist_appears(orthanc_loaded, tmp_pat
 
 
 def test_a_failing_triage_does_not_stop_the_listener(tmp_path):
-    def broken(inputs, out_dir, **kwargs):
+    def broken(inputs, out_dir, options):
         raise RuntimeError("model exploded")
 
     port = free_port()
@@ -180,7 +182,7 @@ def test_merged_worklist_is_in_priority_order_across_studies_and_survives_a_rest
 
     scores = {"1.2.3": 0.30, "1.2.4": 0.95, "1.2.5": 0.60}
 
-    def triage(inputs, out_dir, **kwargs):  # one scored row per study, with a saliency map
+    def triage(inputs, out_dir, options):  # one scored row per study, with a saliency map
         study, out = Path(inputs[0]).name, Path(out_dir)
         (out / "saliency").mkdir(parents=True, exist_ok=True)
         np.save(out / "saliency" / "map.npy", np.ones((2, 2), np.float32))

@@ -56,15 +56,18 @@ def test_bad_filters_are_refused_before_asking():
 
 
 def test_triage_from_pacs_downloads_then_triages(orthanc_loaded, tmp_path, fake_triage):
+    from medassist.triage import TriageOptions
+
     user, password = orthanc_loaded.auth
     pulled, records = triage_from_pacs(orthanc_loaded.dicomweb, tmp_path, username=user, password=password,
-                                       modality="CR", triage=fake_triage, device="cpu", batch_size=2)
+                                       modality="CR", triage=fake_triage,
+                                       options=TriageOptions(device="cpu", batch_size=2))
     assert {s.study_uid for s in pulled.studies} == CR_STUDIES
     assert len(pulled.files) == 2 and pulled.fetched == 2
     # run_triage got the download folder, the output folder and the caller's options.
-    [(inputs, out_dir, kwargs)] = fake_triage.calls
+    [(inputs, out_dir, options)] = fake_triage.calls
     assert inputs == [str(tmp_path / "pacs")] and out_dir == tmp_path
-    assert kwargs == {"device": "cpu", "batch_size": 2}
+    assert options == TriageOptions(device="cpu", batch_size=2)
     assert {r["study_uid"] for r in records} == CR_STUDIES
     assert (tmp_path / "worklist.csv").is_file()
     # The stored transfer syntax came through untouched (PAT09 is JPEG extended, 12 bit).
@@ -93,15 +96,15 @@ def test_triage_from_pacs_with_the_real_triage_stage(orthanc_loaded, tmp_path):
     """End to end with medassist.triage.run_triage and a shipped model, when both exist."""
     try:
         from medassist.models.registry import shipped_specs
-        from medassist.triage import run_triage  # noqa: F401
+        from medassist.triage import TriageOptions, run_triage  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"triage stage not available yet: {exc}")
     if not shipped_specs():
         pytest.skip("no shipped model weights")
     user, password = orthanc_loaded.auth
     pulled, summary = triage_from_pacs(orthanc_loaded.dicomweb, tmp_path, username=user, password=password,
-                                       modality="DX", date_from="20240101", limit=1, device="cpu",
-                                       batch_size=1, num_workers=0, progress=False)
+                                       modality="DX", date_from="20240101", limit=1,
+                                       options=TriageOptions(device="cpu", batch_size=1, num_workers=0, progress=False))
     assert len(pulled.studies) == 1 and len(pulled.files) == 1
     rows = read_worklist(tmp_path)
     assert [r.study_uid for r in rows] == [pulled.studies[0].study_uid]

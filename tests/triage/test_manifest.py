@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from medassist.triage import run_triage
+from medassist.triage import TriageOptions, run_triage
 from medassist.triage.manifest import FILES_COLUMNS, FileEntry, read_manifest, write_manifest
 from medassist.triage.run import record_run
 from medassist.triage.testing import synthetic_radiograph, write_dicom_image
@@ -74,7 +74,8 @@ def _by_path(out: Path) -> dict[str, dict[str, str]]:
 def test_every_input_file_is_listed_once_with_what_became_of_it(export, tmp_path, model_dir):
     root = export["scored"].parents[1]
     out = tmp_path / "out"
-    run_triage([root], out, device="cpu", num_workers=0, weights_dir=model_dir, progress=False, explain="none")
+    run_triage([root], out, TriageOptions(device="cpu", num_workers=0, weights_dir=model_dir, progress=False,
+                                          explain="none"))
 
     entries = _by_path(out)
     header = (out / FILES_NAME).read_text().splitlines()[0]
@@ -112,7 +113,7 @@ def test_a_stopped_run_lists_every_file_and_the_resumed_run_completes_the_list(e
     from medassist.triage.run import prepare_run
 
     found = discover_files([root])
-    _, specs = prepare_run(out, model_dir, "none")
+    _, specs = prepare_run(out, model_dir)
 
     def produce_nothing(pending):  # stops before scoring anything, as a killed run would
         raise KeyboardInterrupt
@@ -122,11 +123,11 @@ def test_a_stopped_run_lists_every_file_and_the_resumed_run_completes_the_list(e
         record_run(found.series, found.problems, out, specs, produce_nothing, progress=False, checkpoint_every=50,
                    skipped=found.skipped)
     stopped = _by_path(out)
-    run_triage([root], out, device="cpu", num_workers=0, weights_dir=model_dir, progress=False, explain="none")
+    options = TriageOptions(device="cpu", num_workers=0, weights_dir=model_dir, progress=False, explain="none")
+    run_triage([root], out, options)
     resumed = _by_path(out)
     reference = tmp_path / "reference"
-    run_triage([root], reference, device="cpu", num_workers=0, weights_dir=model_dir, progress=False,
-               explain="none")
+    run_triage([root], reference, options)
 
     assert set(stopped) == set(resumed) == {str(p) for p in root.rglob("*") if p.is_file()}
     assert stopped[str(export["scored"])]["status"] == "pending"

@@ -21,7 +21,7 @@ from medassist.cli import main
 from medassist.errors import MedassistError
 from medassist.ingest import discover_series
 from medassist.models.registry import WEIGHTS_DIR
-from medassist.triage import triage_series
+from medassist.triage import TriageOptions, triage_series
 from medassist.triage.ray_backend import (
     end_child_processes_under,
     import_ray,
@@ -80,8 +80,8 @@ def test_ray_backend_writes_the_local_worklist(ray_cluster, models, tmp_path):
     series[index] = dataclasses.replace(series[index], loader=lambda: original())
 
     options = dict(device="cpu", batch_size=4, weights_dir=models, progress=False, explain="flagged")
-    local = triage_series(series, problems, tmp_path / "local", num_workers=1, **options)
-    remote = triage_series_ray(series, problems, tmp_path / "ray", **options)
+    local = triage_series(series, problems, tmp_path / "local", TriageOptions(num_workers=1, **options))
+    remote = triage_series_ray(series, problems, tmp_path / "ray", TriageOptions(**options))
 
     rows_local, rows_ray = _worklist(tmp_path / "local"), _worklist(tmp_path / "ray")
     assert [(r["series_uid"], r["model"], r["source_path"]) for r in rows_ray] == \
@@ -164,3 +164,9 @@ def test_processes_of_a_failed_start_are_ended(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_ray_backend_refuses_a_runtime_other_than_torch(tmp_path):
+    with pytest.raises(MedassistError, match="--runtime onnx is not available with --backend ray"):
+        triage_series_ray([], [], tmp_path / "out", TriageOptions(runtime="onnx"))
+    assert not (tmp_path / "out").exists()

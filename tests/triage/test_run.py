@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from medassist.errors import MedassistError
-from medassist.triage import run_triage, triage_series
+from medassist.triage import TriageOptions, run_triage, triage_series
 from medassist.triage.testing import synthetic_radiograph, write_dicom_image
 
 
@@ -30,8 +30,8 @@ def export(tmp_path_factory):
 def test_every_series_gets_a_row(export, tmp_path, model_dir, caplog):
     out = tmp_path / "out"
     with caplog.at_level(logging.DEBUG):
-        summary = run_triage([export], out, device="cpu", batch_size=3, num_workers=1,
-                             weights_dir=model_dir, progress=False)
+        summary = run_triage([export], out, TriageOptions(device="cpu", batch_size=3, num_workers=1,
+                                                          weights_dir=model_dir, progress=False))
     with open(out / "worklist.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert json.loads((out / "worklist.json").read_text()) != []
@@ -53,8 +53,8 @@ def test_every_series_gets_a_row(export, tmp_path, model_dir, caplog):
 
 def test_a_series_that_fails_to_decode_in_a_worker_becomes_an_error_row(tmp_path, model_dir, series_factory):
     series = [series_factory(1), series_factory(2, broken=True), series_factory(3)]
-    summary = triage_series(series, [], tmp_path, device="cpu", batch_size=2, num_workers=1,
-                            weights_dir=model_dir, progress=False)
+    summary = triage_series(series, [], tmp_path, TriageOptions(device="cpu", batch_size=2, num_workers=1,
+                                                                weights_dir=model_dir, progress=False))
     rows = json.loads((tmp_path / "worklist.json").read_text())
     assert (summary.n_findings, summary.n_errors) == (2, 1)
     assert rows[-1]["source_path"] == "/data/series002.dcm"
@@ -67,15 +67,15 @@ def test_workers_do_not_change_scores(tmp_path, model_dir, series_factory):
     runs = []
     for workers in (0, 2):
         out = tmp_path / f"w{workers}"
-        triage_series(series, [], out, device="cpu", batch_size=2, num_workers=workers,
-                      weights_dir=model_dir, progress=False)
+        triage_series(series, [], out, TriageOptions(device="cpu", batch_size=2, num_workers=workers,
+                                                     weights_dir=model_dir, progress=False))
         runs.append({r["series_uid"]: r["score"] for r in json.loads((out / "worklist.json").read_text())})
     assert runs[0] == runs[1] and len(runs[0]) == 5
 
 
 def test_missing_input_is_a_user_error(tmp_path, model_dir):
     with pytest.raises(MedassistError, match="no such file or directory"):
-        run_triage([tmp_path / "nope"], tmp_path / "out", weights_dir=model_dir, progress=False)
+        run_triage([tmp_path / "nope"], tmp_path / "out", TriageOptions(weights_dir=model_dir, progress=False))
 
 
 @pytest.mark.parametrize("explain", ["flagged", "all", "none"])
@@ -84,8 +84,8 @@ def test_saliency_maps_follow_the_explain_policy(export, tmp_path, model_dir, ex
     import pydicom
 
     out = tmp_path / "out"
-    run_triage([export], out, device="cpu", batch_size=3, num_workers=0, weights_dir=model_dir,
-               progress=False, explain=explain)
+    run_triage([export], out, TriageOptions(device="cpu", batch_size=3, num_workers=0, weights_dir=model_dir,
+                                            progress=False, explain=explain))
     rows = [r for r in json.loads((out / "worklist.json").read_text()) if r["score"] is not None]
     assert len(rows) == 4
     for row in rows:
@@ -111,8 +111,8 @@ def test_series_whose_uids_differ_only_in_unsafe_characters_get_their_own_salien
         ds.SeriesInstanceUID = uid
         ds.save_as(path, enforce_file_format=True)
     out = tmp_path / "out"
-    run_triage([tmp_path / "in"], out, device="cpu", num_workers=0, weights_dir=model_dir, progress=False,
-               explain="all")
+    run_triage([tmp_path / "in"], out, TriageOptions(device="cpu", num_workers=0, weights_dir=model_dir,
+                                                     progress=False, explain="all"))
     maps = {row["series_uid"]: row["saliency_path"] for row in json.loads((out / "worklist.json").read_text())}
     assert sorted(maps) == sorted(uids) and all(maps.values()) and len(set(maps.values())) == 2, maps
     assert len(list((out / "saliency").glob("*.npy"))) == 2
@@ -129,8 +129,9 @@ def test_a_file_whose_transfer_syntax_is_not_one_is_an_error_row_and_the_batch_g
     base = read_base(FuzzSource(bad))
     bad.write_bytes(replace_elements(base.data, base, {"TransferSyntaxUID": b"1.2.840.10008.1.1"}))
 
-    summary = run_triage([tmp_path / "in"], tmp_path / "out", device="cpu", num_workers=0, weights_dir=model_dir,
-                         progress=False, explain="none")
+    summary = run_triage([tmp_path / "in"], tmp_path / "out", TriageOptions(device="cpu", num_workers=0,
+                                                                            weights_dir=model_dir, progress=False,
+                                                                            explain="none"))
 
     rows = json.loads((tmp_path / "out" / "worklist.json").read_text())
     assert (summary.n_findings, summary.n_errors) == (2, 1)
@@ -154,8 +155,8 @@ def test_a_series_whose_scoring_raises_is_its_own_error_row(tmp_path, model_dir,
 
     monkeypatch.setattr(run_module, "score_inputs_with_features", fragile)
     series = [series_factory(1), poisoned, series_factory(3)]
-    summary = triage_series(series, [], tmp_path, device="cpu", batch_size=3, num_workers=0,
-                            weights_dir=model_dir, progress=False, explain="none")
+    summary = triage_series(series, [], tmp_path, TriageOptions(device="cpu", batch_size=3, num_workers=0,
+                                                                weights_dir=model_dir, progress=False, explain="none"))
 
     rows = json.loads((tmp_path / "worklist.json").read_text())
     assert (summary.n_findings, summary.n_errors) == (2, 1)
@@ -181,8 +182,8 @@ def test_a_dicom_file_puts_sex_age_band_manufacturer_and_study_date_in_the_workl
     ds.PatientSex, ds.PatientAge, ds.Manufacturer, ds.StudyDate = "F", "067Y", "ACME Imaging", "20261130"
     ds.save_as(path, enforce_file_format=True)
     bare = write_dicom_image(tmp_path / "in" / "bare" / "IM1.dcm", synthetic_radiograph(120, 90, 4), index=4)
-    run_triage([tmp_path / "in"], tmp_path / "out", device="cpu", batch_size=2, num_workers=0,
-               weights_dir=model_dir, progress=False)
+    run_triage([tmp_path / "in"], tmp_path / "out", TriageOptions(device="cpu", batch_size=2, num_workers=0,
+                                                                  weights_dir=model_dir, progress=False))
     csv_text = (tmp_path / "out" / "worklist.csv").read_text()
     with open(tmp_path / "out" / "worklist.csv", newline="") as fh:
         rows = {r["source_path"]: r for r in csv.DictReader(fh)}
@@ -192,3 +193,17 @@ def test_a_dicom_file_puts_sex_age_band_manufacturer_and_study_date_in_the_workl
         "F", "65+", "ACME Imaging", "20261130")
     assert (untagged["sex"], untagged["age_band"], untagged["manufacturer"], untagged["study_date"]) == ("", "", "", "")
     assert "067Y" not in csv_text and "067Y" not in (tmp_path / "out" / "worklist.json").read_text()
+
+
+def test_triage_options_refuse_bad_values_with_the_messages_of_the_triage_functions():
+    from medassist.errors import MedassistError
+
+    for bad in ({"batch_size": 0}, {"num_workers": -1}, {"checkpoint_every": 0}):
+        with pytest.raises(ValueError, match=r"^batch_size and checkpoint_every must be >= 1, num_workers >= 0$"):
+            TriageOptions(**bad)
+    with pytest.raises(ValueError, match="actors must be >= 1"):
+        TriageOptions(actors=0)
+    with pytest.raises(MedassistError, match=r"--runtime 'tflite': choose one of torch, onnx, auto"):
+        TriageOptions(runtime="tflite")
+    with pytest.raises(MedassistError, match=r"--explain 'some': choose one of flagged, all, none"):
+        TriageOptions(explain="some")

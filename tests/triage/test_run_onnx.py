@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medassist.cli import main
-from medassist.triage import run_triage
+from medassist.triage import TriageOptions, run_triage
 from onnx_helpers import SAMPLES, exported_dir
 
 pytest.importorskip("onnxruntime")
@@ -22,7 +22,7 @@ def rows_by_key(out):
 @pytest.fixture(scope="module")
 def torch_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("torch")
-    run_triage([SAMPLES], out, num_workers=0, progress=False, runtime="torch")
+    run_triage([SAMPLES], out, TriageOptions(num_workers=0, progress=False, runtime="torch"))
     return out
 
 

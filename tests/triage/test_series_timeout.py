@@ -14,7 +14,7 @@ import pytest
 
 from medassist.cli import build_parser, main
 from medassist.datamodel import Image, Series
-from medassist.triage import triage_series
+from medassist.triage import TriageOptions, triage_series
 from medassist.triage.inputs import DEFAULT_SERIES_TIMEOUT, DecodeTimeout, time_limit
 from medassist.triage.worklist import QUARANTINE_NAME
 
@@ -40,8 +40,9 @@ def test_a_series_over_the_time_limit_becomes_an_error_row_and_the_run_goes_on(
 ):
     series = [series_factory(1), slow_series(2, seconds=60.0), series_factory(3)]
     started = time.monotonic()
-    summary = triage_series(series, [], tmp_path, device="cpu", batch_size=1, num_workers=workers,
-                            weights_dir=model_dir, progress=False, series_timeout=0.5)
+    options = TriageOptions(device="cpu", batch_size=1, num_workers=workers, weights_dir=model_dir, progress=False,
+                            series_timeout=0.5)
+    summary = triage_series(series, [], tmp_path, options)
     elapsed = time.monotonic() - started
 
     rows = json.loads((tmp_path / "worklist.json").read_text())

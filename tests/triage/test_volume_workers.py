@@ -19,7 +19,7 @@ from medassist.datamodel import Image, Series
 from medassist.errors import MedassistError
 from medassist.ingest import discover_series
 from medassist.models.registry import WEIGHTS_DIR
-from medassist.triage import triage_series
+from medassist.triage import TriageOptions, triage_series
 from medassist.triage.inputs import Job
 from medassist.triage.run import score_volume_jobs
 
@@ -71,8 +71,9 @@ def runs(tmp_path_factory) -> dict[int, Path]:
     outs = {}
     for workers in (0, 1, 2):
         outs[workers] = tmp_path_factory.mktemp(f"workers{workers}")
-        triage_series(series, [], outs[workers], device="cpu", num_workers=workers, progress=False,
-                      explain="flagged", series_timeout=10.0)  # real series decode well within it, even on a loaded machine
+        options = TriageOptions(device="cpu", num_workers=workers, progress=False, explain="flagged",
+                                series_timeout=10.0)  # real series decode well within it, even on a loaded machine
+        triage_series(series, [], outs[workers], options)
     return outs
 
 
@@ -130,7 +131,7 @@ def test_each_worker_decodes_at_most_one_volume_ahead_of_scoring(tmp_path, monke
     jobs = [Job(mr_series(f"v{i}", functools.partial(_recorded_image, log, i)), spec) for i in range(6)]  # type: ignore[arg-type]
     model = SimpleNamespace(network=None, scoring_network=None, spec=spec)  # a LoadedModel: what scores, on its runtime
     results = list(score_volume_jobs(model, jobs, None, num_workers=workers))  # type: ignore[arg-type]
-    assert [(job.series.source_path, score, slices, error) for job, score, slices, error, _, _ in results] == \
+    assert [(r.job.series.source_path, r.score, r.slices, r.error) for r in results] == \
            [(f"/data/v{i}", i / 10, (i,), "") for i in range(6)]
     assert [value for value, _, _ in scored] == list(range(6))
     for value, decoded, kind in scored:  # decoded so far: this one, plus at most one per worker
@@ -142,8 +143,8 @@ def test_volumes_decode_in_a_worker_process(tmp_path):
     (tumour,), _ = discover_series([TUMOUR_SERIES])
     series = [mr_series("pid", _decoder_pid), tumour]
     for workers in (0, 1):
-        triage_series(series, [], tmp_path / str(workers), device="cpu", num_workers=workers, progress=False,
-                      explain="none")
+        triage_series(series, [], tmp_path / str(workers),
+                      TriageOptions(device="cpu", num_workers=workers, progress=False, explain="none"))
         rows = {Path(r["source_path"]).name: r for r in json.loads((tmp_path / str(workers) / "worklist.json").read_text())}
         pid = int(rows["pid"]["error"].split()[-1])
         assert (pid == os.getpid()) == (workers == 0)
@@ -156,8 +157,8 @@ def test_volumes_decode_in_process_when_shared_memory_is_short(tmp_path, monkeyp
 
     monkeypatch.setattr(triage_run, "shared_memory_free", lambda: 64 * 2**20)  # a container's default /dev/shm
     (tumour,), _ = discover_series([TUMOUR_SERIES])
-    triage_series([mr_series("pid", _decoder_pid), tumour], [], tmp_path, device="cpu", num_workers=2,
-                  progress=False, explain="none")
+    triage_series([mr_series("pid", _decoder_pid), tumour], [], tmp_path,
+                  TriageOptions(device="cpu", num_workers=2, progress=False, explain="none"))
     rows = {Path(r["source_path"]).name: r for r in json.loads((tmp_path / "worklist.json").read_text())}
     assert int(rows["pid"]["error"].split()[-1]) == os.getpid()
     assert rows["SER1"]["flagged"] is True

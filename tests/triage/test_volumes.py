@@ -17,7 +17,7 @@ import pytest
 
 from medassist.models.registry import WEIGHTS_DIR
 from medassist.review import logic
-from medassist.triage import run_triage
+from medassist.triage import TriageOptions, run_triage
 
 EXPORT = Path(__file__).resolve().parents[2] / "samples" / "export"
 TUMOUR_SERIES = EXPORT / "PAT13"
@@ -37,7 +37,7 @@ def _rows(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def mri_out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mri")
-    run_triage([TUMOUR_SERIES, NORMAL_VOLUME], out, device="cpu", progress=False, explain="flagged")
+    run_triage([TUMOUR_SERIES, NORMAL_VOLUME], out, TriageOptions(device="cpu", progress=False, explain="flagged"))
     return out
 
 
@@ -71,7 +71,7 @@ def test_one_slice_series_is_scored_on_the_same_scale(tmp_path):
     src = sorted(TUMOUR_SERIES.rglob("IM*"), key=lambda p: pydicom.dcmread(p).ImagePositionPatient[2])[3]
     shutil.copy(src, one / "IM0001")
     out = tmp_path / "out"
-    run_triage([one], out, device="cpu", progress=False, explain="none")
+    run_triage([one], out, TriageOptions(device="cpu", progress=False, explain="none"))
     (row,) = _rows(out)
     assert row["model"] == "tumor_mri" and row["error"] == "" and 0.0 <= row["score"] <= 1.0
     assert set(row["slices"]) <= {0}
@@ -79,7 +79,7 @@ def test_one_slice_series_is_scored_on_the_same_scale(tmp_path):
 
 def test_modality_override_keeps_the_tumour_model_off_a_ct_volume(tmp_path):
     out = tmp_path / "out"
-    run_triage([NORMAL_VOLUME], out, device="cpu", progress=False, modality_override="CT")
+    run_triage([NORMAL_VOLUME], out, TriageOptions(device="cpu", progress=False, modality_override="CT"))
     (row,) = _rows(out)
     assert row["modality"] == "CT" and row["finding"] == "not applicable" and row["score"] is None
 
@@ -101,12 +101,12 @@ def test_a_volume_without_a_brain_is_an_error_row_not_a_score(tmp_path):
     import functools
 
     from medassist.datamodel import Series
-    from medassist.triage import triage_series
+    from medassist.triage import TriageOptions, triage_series
 
     series = [Series(study_uid=f"1.2.9.{i}", series_uid=f"1.2.9.{i}.1", patient_id="P", accession="A",
                      modality="MR", body_part="BRAIN", source_path=f"/data/{kind}", paths=(f"/data/{kind}",),
                      loader=functools.partial(_no_brain_volume, kind)) for i, kind in enumerate(("noise", "blank"))]
-    triage_series(series, [], tmp_path, device="cpu", num_workers=0, progress=False, explain="none")
+    triage_series(series, [], tmp_path, TriageOptions(device="cpu", num_workers=0, progress=False, explain="none"))
     rows = {Path(r["source_path"]).name: r for r in _rows(tmp_path)}
     for kind in ("noise", "blank"):
         assert rows[kind]["score"] is None and rows[kind]["model"] == "tumor_mri"
@@ -139,7 +139,7 @@ def test_nifti_volumes_that_are_no_image_are_error_rows_not_scores(tmp_path):
                                          + gzip.compress(bytes(64 * 2**20)) * 8)
     out = tmp_path / "out"
 
-    summary = run_triage([folder], out, device="cpu", progress=False, explain="none")
+    summary = run_triage([folder], out, TriageOptions(device="cpu", progress=False, explain="none"))
 
     rows = {Path(r["source_path"]).name: r for r in json.loads((out / "worklist.json").read_text())}
     assert sorted(rows) == ["bomb.nii.gz", "inf.nii", "nan.nii.gz", "zeros.nii.gz"]

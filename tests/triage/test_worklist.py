@@ -11,7 +11,7 @@ import pytest
 
 from medassist.datamodel import WORKLIST_COLUMNS, IngestProblem
 from medassist.errors import MedassistError
-from medassist.triage import triage_series
+from medassist.triage import TriageOptions, triage_series
 from medassist.triage.journal import JOURNAL_NAME, Journal, result_key, run_lock
 from medassist.triage.testing import write_throwaway_model
 from medassist.triage.worklist import (
@@ -200,8 +200,9 @@ def test_a_second_run_into_the_same_folder_is_refused_while_one_runs(tmp_path):
 
 
 def run(series, out, model_dir, **kwargs):
-    return triage_series(series, kwargs.pop("problems", []), out, device="cpu", batch_size=4,
-                         num_workers=0, weights_dir=model_dir, progress=False, **kwargs)
+    problems = kwargs.pop("problems", [])
+    options = TriageOptions(device="cpu", batch_size=4, num_workers=0, weights_dir=model_dir, progress=False, **kwargs)
+    return triage_series(series, problems, out, options)
 
 
 def rows_of(out: Path) -> list[dict]:
