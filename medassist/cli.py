@@ -363,8 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
         "monitor", help="score drift and reviewer agreement over triage runs, with alerts",
         description="Read triage output folders (RUN_DIR/worklist.csv, and RUN_DIR/decisions.sqlite where the "
         "review app was used; read-only) and report per model and version, per run and per ISO week: studies, "
-        "flag rate, the score distribution against --reference (population stability index on the reference's "
-        "quantile bins with a bootstrap interval, Kolmogorov-Smirnov test), and agreement with the reviewers "
+        "flag rate, the score distribution against the reference (--reference RUN_DIR, else the validation "
+        "distribution of the version's model card in --cards: population stability index on fixed reference "
+        "bins with a bootstrap interval, Kolmogorov-Smirnov test), and agreement with the reviewers "
         "(accept/reject/correct, Cohen's kappa, overrides) overall and by body part, modality, manufacturer, sex "
         "and age band. Writes REPORT_DIR/monitor.json and REPORT_DIR/report.html; alerts when a limit of "
         "configs/monitor.yaml is "
@@ -374,8 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR", help="where the report goes")
     monitor.add_argument("--reference", type=Path, metavar="RUN_DIR",
                          help="a triage run whose scores are the reference distribution (e.g. the same source's "
-                         "validation run); the shipped model specs store none, so without it drift and flag rate "
-                         "are not compared")
+                         "validation run); takes the place of the model cards. Without it, each model version "
+                         "is compared with its model card's validation score distribution, where --cards holds "
+                         "a card of that version evaluated per case")
+    monitor.add_argument("--cards", type=Path, metavar="DIR",
+                         help="model cards (DIR/<model>.json) giving the default reference (default: model_cards/ "
+                         "of this checkout)")
     monitor.add_argument("--limits", type=Path, metavar="YAML",
                          help="alert limits (default: configs/monitor.yaml of this checkout, else the same built-in "
                          "defaults)")
@@ -731,9 +736,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from medassist.monitor import run_monitor
 
     result = run_monitor(args.runs, args.out, reference=args.reference, limits_path=args.limits,
-                         key_file=args.key_file)
-    if result.reference["kind"] == "none":
-        print("medassist monitor: no --reference: drift and flag rate not compared", file=sys.stderr)
+                         key_file=args.key_file, cards=args.cards)
+    for figures in result.models:
+        if figures.reference.scores is None:
+            print(f"medassist monitor: no reference for {figures.model} {figures.version} (no --reference, no "
+                  "model card of this version): drift and flag rate not compared" if args.reference is None else
+                  f"medassist monitor: the --reference run has no scores of {figures.model} {figures.version}: "
+                  "drift and flag rate not compared", file=sys.stderr)
     for alert in result.alerts:
         print(f"ALERT {alert.model} {alert.version} {alert.kind} {alert.metric}: {alert.detail}")
     print(f"medassist monitor: {len(result.runs)} run(s), {len(result.models)} model version(s), "

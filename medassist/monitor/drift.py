@@ -4,6 +4,11 @@ two-sample Kolmogorov-Smirnov test, and the band of flag rates chance alone expl
 PSI = sum over bins of (c - r) * ln(c / r), with r and c the reference's and the current scores'
 proportions per bin; a proportion of 0 counts as ``EMPTY_BIN`` so the logarithm stays finite.
 The bins are the reference's quantiles, computed once from the reference (:func:`reference_edges`).
+
+A reference given only as counts per bin and a CDF (a model card's validation distribution,
+:mod:`medassist.monitor.card_reference`) is compared with :func:`compare_binned`: the same PSI,
+its bootstrap resampling the reference as a multinomial of its N cases over its bins, and a
+one-sample KS statistic against the reference CDF with the two-sample p-value at the effective size.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class Drift:
     ks_statistic: float
     ks_p_value: float
     level: str  # "stable" (< psi_moderate), "moderate", "major" (> psi_major)
+    method: str = "reference scores: PSI bootstrap resamples both samples; two-sample KS (scipy.stats.ks_2samp)"
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,60 @@ def compare_scores(
         psi_ci=psi_interval(reference, current, edges, n_resamples=n_resamples,
                             confidence_level=confidence_level, seed=seed),
         ks_statistic=float(ks.statistic), ks_p_value=float(ks.pvalue), level=level,
+    )
+
+
+BINNED_METHOD = (
+    "reference as counts per bin and a CDF: PSI bootstrap resamples the reference as a multinomial of its N "
+    "cases over its bins and the current scores with replacement; KS statistic of the current scores against "
+    "the reference CDF (scipy.stats.kstest; the CDF is exact at the listed thresholds, linear between them), "
+    "p-value from the two-sample distribution at the effective size n*N/(n+N) (scipy.stats.kstwo)"
+)
+
+
+def ks_against_cdf(current: np.ndarray, cdf, n_reference: int) -> tuple[float, float]:
+    """(D, p) of the current scores against a reference known by its CDF and its size N.
+
+    D is the one-sample statistic (``scipy.stats.kstest`` with the callable CDF); the reference is
+    itself a sample of N, so the p-value is the two-sample one at the effective size n*N/(n+N)
+    (``scipy.stats.kstwo``, as ``ks_2samp``'s asymptotic method), not the one-sample p-value that
+    would treat the reference as exact. Where the CDF is interpolated between known points, D is
+    an approximation there."""
+    current = np.asarray(current, dtype=float)
+    statistic = float(stats.kstest(current, cdf).statistic)
+    n = len(current)
+    effective = max(1, round(n * n_reference / (n + n_reference)))
+    return statistic, float(min(1.0, stats.kstwo.sf(statistic, effective)))
+
+
+def compare_binned(
+    reference_counts: np.ndarray, current: np.ndarray, edges: np.ndarray, cdf, *,
+    psi_moderate: float, psi_major: float, n_resamples: int, confidence_level: float, seed: int,
+) -> Drift:
+    """PSI (with its interval) and KS of ``current`` against a reference given as whole counts per
+    bin on ``edges`` and its CDF (:func:`ks_against_cdf`).
+
+    The interval reuses :func:`psi_interval` on bin indices: the reference becomes its N cases'
+    bin indices (each index repeated by its count) and the current scores their bin indices, with
+    edges halfway between indices. Resampling N of the reference's indices with replacement is
+    drawing its bin counts from the multinomial of N over its proportions."""
+    counts = np.asarray(reference_counts, dtype=int)
+    current = np.asarray(current, dtype=float)
+    n_reference = int(counts.sum())
+    c = bin_counts(current, edges)
+    r_prop, c_prop = counts / n_reference, c / c.sum()
+    value = float(psi_from_proportions(r_prop, c_prop))
+    ref_index = np.repeat(np.arange(len(counts)), counts).astype(float)
+    cur_index = np.searchsorted(edges, current, side="right").astype(float)
+    index_edges = np.arange(len(counts) - 1) + 0.5
+    ks_statistic, ks_p = ks_against_cdf(current, cdf, n_reference)
+    level = "major" if value > psi_major else "moderate" if value >= psi_moderate else "stable"
+    return Drift(
+        n_reference=n_reference, n_current=len(current), edges=tuple(map(float, edges)),
+        reference_proportions=tuple(map(float, r_prop)), current_proportions=tuple(map(float, c_prop)), psi=value,
+        psi_ci=psi_interval(ref_index, cur_index, index_edges, n_resamples=n_resamples,
+                            confidence_level=confidence_level, seed=seed),
+        ks_statistic=ks_statistic, ks_p_value=ks_p, level=level, method=BINNED_METHOD,
     )
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from medassist.atomic import write_atomic
 from medassist.audit.html_style import REPORT_CSS
+from medassist.monitor import drift as D
 from medassist.monitor.limits import Limits
 from medassist.monitor.run import DATE_SOURCES, NOT_CARRIED, SUBGROUP_FACTORS, ModelFigures, MonitorResult, Period
 
@@ -144,6 +145,13 @@ def _model_section(m: ModelFigures, limits: Limits) -> str:
     parts = [f"<h2>{_e(m.model)} {_e(m.version)}</h2>"]
     if ref.scores is None:
         parts.append(f'<div class="warn">Reference: {_e(ref.note)}</div>')
+    elif ref.kind == "model_card":
+        r = ref.scores
+        bins = ("no PSI bins" if ref.edges is None
+                else f"{len(ref.edges) + 1} PSI bins (edges among the card's ROC thresholds)")
+        parts.append(f"<p>Reference: {_e(ref.note)}; flag rate {_pct(r.flag_rate)}, median score about "
+                     f"{_num(r.quantiles.get('p50'))} (interpolated between thresholds); {_e(bins)}. "
+                     f"KS: {_e(D.BINNED_METHOD)}.</p>")
     else:
         r = ref.scores
         bins = "no PSI bins" if ref.edges is None else f"{len(ref.edges) + 1} PSI bins (reference quantiles)"
@@ -160,6 +168,9 @@ def _model_section(m: ModelFigures, limits: Limits) -> str:
     notes = [p for p in m.runs if p.drift_note and p.scores is not None]
     if notes:
         parts.append(f"<p>No drift figures: {_e(notes[0].drift_note)}</p>")
+    rate_notes = sorted({p.flag_rate_note for p in m.runs + m.weeks if p.flag_rate_note})
+    for note in rate_notes:
+        parts.append(f'<div class="warn">{_e(note)}</div>')
     parts.append("<h3>Subgroups per run</h3>" + "".join(_subgroup_tables(p) for p in m.runs))
     return "\n".join(parts)
 
@@ -171,8 +182,13 @@ def render_html(result: MonitorResult) -> str:
     ref = result.reference
     if ref["kind"] == "run":
         body.append(f"<p><strong>Reference:</strong> run {_e(ref['run'])} ({_e(ref['run_time'])}): {_e(ref['note'])}.</p>")
+    elif ref["kind"] == "model_cards":
+        body.append(f"<p><strong>Reference:</strong> model cards in {_e(ref['cards'])}: {_e(ref['note'])}.</p>")
     else:
         body.append(f'<div class="warn"><strong>Reference:</strong> {_e(ref["note"])}.</div>')
+    if ref.get("versions"):
+        body.append(_table(["model", "version", "reference", "source", "note"],
+                           [[v["model"], v["version"], v["kind"], v["source"], v["note"]] for v in ref["versions"]]))
     for problem in result.problems:
         body.append(f'<div class="warn"><strong>Not used:</strong> {_e(problem)}</div>')
     if result.alerts:

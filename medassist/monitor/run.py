@@ -27,6 +27,7 @@ import numpy as np
 from medassist.datamodel import WORKLIST_CSV, WorklistRow, dicom_date, read_worklist
 from medassist.errors import MedassistError
 from medassist.monitor import drift as D
+from medassist.monitor.card_reference import REPO_CARDS, CardReference, card_cdf, card_quantiles, load_card_reference
 from medassist.monitor.agreement_view import (
     Agreement,
     DecisionLog,
@@ -49,9 +50,15 @@ DATE_SOURCES = {
     "decisions": "decided_at of each decision (UTC)",
 }
 NO_REFERENCE = (
-    "no reference: the shipped model specs store no validation score distribution (their validation section "
-    "holds metrics and operating points only), so drift and flag rate need --reference RUN_DIR, a triage run "
-    "taken as the reference (e.g. the same source's validation run)"
+    "no reference: no --reference RUN_DIR was given and no model card of this model version gives a usable "
+    "validation score distribution, so drift and flag rate are not compared (give --reference RUN_DIR, a triage "
+    "run of this version taken as the reference, e.g. the same source's validation run)"
+)
+CARDS_NOTE = (
+    "without --reference, each model version is compared with the validation score distribution of its model "
+    "card (CARDS/<model>.json of the same version: the survival function at the ROC thresholds, from the "
+    "evaluation's positives and negatives); the validation set is a labelled, enriched set used to tune the "
+    "threshold, so drift against it measures the site's case mix as well as the model's behaviour"
 )
 
 
@@ -98,6 +105,7 @@ class Period:
     scores_by_subgroup: dict[str, dict[str, GroupRate]]
     agreement: Agreement | None
     agreement_by_subgroup: dict[str, dict[str, Agreement]]
+    flag_rate_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,8 @@ class Reference:
     scores: D.ScoreSummary | None
     edges: tuple[float, ...] | None
     note: str
+    kind: str = "run"  # "run" (--reference), "model_card" or "none"
+    card: CardReference | None = None
 
 
 @dataclass(frozen=True)
@@ -215,9 +225,35 @@ def _scores_by_subgroup(rows: list[WorklistRow]) -> dict[str, dict[str, GroupRat
     return out
 
 
-def _reference(ref_run: Run | None, model: str, version: str, limits: Limits) -> tuple[Reference, np.ndarray | None]:
+def _card_reference(cards_dir: Path | None, model: str, version: str, limits: Limits) -> Reference:
+    """The reference of a model version from its model card, or kind "none" saying why there is none."""
+    if cards_dir is None:
+        return Reference(source="none", scores=None, edges=None, kind="none",
+                         note=NO_REFERENCE + f" (no model card folder: {REPO_CARDS} is absent and no --cards given)")
+    card, why = load_card_reference(cards_dir, model, version, n_bins=limits.psi_bins,
+                                    min_per_bin=limits.min_reference_per_bin)
+    if card is None:
+        return Reference(source="none", scores=None, edges=None, kind="none", note=f"{NO_REFERENCE}: {why}")
+    thresholds, above = np.asarray(card.thresholds), np.asarray(card.above)
+    summary = D.ScoreSummary(
+        n_findings=card.n, n_studies=card.n, n_flagged=card.n_flagged or 0, flag_rate=card.flag_rate, mean=None,
+        quantiles=card_quantiles(thresholds, above, card.n),
+    )
+    note = (f"model card {card.card} ({card.model} {card.version}): validation score distribution of "
+            f"{card.evaluation or 'its evaluation set'}, {card.n} cases ({card.n_positive} positive), from its ROC "
+            f"curve ({len(card.thresholds)} thresholds)")
+    if card.edges is None:
+        note += (f": too few validation cases for PSI bins of at least {limits.min_reference_per_bin} "
+                 "(min_reference_per_bin); flag rate still compared")
+    if card.flag_rate is None:
+        note += "; the card gives no flag count at its threshold, so flag rate is not compared"
+    return Reference(source=card.card, scores=summary, edges=card.edges, note=note, kind="model_card", card=card)
+
+
+def _reference(ref_run: Run | None, model: str, version: str, limits: Limits,
+               cards_dir: Path | None = None) -> tuple[Reference, np.ndarray | None]:
     if ref_run is None:
-        return Reference(source="none", scores=None, edges=None, note=NO_REFERENCE), None
+        return _card_reference(cards_dir, model, version, limits), None
     rows = _of(ref_run.findings, model, version)
     if not rows:
         note = (f"the reference run has no scores of {model} {version} (a new version changes the scores "
@@ -241,7 +277,8 @@ def _period(kind: str, label: str, week: str, score_runs: list[Run], rows: list[
     if rows:
         scores, flagged, studies = _arrays(rows)
         summary = D.summarise_scores(scores, flagged, studies)
-        if ref.scores is not None:
+        rate_note = _flag_rate_mismatch(ref, rows)
+        if ref.scores is not None and ref.scores.flag_rate is not None and not rate_note:
             band = D.flag_rate_band(ref.scores.n_findings, ref.scores.n_flagged, summary.n_findings,
                                     summary.n_flagged, limits.flag_rate_confidence)
         if ref.edges is not None and ref_scores is not None:
@@ -250,6 +287,14 @@ def _period(kind: str, label: str, week: str, score_runs: list[Run], rows: list[
                 psi_major=limits.psi_major, n_resamples=limits.bootstrap_resamples,
                 confidence_level=limits.confidence_level, seed=limits.seed,
             )
+        elif ref.edges is not None and ref.card is not None and ref.card.counts is not None:
+            card = ref.card
+            drift = D.compare_binned(
+                np.asarray(card.counts), scores, np.asarray(ref.edges),
+                card_cdf(np.asarray(card.thresholds), np.asarray(card.above), card.n),
+                psi_moderate=limits.psi_moderate, psi_major=limits.psi_major,
+                n_resamples=limits.bootstrap_resamples, confidence_level=limits.confidence_level, seed=limits.seed,
+            )
         else:
             note = ref.note
     return Period(
@@ -257,12 +302,28 @@ def _period(kind: str, label: str, week: str, score_runs: list[Run], rows: list[
         decision_runs=tuple(decision_runs), scores=summary, error_rows=errors, flag_rate=band, drift=drift,
         drift_note=note, scores_by_subgroup=_scores_by_subgroup(rows) if rows else {},
         agreement=agreement_of(decided), agreement_by_subgroup=by_subgroup(decided, SUBGROUP_FACTORS) if decided else {},
+        flag_rate_note=rate_note if rows else "",
     )
 
 
-def model_figures(model: str, version: str, runs: list[Run], ref_run: Run | None, limits: Limits) -> ModelFigures:
-    """Reference, per-run and per-week figures of one model version."""
-    ref, ref_scores = _reference(ref_run, model, version, limits)
+def _flag_rate_mismatch(ref: Reference, rows: list[WorklistRow]) -> str:
+    """Why a card's flag rate cannot be compared with these rows': they were flagged at another
+    threshold than the card's (empty when comparable, or when the reference is a run)."""
+    card = ref.card
+    if card is None or card.threshold is None:
+        return ""
+    others = sorted({row.threshold for row in rows if abs(row.threshold - card.threshold) > 1e-6})
+    if not others:
+        return ""
+    return (f"flag rate not compared: rows flagged at threshold(s) {', '.join(f'{t:g}' for t in others)}, "
+            f"the card's validation flag rate is at {card.threshold:g}")
+
+
+def model_figures(model: str, version: str, runs: list[Run], ref_run: Run | None, limits: Limits,
+                  cards_dir: Path | None = None) -> ModelFigures:
+    """Reference, per-run and per-week figures of one model version: the reference run's scores
+    when there is one, else the version's model card in ``cards_dir``."""
+    ref, ref_scores = _reference(ref_run, model, version, limits, cards_dir)
     per_run, weeks_rows, weeks_runs = [], defaultdict(list), defaultdict(dict)
     weeks_decided, weeks_decision_runs = defaultdict(list), defaultdict(set)
     weeks_errors: Counter = Counter()
@@ -351,11 +412,26 @@ def _model_keys(runs: list[Run]) -> list[ModelKey]:
     return sorted(keys)
 
 
+def _cards_dir(cards: str | Path | None) -> Path | None:
+    """The model card folder: ``cards`` (MedassistError when it is not a folder), else the checkout's
+    model_cards/ when there is one, else None."""
+    if cards is None:
+        return REPO_CARDS if REPO_CARDS.is_dir() else None
+    folder = Path(cards)
+    if not folder.is_dir():
+        raise MedassistError(f"--cards {folder}: not a folder (expected a folder of model cards, <model>.json)")
+    return folder
+
+
 def run_monitor(
     run_dirs: list[str | Path], out_dir: str | Path, *, reference: str | Path | None = None,
-    limits_path: str | Path | None = None, key_file: str | Path | None = None,
+    limits_path: str | Path | None = None, key_file: str | Path | None = None, cards: str | Path | None = None,
 ) -> MonitorResult:
     """Read the runs, compute every figure and alert, write ``monitor.json`` and ``report.html``.
+
+    The reference: the ``reference`` run when given; otherwise each model version's model card in
+    ``cards`` (default: the checkout's model_cards/ beside this medassist, when there is one) where
+    the card is of that version.
 
     An unusable run (no worklist.csv, unreadable worklist or decision log) is listed in
     ``problems`` and the others go on; a bad reference or limits file, or no usable run at all,
@@ -364,6 +440,7 @@ def run_monitor(
     from medassist.monitor.report import write_report
 
     limits, limits_source = load_limits(limits_path)
+    cards_dir = _cards_dir(cards)
     ref_run = None
     if reference is not None:
         try:
@@ -387,17 +464,23 @@ def run_monitor(
         raise MedassistError("no usable run folder: " + "; ".join(problems))
     models, alerts = [], []
     for model, version in _model_keys(runs):
-        figures = model_figures(model, version, runs, ref_run, limits)
+        figures = model_figures(model, version, runs, ref_run, limits, cards_dir)
         models.append(figures)
         for period in figures.runs + figures.weeks:
             alerts += period_alerts(model, version, period, limits)
         alerts += integrity_alerts(figures, runs)
-    if ref_run is None:
-        ref_info = {"kind": "none", "note": NO_REFERENCE}
-    else:
+    versions = [{"model": m.model, "version": m.version, "kind": m.reference.kind, "source": m.reference.source,
+                 "note": m.reference.note} for m in models]
+    if ref_run is not None:
         ref_info = {"kind": "run", "run": ref_run.path, "run_time": ref_run.run_time, "iso_week": ref_run.iso_week,
-                    "note": "a triage run taken as the reference (--reference); the shipped model specs store no "
-                            "validation score distribution"}
+                    "note": "a triage run taken as the reference (--reference); it takes the place of the model "
+                            "cards' validation distributions",
+                    "versions": versions}
+    elif cards_dir is not None:
+        ref_info = {"kind": "model_cards", "cards": str(cards_dir), "note": CARDS_NOTE.replace("CARDS", str(cards_dir)),
+                    "versions": versions}
+    else:
+        ref_info = {"kind": "none", "note": NO_REFERENCE, "versions": versions}
     result = MonitorResult(
         alerts=tuple(alerts), generated=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         reference=ref_info, limits=limits, limits_source=limits_source, runs=tuple(runs), models=tuple(models),

@@ -13,8 +13,16 @@ from medassist.monitor.run import run_monitor
 from medassist.review.store import open_store, verify_chain
 
 
+def _no_cards(tmp_path):
+    """An empty model-card folder: these tests are about agreement, not the cards' reference."""
+    folder = tmp_path / "no-cards"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _report(tmp_path, runs, **kwargs) -> dict:
     out = tmp_path / "report"
+    kwargs.setdefault("cards", _no_cards(tmp_path))
     run_monitor(runs, out, **kwargs)
     return json.loads((out / "monitor.json").read_text())
 
@@ -123,7 +131,7 @@ def test_an_unreadable_log_is_a_problem_and_the_scores_are_still_reported(tmp_pa
     run = mon.write_run(tmp_path / "run", records)
     (run / "decisions.sqlite").write_bytes(b"not a database at all" * 100)
     out = tmp_path / "report"
-    result = run_monitor([run], out)
+    result = run_monitor([run], out, cards=_no_cards(tmp_path))
     assert len(result.problems) == 1 and str(run / "decisions.sqlite") in result.problems[0]
     report = json.loads((out / "monitor.json").read_text())
     assert report["runs"][0]["decisions"]["integrity"] == "unreadable"

@@ -55,11 +55,38 @@ def test_a_folder_without_a_worklist_exits_2_naming_it_and_the_rest_is_reported(
     assert [r["path"] for r in data["runs"]] == [str(sample_run)] and len(data["problems"]) == 1
 
 
-def test_without_a_reference_it_says_so(sample_run, tmp_path, capsys):
+def test_without_a_reference_the_model_cards_are_the_reference_where_they_apply(sample_run, tmp_path, capsys):
+    """Default: model_cards/ of this checkout. The fracture card (per image, this version) is the
+    fracture model's reference; the tumour card is per slice while triage scores series, so the
+    tumour model has none and the report says why. The sample run is 10 studies, under
+    min_studies: its figures against the card are reported without an alert."""
     assert main(["monitor", str(sample_run), "--out", str(tmp_path / "report")]) == 0
-    assert "no --reference" in capsys.readouterr().err
+    err = capsys.readouterr().err
     data = json.loads((tmp_path / "report" / "monitor.json").read_text())
-    assert data["reference"]["kind"] == "none" and "validation score distribution" in data["reference"]["note"]
+    assert data["reference"]["kind"] == "model_cards" and data["reference"]["cards"] == str(REPO / "model_cards")
+    versions = {v["model"]: v for v in data["reference"]["versions"]}
+    assert versions["fracture_xray"]["kind"] == "model_card"
+    assert versions["fracture_xray"]["source"] == str(REPO / "model_cards" / "fracture_xray.json")
+    assert versions["tumor_mri"]["kind"] == "none" and "per slice" in versions["tumor_mri"]["note"]
+    assert "no reference for tumor_mri" in err and "fracture_xray" not in err
+    [fracture] = [m for m in data["models"] if m["model"] == "fracture_xray"]
+    [period] = fracture["runs"]
+    assert period["scores"]["n_studies"] == 10 < data["limits"]["min_studies"]
+    assert period["drift"] is not None and len(period["drift"]["edges"]) + 1 == data["limits"]["psi_bins"]
+    assert period["drift"]["n_reference"] == fracture["reference"]["card"]["n"]
+    assert [a for a in data["alerts"] if a["kind"] in ("drift", "flag_rate")] == []
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "model cards in" in page and "per slice" in page
+
+
+def test_with_empty_cards_and_no_reference_it_says_so(sample_run, tmp_path, capsys):
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    assert main(["monitor", str(sample_run), "--out", str(tmp_path / "report"), "--cards", str(cards)]) == 0
+    assert "no --reference, no model card of this version" in capsys.readouterr().err
+    data = json.loads((tmp_path / "report" / "monitor.json").read_text())
+    assert {v["kind"] for v in data["reference"]["versions"]} == {"none"}
+    assert all("validation score distribution" in v["note"] for v in data["reference"]["versions"])
 
 
 def test_no_usable_run_exits_2_and_writes_nothing(tmp_path, capsys):

@@ -21,7 +21,12 @@ def _model(report: dict, model: str = MODEL, version: str = VERSION) -> dict:
 
 
 def _monitor(tmp_path, runs, reference, **kwargs) -> dict:
+    """The report of run_monitor; without a reference, with an empty model-card folder (so these
+    tests see no reference; tests/monitor/test_card_reference.py covers the cards)."""
     out = tmp_path / "report"
+    if reference is None and "cards" not in kwargs:
+        kwargs["cards"] = tmp_path / "no-cards"
+        kwargs["cards"].mkdir(parents=True, exist_ok=True)
     run_monitor(runs, out, reference=reference, **kwargs)
     return json.loads((out / "monitor.json").read_text())
 
@@ -90,7 +95,10 @@ def test_a_week_pools_its_runs_and_alerts_where_no_single_run_could(tmp_path, re
 def test_without_a_reference_the_report_says_so_and_compares_nothing(tmp_path, mon):
     run = mon.write_run(tmp_path / "run", mon.finding_records(mon.beta_scores(100, seed=3, shift=0.4), prefix="cur"))
     report = _monitor(tmp_path, [run], None)
-    assert report["reference"] == {"kind": "none", "note": NO_REFERENCE}
+    assert report["reference"]["kind"] == "model_cards"
+    [entry] = report["reference"]["versions"]
+    assert (entry["model"], entry["version"], entry["kind"]) == (MODEL, VERSION, "none")
+    assert entry["note"].startswith(NO_REFERENCE) and "no model card" in entry["note"]
     [period] = _model(report)["runs"]
     assert period["drift"] is None and period["flag_rate"] is None and "--reference" in period["drift_note"]
     assert period["scores"]["flag_rate"] > 0.5
