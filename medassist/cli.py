@@ -739,10 +739,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                          key_file=args.key_file, cards=args.cards)
     for figures in result.models:
         if figures.reference.scores is None:
-            print(f"medassist monitor: no reference for {figures.model} {figures.version} (no --reference, no "
-                  "model card of this version): drift and flag rate not compared" if args.reference is None else
-                  f"medassist monitor: the --reference run has no scores of {figures.model} {figures.version}: "
-                  "drift and flag rate not compared", file=sys.stderr)
+            why = ("no --reference, no usable model card of this version; the report says why" if args.reference is None
+                   else "the --reference run has no scores of this version")
+            print(f"medassist monitor: no reference for {figures.model} {figures.version} ({why}): drift and flag "
+                  "rate not compared", file=sys.stderr)
     for alert in result.alerts:
         print(f"ALERT {alert.model} {alert.version} {alert.kind} {alert.metric}: {alert.detail}")
     print(f"medassist monitor: {len(result.runs)} run(s), {len(result.models)} model version(s), "

@@ -83,7 +83,7 @@ def test_with_empty_cards_and_no_reference_it_says_so(sample_run, tmp_path, caps
     cards = tmp_path / "cards"
     cards.mkdir()
     assert main(["monitor", str(sample_run), "--out", str(tmp_path / "report"), "--cards", str(cards)]) == 0
-    assert "no --reference, no model card of this version" in capsys.readouterr().err
+    assert "no --reference, no usable model card of this version" in capsys.readouterr().err
     data = json.loads((tmp_path / "report" / "monitor.json").read_text())
     assert {v["kind"] for v in data["reference"]["versions"]} == {"none"}
     assert all("validation score distribution" in v["note"] for v in data["reference"]["versions"])
