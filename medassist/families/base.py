@@ -81,9 +81,9 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def prepare(self, image: Image, spec: ModelSpec) -> Any:
-        """The study's network inputs: an object with ``inputs`` (k, 1, S, S) and ``slices`` (the
-        source slice indices the family reports with them), plus what the family needs to map back
-        to the source geometry and to score the study."""
+        """The study's network inputs: an object with ``inputs`` (k, 1, S, S), plus what the family
+        needs to map back to the source geometry and to score the study (a family batched across
+        studies: ``slices``, the source slice indices ``aggregate`` is given with the scores)."""
 
     @abstractmethod
     def prepare_plane(self, pixels: np.ndarray, preprocess: PreprocessSpec) -> PreparedPlane:
