@@ -48,7 +48,8 @@ import torch
 from medassist.ingest import discover_series
 from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, load_model, shipped_specs
 from medassist.triage import TriageOptions, run_triage
-from medassist.triage.inputs import Job, JobDataset, kind_of
+from medassist.families import family_for
+from medassist.triage.inputs import Job, JobDataset
 from medassist.triage.run import score_inputs_with_features
 from medassist.triage.testing import new_file_dataset, synthetic_radiograph, write_dicom_image
 
@@ -159,7 +160,7 @@ def timed(work: Callable[[], object]) -> tuple[object, float]:
 def decode_2d(folder: Path, model: LoadedModel) -> tuple[torch.Tensor, int, float]:
     """Network inputs of every radiograph (decoded and preprocessed here), count, seconds."""
     series, _ = discover_series([folder])
-    dataset = JobDataset([Job(s, model.spec) for s in series], kind_of(model.spec))
+    dataset = JobDataset([Job(s, model.spec) for s in series], family_for(model.spec))
     items, seconds = timed(lambda: [dataset[i] for i in range(len(dataset))])
     bad = [item.error for item in items if item.inputs is None]
     assert not bad, bad

@@ -11,11 +11,11 @@ Four sources, one result type (``EvalSet``):
 - a CSV of scores already computed (``label``, ``score``, factor columns), e.g. a triage worklist
   joined with labels.
 
-Scoring follows the model's own inference path, chosen in one place (``input_path``, by
-``spec.input_kind``): for radiograph models image files go through ``prepare_2d`` and DICOM series
-through triage's input kind; for volume models (brain MRI) an image file is one slice through
-``tumor.prepare_slice`` and a DICOM series is scored as triage scores it (``tumor.score_volume``:
-slice by slice, aggregated to a study score).
+Scoring follows the model's own inference path, its family's (``medassist.families.family_for``,
+by ``spec.input_kind``; ``image_case``, ``series_case``): for radiograph models image files go
+through ``prepare_2d`` and DICOM series are prepared as triage prepares them; for volume models
+(brain MRI) an image file is one slice through ``tumor.prepare_slice`` and a DICOM series is scored
+as triage scores it (``tumor.score_prepared_volume``: slice by slice, aggregated to a study score).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ import numpy as np
 
 from medassist.datamodel import age_band as datamodel_age_band
 from medassist.errors import MedassistError
+from medassist.families import family_for
 from medassist.models.heads import score_probability
-from medassist.models.spec import InputKind, ModelSpec
+from medassist.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -227,75 +228,36 @@ def score_cases(model, preparers: Sequence[Callable[[], Prepared | float]], *, b
     return scores, errors
 
 
-class RadiographPath:
-    """Radiograph models (``input_kind`` "image2d"): one input per image or series."""
+def image_case(path: Path, spec: ModelSpec) -> Callable[[], Prepared]:
+    """An image file (JPEG/PNG) as the model's family reads one 2D image (grey 0..1 ->
+    ``ModelFamily.prepare_plane``: radiographs ``prepare_2d``, brain MR ``tumor.prepare_slice``)
+    -> one input, its score the case's."""
+    family = family_for(spec)
 
-    name = InputKind.IMAGE2D.value
-    unit = "case"
+    def prepare() -> Prepared:
+        from medassist.ingest.images import load_jpeg_grayscale
 
-    def image_case(self, path: Path, spec: ModelSpec, model_loader) -> Callable[[], Prepared]:
-        """An image file (JPEG/PNG) as inference reads it: grey 0..1 -> prepare_2d -> one input."""
+        image = load_jpeg_grayscale(path).astype(np.float32) / 255.0
+        return family.prepare_plane(image, spec.preprocess).input[None], lambda s: s[0]
 
-        def prepare() -> Prepared:
-            from medassist.ingest.images import load_jpeg_grayscale
-            from medassist.preprocess.transforms import prepare_2d
-
-            image = load_jpeg_grayscale(path).astype(np.float32) / 255.0
-            return prepare_2d(image, spec.preprocess)[0][None], lambda s: s[0]
-
-        return prepare
-
-    def series_case(self, series, spec: ModelSpec, model_loader) -> Callable[[], Prepared]:
-        """A DICOM series prepared exactly as triage prepares it for this model (its input kind)."""
-
-        def prepare() -> Prepared:
-            from medassist.triage.inputs import kind_of
-
-            kind = kind_of(spec)
-            inputs, slices = kind.prepare(series.load(), spec)
-            return inputs, lambda s: kind.aggregate(s, slices)[0]
-
-        return prepare
+    return prepare
 
 
-class VolumePath:
-    """Volume models (``input_kind`` "volume", brain MRI): an image file is one slice, prepared by
-    ``tumor.prepare_slice`` (head mask, crop, letterbox); a series is scored by
-    ``tumor.score_volume`` (in-brain slices, study aggregation), as triage scores it."""
+def series_case(series, spec: ModelSpec, model_loader) -> Callable[[], Prepared | float]:
+    """A DICOM series prepared exactly as triage prepares it for this model (its family): inputs
+    batched with other cases' and aggregated (radiographs), or the study scored whole by the
+    family (brain MR: ``tumor.score_prepared_volume``, in-brain slices, study aggregation)."""
+    family = family_for(spec)
 
-    name = InputKind.VOLUME.value
-    unit = "slice"
+    def prepare() -> Prepared:
+        prepared = family.prepare(series.load(), spec)
+        return prepared.inputs, lambda s: family.aggregate(s, prepared.slices).score
 
-    def image_case(self, path: Path, spec: ModelSpec, model_loader) -> Callable[[], Prepared]:
-        def prepare() -> Prepared:
-            from medassist.ingest.images import load_jpeg_grayscale
-            from medassist.models.tumor import prepare_slice
+    def score() -> float:
+        model = model_loader()
+        return float(family.score_study(model.network, spec, family.prepare(series.load(), spec)).score)
 
-            image = load_jpeg_grayscale(path).astype(np.float32) / 255.0
-            return prepare_slice(image, spec.preprocess)[0][None], lambda s: s[0]
-
-        return prepare
-
-    def series_case(self, series, spec: ModelSpec, model_loader) -> Callable[[], float]:
-        def score() -> float:
-            from medassist.models.tumor import score_volume
-
-            model = model_loader()
-            return float(score_volume(model.network, spec, series.load())["score"])
-
-        return score
-
-
-INPUT_PATHS = {InputKind.IMAGE2D.value: RadiographPath(), InputKind.VOLUME.value: VolumePath()}
-
-
-def input_path(spec: ModelSpec) -> RadiographPath | VolumePath:
-    """How this model reads an image file or a series (the one place the audit dispatches on
-    ``spec.input_kind``)."""
-    kind = getattr(spec, "input_kind", InputKind.IMAGE2D) or InputKind.IMAGE2D
-    if kind not in INPUT_PATHS:
-        raise MedassistError(f"model {spec.name}: unknown input kind {kind!r}; known: {sorted(INPUT_PATHS)}")
-    return INPUT_PATHS[kind]
+    return prepare if family.batches_across_studies else score
 
 
 def _drop_unscored(rows: list, scores: np.ndarray, errors: list[str], notes: list[str]) -> tuple[list, np.ndarray]:
@@ -349,11 +311,11 @@ def eval_from_images(spec: ModelSpec, model_loader, images_dir: str | Path, labe
     rows = [rows[i] for i in kept]
     labels = [parse_label(r["label"], spec, where=f"{labels_csv} ({r[column]})") for r in rows]
     notes = [f"{len(missing)} labelled image(s) were not found and are left out"] if missing else []
-    path_kind = input_path(spec)
-    if path_kind.unit == "slice":
+    unit = family_for(spec).case_unit
+    if unit == "slice":
         notes.append(f"Model {spec.name} reads volumes: each image file is scored as one slice "
                      "(tumor.prepare_slice), without the study aggregation triage applies to a series.")
-    scores, errors = score_cases(model_loader(), [path_kind.image_case(p, spec, model_loader) for p in paths],
+    scores, errors = score_cases(model_loader(), [image_case(p, spec) for p in paths],
                                  batch_size=batch_size)
     ok = np.isfinite(scores)
     rows, scores = _drop_unscored(rows, scores, errors, notes)
@@ -362,7 +324,7 @@ def eval_from_images(spec: ModelSpec, model_loader, images_dir: str | Path, labe
         name=f"images in {images_dir.name}",
         description=f"{len(rows)} labelled image files from {images_dir} (labels: {Path(labels_csv).name})",
         ids=[r[column] for r in rows], labels=np.array(labels), scores=scores,
-        factors=_csv_factors(rows, header), source=str(images_dir), notes=notes, unit=path_kind.unit,
+        factors=_csv_factors(rows, header), source=str(images_dir), notes=notes, unit=unit,
     )
 
 
@@ -393,7 +355,7 @@ def eval_from_dicom(spec: ModelSpec, model_loader, dicom_dir: str | Path, labels
             out_of_scope += 1
             continue
         kept_rows.append(row)
-        loaders.append(input_path(spec).series_case(s, spec, model_loader))
+        loaders.append(series_case(s, spec, model_loader))
         header_factors["sex"].append(_factor_value("sex", s.sex))
         header_factors["age_band"].append(age_band(s.age))
         header_factors["manufacturer"].append(s.manufacturer.strip() or "unknown")
@@ -503,8 +465,7 @@ def eval_from_fracatlas(spec: ModelSpec, model_loader, root: str | Path, *, batc
         records = records[:limit]
     if not records:
         raise MedassistError(f"{root}: no FracAtlas validation images found")
-    scores, errors = score_cases(model_loader(), [input_path(spec).image_case(r.path, spec, model_loader)
-                                                  for r in records],
+    scores, errors = score_cases(model_loader(), [image_case(r.path, spec) for r in records],
                                  batch_size=batch_size)
     records, scores = _drop_unscored(records, scores, errors, notes)
     return EvalSet(

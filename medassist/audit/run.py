@@ -81,7 +81,7 @@ def run_audit(
     "brain-tumor-validation" only that set, "none" (or None) nothing. ``data_root``: the default
     set's data folder, instead of looking for it. An explicit evaluation set applies to one model
     only: name it in ``models`` when several are shipped; images and series are scored through the
-    model's own input path (``evaluation.input_path``).
+    model's own input path (its family, ``medassist.families.family_for``).
 
     ``review_db``: the review stage's decisions SQLite; ``eval_limit`` caps the default set (smoke runs).
     """

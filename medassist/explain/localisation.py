@@ -15,7 +15,7 @@ MRI slices by ``tumor.prepare_slice`` (maps back through the head crop and lette
 ``SliceFrame.to_source``). ``evaluate_fracture_localisation`` feeds it the FracAtlas validation
 split's fractured images, ``evaluate_tumour_localisation`` the brain-tumour validation split's
 tumour slices with their YOLO boxes, and ``write_localisation_report`` writes the JSON the model
-card includes (the dataset follows the model: ``spec.input_kind == "volume"`` is the tumour model).
+card includes (the dataset follows the model: a volumetric family, brain MR, is the tumour model).
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ import torch
 
 from medassist.atomic import write_atomic
 from medassist.audit.metrics import wilson_interval
-from medassist.explain.saliency import DEFAULT_METHOD, METHODS, saliency_map, to_source_geometry
+from medassist.explain.saliency import DEFAULT_METHOD, METHODS, saliency_map
+from medassist.families import ModelFamily, family_for
+from medassist.families.brain_mr import BRAIN_MR
+from medassist.families.radiograph import RADIOGRAPH
 from medassist.models.registry import LoadedModel
-from medassist.models.spec import InputKind
-from medassist.preprocess.transforms import prepare_2d
 
 # The FracAtlas split the fracture model was trained with (configs/fracture_xray.yaml).
 FRACATLAS_SPLIT = {"block_size": 100, "n_folds": 5, "val_fold": 4}
@@ -106,30 +107,29 @@ def centre_hit(mask: np.ndarray) -> bool:
     return bool(m[(m.shape[0] - 1) // 2, (m.shape[1] - 1) // 2])
 
 
+def _prepared_image(family: ModelFamily, image: np.ndarray, pre) -> PreparedImage:
+    plane = family.prepare_plane(image, pre)
+    return plane.input, plane.to_source, plane.support
+
+
 def prepare_radiograph(image: np.ndarray, spec) -> PreparedImage:
     """A radiograph as inference prepares it (``prepare_2d``); maps go back through the letterbox,
-    which covers the whole image."""
-    tensor, box = prepare_2d(np.asarray(image, dtype=np.float32), spec)
-    return tensor, lambda m: to_source_geometry(m, box), None
+    which covers the whole image (``RadiographFamily.prepare_plane``)."""
+    return _prepared_image(RADIOGRAPH, image, spec)
 
 
 def prepare_mri_slice(image: np.ndarray, spec) -> PreparedImage:
     """A brain MRI slice as the tumour model prepares it (``tumor.prepare_slice``: head mask, crop,
     letterbox); maps go back through the letterbox and the crop (``SliceFrame.to_source``) and are
-    zero outside the head crop, which is their support."""
-    from medassist.models.tumor import prepare_slice
-
-    image = np.asarray(image, dtype=np.float32)
-    tensor, frame = prepare_slice(image, spec)
-    r0, r1, c0, c1 = frame.crop
-    support = np.zeros(image.shape, dtype=bool)
-    support[r0:r1, c0:c1] = True
-    return tensor, lambda m: np.maximum(frame.to_source(np.asarray(m, dtype=np.float32), image.shape), 0.0), support
+    zero outside the head crop, which is their support (``BrainMRFamily.prepare_plane``)."""
+    return _prepared_image(BRAIN_MR, image, spec)
 
 
 def preparer_for(spec) -> Callable[[np.ndarray, object], PreparedImage]:
-    """The model's own input path: volume models (brain MRI) read slices, others radiographs."""
-    return prepare_mri_slice if getattr(spec, "input_kind", InputKind.IMAGE2D) == InputKind.VOLUME else prepare_radiograph
+    """The model's own input path, its family's (``ModelFamily.prepare_plane``): volume models
+    (brain MRI) read slices, others radiographs."""
+    family = family_for(spec)
+    return lambda image, pre: _prepared_image(family, image, pre)
 
 
 @dataclass(frozen=True)
@@ -494,7 +494,7 @@ class _LocalisationData:
 
 
 def _localisation_data(model: LoadedModel, data_root: str | Path) -> _LocalisationData:
-    if getattr(model.spec, "input_kind", InputKind.IMAGE2D) == InputKind.VOLUME:
+    if family_for(model.spec).volumetric:  # the tumour model's validation slices
         split = _tumour_split(model.spec)
         return _LocalisationData(
             cases=lambda n: tumour_validation_cases(data_root, split, limit=n),
@@ -683,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if data_root is None:
         from medassist.audit.evaluation import find_brain_tumor, find_fracatlas
 
-        data_root = (find_brain_tumor if spec.input_kind == InputKind.VOLUME else find_fracatlas)(spec)
+        data_root = (find_brain_tumor if family_for(spec).volumetric else find_fracatlas)(spec)
         if data_root is None:
             parser.error(f"no data found for {spec.name}: give --data-root")
     model = load_model(spec, choose_device(args.device))

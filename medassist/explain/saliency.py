@@ -220,12 +220,11 @@ def _occlusion(
 
 
 def to_source_geometry(map_input: np.ndarray, letterbox: Letterbox) -> np.ndarray:
-    """One (S, S) input-frame map -> the source image's (rows, cols): crop the pad, undo the resize."""
-    arr = np.asarray(map_input, dtype=np.float32)
-    if arr.shape != (letterbox.input_size, letterbox.input_size):
-        raise ValueError(f"map shape {arr.shape} is not the letterbox input {letterbox.input_size} square")
-    back = letterbox.to_source(arr)
-    return np.maximum(np.asarray(back, dtype=np.float32), 0.0)
+    """One (S, S) input-frame map -> the source image's (rows, cols): crop the pad, undo the resize
+    (``families.radiograph.letterbox_to_source``, negatives clipped)."""
+    from medassist.families.radiograph import letterbox_to_source
+
+    return letterbox_to_source(map_input, letterbox)
 
 
 def saliency_maps_source(

@@ -11,12 +11,11 @@ the ``k`` slices of the worklist's ``slices`` column.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from medassist.datamodel import Image
 from medassist.explain.saliency import DEFAULT_METHOD, saliency_map
+from medassist.families.brain_mr import BRAIN_MR
 from medassist.models.registry import LoadedModel
-from medassist.preprocess import volume as vol
 
 
 def volume_slice_saliency(
@@ -25,27 +24,10 @@ def volume_slice_saliency(
     """(ascending stored slice indices, maps (k, rows, cols) float32) for a volume finding.
 
     Raises ValueError when the slices were cut across a plane other than the stored slice axis
-    (a reformat: a canonical slice spans several stored slices) or an index is out of range.
+    (a reformat: a canonical slice spans several stored slices) or an index is out of range
+    (``BrainMRFamily.saliency_inputs``, which recomputes the slices' inputs; ``to_stored`` puts
+    the maps back on the stored slices).
     """
-    from medassist.models.tumor import prepare_slice
-
-    spec = model.spec
-    volume, axes = vol.reorient_canonical(image, spec.preprocess.source)
-    axis = vol.acquisition_plane(axes)
-    if axes.source_axes[axis] != 0:
-        raise ValueError("the volume was read across a reformatted plane: no stored slices to draw on")
-    stored_shape = tuple(int(n) for n in getattr(image, spec.preprocess.source).shape)
-    wanted = tuple(sorted(set(int(i) for i in stored_slices)))
-    if not wanted or wanted[0] < 0 or wanted[-1] >= stored_shape[0]:
-        raise ValueError(f"slice indices {stored_slices} outside 0..{stored_shape[0] - 1}")
-    canonical = [axes.source_index(axis, i) for i in wanted]
-    planes = [np.asarray(vol.cut_slices(volume, axis, c, c + 1)[0], dtype=np.float32) for c in canonical]
-    prepared = [prepare_slice(p, spec.preprocess) for p in planes]
-    inputs = torch.stack([tensor for tensor, _ in prepared])
-    maps = saliency_map(model, inputs, method=method)
-    out = np.zeros((len(wanted),) + stored_shape[1:], dtype=np.float32)
-    for k, (c, plane, (_, frame), m) in enumerate(zip(canonical, planes, prepared, maps)):
-        stored, back = vol.stored_plane(frame.to_source(m, plane.shape), stored_shape, axes, axis, c)
-        assert stored == wanted[k], "canonical and stored slice indices disagree"
-        out[k] = np.maximum(back, 0.0)
-    return wanted, out
+    found = BRAIN_MR.saliency_inputs(image, model.spec, stored_slices)
+    maps = saliency_map(model, found.inputs, method=method)
+    return found.slices, found.to_stored(maps)

@@ -1,11 +1,11 @@
 """Turning (series, model) jobs into network inputs, in DataLoader worker processes.
 
-An *input kind* says how a model reads a series: how many network inputs one series gives and how
-their scores become the series' score. Radiograph models (kind ``"image2d"``) take one input per
-series - the first slice - and its score is the series' score. A volume model (brain MRI) plugs in
-as another kind: one input per slice, scores aggregated (e.g. max) with the contributing slice
-indices reported in the worklist's ``slices`` column. A spec chooses its kind with an
-``input_kind`` attribute; specs without one are ``"image2d"``.
+A model's *family* (``medassist.families.family_for(spec)``, by ``spec.input_kind``) says how it
+reads a series: how many network inputs one series gives and how their scores become the series'
+score. Radiograph models take one input per series - the first slice - and its score is the
+series' score; their inputs are batched across series (``JobDataset``). A brain MR volume gives one
+input per in-brain slice and is scored whole, the contributing slice indices reported in the
+worklist's ``slices`` column (``VolumeDataset``).
 
 Decoding happens in ``JobDataset.__getitem__`` (radiographs: network inputs) and
 ``VolumeDataset.__getitem__`` (volumes: the whole series, reduced to the array the model scores),
@@ -18,17 +18,15 @@ apart from the tensors. A series whose decoding takes longer than the series tim
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from medassist.datamodel import Image, Series
 from medassist.errors import MedassistError
-from medassist.models.spec import InputKind
+from medassist.families import ModelFamily
 from medassist.models.spec import ModelSpec
-from medassist.preprocess.transforms import prepare_2d
 from medassist.timelimit import DecodeTimeout, time_limit, timeout_if_fired  # noqa: F401  (time_limit: re-exported)
 
 if TYPE_CHECKING:
@@ -88,60 +86,12 @@ class Batch:
         return Batch(inputs, self.owners, self.errors)
 
 
-class InputFamily(Protocol):
-    """How a family of models reads a series."""
-
-    name: str
-
-    def prepare(self, image: Image, spec: ModelSpec) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """Network inputs (k, 1, S, S) and the source slice index of each."""
-
-    def aggregate(self, scores: torch.Tensor, slices: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
-        """The series' score from its inputs' scores, and the slices to report."""
-
-    def jobs_per_batch(self, batch_size: int) -> int:
-        """How many jobs one DataLoader batch should hold for ``batch_size`` network inputs."""
-
-
-class Radiograph2D:
-    """One 2D image per series (the first slice): one network input, its score is the series'."""
-
-    name = InputKind.IMAGE2D.value
-
-    def prepare(self, image: Image, spec: ModelSpec) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """The first slice of the spec's source array, letterboxed to the input size."""
-        source = np.asarray(getattr(image, spec.preprocess.source))
-        if source.ndim != 3 or source.shape[0] < 1:
-            raise ValueError(f"expected (slices, rows, cols) pixels, got shape {source.shape}")
-        tensor, _ = prepare_2d(source[0], spec.preprocess)
-        return tensor[None], ()
-
-    def aggregate(self, scores: torch.Tensor, slices: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
-        """The single input's score; no slices to report."""
-        return float(scores[0]), ()
-
-    def jobs_per_batch(self, batch_size: int) -> int:
-        """One input per job, so a batch of jobs is a batch of inputs."""
-        return batch_size
-
-
-KINDS: dict[str, InputFamily] = {InputKind.IMAGE2D.value: Radiograph2D()}
-
-
-def kind_of(spec: ModelSpec) -> InputFamily:
-    """The input kind a spec asks for (``spec.input_kind``, default ``"image2d"``)."""
-    name = getattr(spec, "input_kind", InputKind.IMAGE2D)
-    if name not in KINDS:
-        raise MedassistError(f"model {spec.name}: unknown input kind {name!r}; known: {sorted(KINDS)}")
-    return KINDS[name]
-
-
 class JobDataset(Dataset):
-    """Decode and preprocess the series of a list of jobs for one model (one kind, one spec)."""
+    """Decode and preprocess the series of a list of jobs for one model (one family, one spec)."""
 
-    def __init__(self, jobs: list[Job], kind: InputFamily, series_timeout: float | None = None) -> None:
+    def __init__(self, jobs: list[Job], family: ModelFamily, series_timeout: float | None = None) -> None:
         self.jobs = jobs
-        self.kind = kind
+        self.family = family
         self.series_timeout = series_timeout
 
     def __len__(self) -> int:
@@ -153,12 +103,12 @@ class JobDataset(Dataset):
         try:
             with time_limit(self.series_timeout) as limit:
                 image = job.series.load()
-                inputs, slices = self.kind.prepare(image, job.spec)
+                prepared = self.family.prepare(image, job.spec)
         except (Exception, DecodeTimeout) as exc:  # one undecodable series must not stop the run
             exc = timeout_if_fired(exc, limit)
             message = failure_message(job.series.source_path, exc, self.series_timeout, "prepare image")
             return Prepared(index, None, error=message)
-        return Prepared(index, inputs.float(), slices)
+        return Prepared(index, prepared.inputs.float(), prepared.slices)
 
 
 def collate_prepared(items: list[Prepared]) -> Batch:
@@ -185,10 +135,11 @@ class DecodedVolume:
 
     @classmethod
     def of(cls, index: int, image: Image, spec: ModelSpec) -> DecodedVolume:
-        """Prepare ``image`` for ``spec`` (reorientation, plane, foreground, slice inputs)."""
-        from medassist.models.tumor import prepare_volume
+        """Prepare ``image`` for ``spec`` by its family (brain MR: reorientation, plane, foreground,
+        slice inputs)."""
+        from medassist.families import family_for
 
-        return cls(index, prepare_volume(spec, image))
+        return cls(index, family_for(spec).prepare(image, spec))
 
 
 class VolumeDataset(Dataset):

@@ -7,7 +7,7 @@ One Ray Data dataset per run, in three stages plus the driver:
    earlier run are decided here, never sent to the cluster);
 2. decode stage, CPU tasks (``decode_row``): the series is rebuilt from plain data (``series_ref``)
    and decoded and preprocessed by the local backend's own ``JobDataset``; a volume series
-   (``input_kind="volume"``) is decoded and cut into slice inputs by its ``VolumeDataset`` and
+   (a family scored a study at a time, ``input_kind="volume"``) is decoded and cut into slice inputs by its ``VolumeDataset`` and
    scored by the model stage;
 3. model stage, a pool of actors (``ModelStage``; one GPU each when the cluster has GPUs): each
    model is loaded once per actor, batches are scored with ``run.score_batch`` (radiographs)
@@ -52,7 +52,8 @@ import numpy as np
 from medassist.datamodel import Image, IngestProblem, Series
 from medassist.errors import MedassistError
 from medassist.models.registry import LoadedModel, choose_device, load_model
-from medassist.models.spec import InputKind, ModelSpec
+from medassist.families import family_for
+from medassist.models.spec import ModelSpec
 from medassist.optional import require
 from medassist.triage.inputs import (
     Job,
@@ -60,7 +61,6 @@ from medassist.triage.inputs import (
     Prepared,
     VolumeDataset,
     collate_prepared,
-    kind_of,
 )
 from medassist.triage.options import TriageOptions
 from medassist.triage.run import (
@@ -360,10 +360,11 @@ def decode_row(row: dict, *, specs: dict[str, ModelSpec], stage: StageOptions) -
     enter_driver_cwd(stage.cwd)
     spec = specs[row["spec"]]
     jobs = [Job(series_from_ref(row["ref"]), spec)]
-    if spec.input_kind == InputKind.VOLUME:
-        payload: tuple = ("volume", VolumeDataset(jobs, stage.series_timeout)[0])
+    family = family_for(spec)
+    if family.batches_across_studies:
+        payload: tuple = ("prepared", JobDataset(jobs, family, stage.series_timeout)[0])
     else:
-        payload = ("prepared", JobDataset(jobs, kind_of(spec), stage.series_timeout)[0])
+        payload = ("volume", VolumeDataset(jobs, stage.series_timeout)[0])
     return {"job": row["job"], "spec": row["spec"], "ref": row["ref"], "payload": pickle.dumps(payload, protocol=5)}
 
 
@@ -398,10 +399,10 @@ class ModelStage:
             model = self.model(name)
             jobs = [Job(series_from_ref(ref), model.spec) for _, _, ref, _ in group]
             decoded = [payload[1] for _, _, _, payload in group]
-            if model.spec.input_kind == InputKind.VOLUME:  # a map decodes the series again, as the local backend's does
-                scored = (score_decoded_volume(model, job, volume) for job, volume in zip(jobs, decoded))
-            else:
+            if family_for(model.spec).batches_across_studies:
                 scored = score_prepared(model, jobs, decoded, self.stage.batch_size)
+            else:  # a map decodes the series again, as the local backend's does
+                scored = (score_decoded_volume(model, job, volume) for job, volume in zip(jobs, decoded))
             position = {id(job): entry[0] for job, entry in zip(jobs, group)}
             for result in scored:
                 saliency = ""
@@ -423,11 +424,11 @@ def score_prepared(
     model: LoadedModel, jobs: list[Job], prepared: list[Prepared], batch_size: int
 ) -> Iterator[ScoredJob]:
     """``score_jobs`` for inputs the decode stage already prepared: the same results and messages."""
-    kind = kind_of(model.spec)
+    family = family_for(model.spec)
     for position, item in enumerate(prepared):
         item.index = position
     batch = collate_prepared(prepared)
     for index, message in batch.errors:
         yield ScoredJob.failed(jobs[index], message)
     if batch.inputs is not None:
-        yield from score_batch(model, kind, jobs, batch, batch_size)  # the local path's scoring and retry
+        yield from score_batch(model, family, jobs, batch, batch_size)  # the local path's scoring and retry

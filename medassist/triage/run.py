@@ -38,20 +38,19 @@ from medassist.models.registry import (
     not_applicable_reason,
     shipped_specs,
 )
+from medassist.families import ModelFamily, family_for
 from medassist.models.onnx_runtime import with_runtime
-from medassist.models.spec import InputKind, ModelSpec
+from medassist.models.spec import ModelSpec
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
     VOLUME_FAILURE,
     Batch,
     DecodedVolume,
-    InputFamily,
     Job,
     JobDataset,
     VolumeDataset,
     collate_prepared,
     failure_message,
-    kind_of,
 )
 from medassist.triage.journal import (
     JOURNAL_NAME,
@@ -176,10 +175,10 @@ def triage_series(
         for spec, jobs in pending:
             loaded = load_model(spec, torch_device, Path(options.weights_dir))
             model = with_runtime(loaded, options.runtime, options.onnx_dir)
-            if spec.input_kind == InputKind.VOLUME:
-                results = score_volume_jobs(model, jobs, options.series_timeout, options.num_workers)
-            else:
+            if family_for(spec).batches_across_studies:
                 results = score_jobs(model, jobs, options.batch_size, options.num_workers, options.series_timeout)
+            else:
+                results = score_volume_jobs(model, jobs, options.series_timeout, options.num_workers)
             for scored in results:
                 saliency = ""
                 if wants_saliency(options.explain, model.spec, scored.score):
@@ -368,15 +367,15 @@ def score_jobs(
 ) -> Iterator[ScoredJob]:
     """A ``ScoredJob`` per job (with its inputs and last feature map), decoding in workers while
     the model scores."""
-    kind = kind_of(model.spec)
-    for batch in make_loader(jobs, kind, batch_size, num_workers, model.device, series_timeout):
+    family = family_for(model.spec)
+    for batch in make_loader(jobs, family, batch_size, num_workers, model.device, series_timeout):
         for index, message in batch.errors:
             yield ScoredJob.failed(jobs[index], message)
         if batch.inputs is not None:
-            yield from score_batch(model, kind, jobs, batch, batch_size)
+            yield from score_batch(model, family, jobs, batch, batch_size)
 
 
-def score_batch(model: LoadedModel, kind: InputFamily, jobs: list[Job], batch: Batch, batch_size: int
+def score_batch(model: LoadedModel, family: ModelFamily, jobs: list[Job], batch: Batch, batch_size: int
                 ) -> Iterator[ScoredJob]:
     """``score_jobs``' results for a batch's decoded jobs. If scoring the batch raises, its jobs are
     scored one by one, so only a job whose own scoring fails becomes an error row."""
@@ -393,11 +392,12 @@ def score_batch(model: LoadedModel, kind: InputFamily, jobs: list[Job], batch: B
         for index, count, slices in batch.owners:
             alone = Batch(batch.inputs[offset : offset + count], [(index, count, slices)], [])
             offset += count
-            yield from score_batch(model, kind, jobs, alone, batch_size)
+            yield from score_batch(model, family, jobs, alone, batch_size)
         return
     offset = 0
     for index, count, slices in batch.owners:
-        score, report = kind.aggregate(scores[offset : offset + count], slices)
+        study = family.aggregate(scores[offset : offset + count], slices)
+        score, report = study.score, study.slices
         job_inputs = batch.inputs[offset : offset + count]
         job_features = None if features is None else features[offset : offset + count]
         offset += count
@@ -449,16 +449,15 @@ def score_volume_jobs(
 
 
 def score_decoded_volume(model: LoadedModel, job: Job, decoded: DecodedVolume) -> ScoredJob:
-    """``score_volume_jobs``'s result for one prepared volume (or its decoding error)."""
-    from medassist.models.tumor import score_prepared_volume
-
+    """``score_volume_jobs``'s result for one prepared volume (or its decoding error): scored whole
+    by the model's family (``ModelFamily.score_study``)."""
     if decoded.error or decoded.prepared is None:
         return ScoredJob.failed(job, decoded.error)
     try:
-        result = score_prepared_volume(model.scoring_network, model.spec, decoded.prepared)
+        result = family_for(model.spec).score_study(model.scoring_network, model.spec, decoded.prepared)
     except Exception as exc:  # one unscorable volume must not stop the run
         return ScoredJob.failed(job, failure_message(job.series.source_path, exc, None, VOLUME_FAILURE))
-    return ScoredJob(job, round(float(result["score"]), 6), tuple(result["slices"]))
+    return ScoredJob(job, round(float(result.score), 6), tuple(result.slices))
 
 
 SALIENCY_DIR = "saliency"
@@ -484,22 +483,17 @@ def explain_job(
     source geometry. A failure is logged and leaves the finding without a map: the score stands.
     """
     from medassist.explain import explain_and_write, saliency_stem
-    from medassist.preprocess.transforms import letterbox_for
 
-    if model.spec.input_kind == InputKind.VOLUME:
+    family = family_for(model.spec)
+    if family.volumetric:
         return explain_volume_job(model, job, slices, out_dir, method)
     if inputs is None or len(inputs) == 0:
         return ""
-    position = 0
-    slice_index = slices[0] if slices else 0
     try:
-        image = job.series.load()
-        source = getattr(image, model.spec.preprocess.source)[slice_index]
-        display = image.display[slice_index]
-        box = letterbox_for(source.shape, model.spec.preprocess.input_size)
-        stem = saliency_stem(job.series.series_uid, model.spec.name, slice_index)
-        job_features = None if features is None else features[position : position + 1]
-        npy, _png = explain_and_write(model, inputs[position : position + 1], [box], [display],
+        found = family.saliency_inputs(job.series.load(), model.spec, slices, inputs)
+        stem = saliency_stem(job.series.series_uid, model.spec.name, found.slices[0])
+        job_features = None if features is None else features[:1]
+        npy, _png = explain_and_write(model, found.inputs, list(found.frames), list(found.displays),
                                       out_dir / SALIENCY_DIR, [stem], method=method, features=job_features)[0]
     except Exception as exc:  # a map is an aid; its failure must not lose the finding
         log.warning("%s: no saliency map (%s: %s)", job.series.source_path, type(exc).__name__, exc)
@@ -542,13 +536,13 @@ def score_inputs_with_features(model: LoadedModel, inputs: torch.Tensor, batch_s
 
 
 def make_loader(
-    jobs: list[Job], kind: InputFamily, batch_size: int, num_workers: int, device: torch.device,
+    jobs: list[Job], family: ModelFamily, batch_size: int, num_workers: int, device: torch.device,
     series_timeout: float | None = DEFAULT_SERIES_TIMEOUT,
 ) -> DataLoader:
     """A DataLoader decoding ``jobs`` in ``num_workers`` processes (0: in this process), in order."""
     return ordered_loader(
-        JobDataset(jobs, kind, series_timeout), num_workers, prefetch_factor=2,
-        batch_size=kind.jobs_per_batch(batch_size), collate_fn=collate_prepared, pin_memory=device.type == "cuda",
+        JobDataset(jobs, family, series_timeout), num_workers, prefetch_factor=2,
+        batch_size=family.jobs_per_batch(batch_size), collate_fn=collate_prepared, pin_memory=device.type == "cuda",
     )
 
 

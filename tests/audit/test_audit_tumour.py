@@ -21,6 +21,9 @@ from audit_helpers import (
 from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
 from medassist.audit import run_audit
+from medassist.families import family_for
+from medassist.families.brain_mr import BrainMRFamily
+from medassist.families.radiograph import RadiographFamily
 from medassist.audit import evaluation as E
 from medassist.audit.card import SECTIONS, AuditOptions
 from medassist.audit.metrics import categorical_accuracy_with_ci
@@ -203,7 +206,7 @@ def test_default_set_follows_the_model(tmp_path):
     fracture = make_shipped_model(weights_dir, name="toy_fracture", training_data="synthetic")
     tumour = make_tumour_model(weights_dir)
     assert not E.is_brain_tumor_model(fracture) and E.is_brain_tumor_model(tumour)
-    assert isinstance(E.input_path(tumour), E.VolumePath) and isinstance(E.input_path(fracture), E.RadiographPath)
+    assert isinstance(family_for(tumour), BrainMRFamily) and isinstance(family_for(fracture), RadiographFamily)
     assert E.brain_tumor_split(tumour) == {"block_size": 10, "n_folds": 2, "val_fold": 1}  # recorded split wins
 
 

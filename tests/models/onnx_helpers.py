@@ -41,10 +41,10 @@ def sample_series():
 def radiograph_inputs(spec: ModelSpec, n: int = 4) -> torch.Tensor:
     """Network inputs (n, 1, S, S) of the first ``n`` sample radiographs the model applies to."""
     from medassist.models.registry import models_for
-    from medassist.triage.inputs import kind_of
+    from medassist.families import family_for
 
-    kind = kind_of(spec)
-    inputs = [kind.prepare(s.load(), spec)[0] for s in sample_series() if models_for(s, [spec])][:n]
+    family = family_for(spec)
+    inputs = [family.prepare(s.load(), spec).inputs for s in sample_series() if models_for(s, [spec])][:n]
     assert len(inputs) == n
     return torch.cat(inputs)
 

@@ -127,7 +127,7 @@ def test_each_worker_decodes_at_most_one_volume_ahead_of_scoring(tmp_path, monke
 
     monkeypatch.setattr(tumor, "prepare_volume", fake_prepare_volume)
     monkeypatch.setattr(tumor, "score_prepared_volume", fake_score_prepared_volume)
-    spec = SimpleNamespace(preprocess=SimpleNamespace(source="display"))
+    spec = SimpleNamespace(name="fake_volume", input_kind="volume", preprocess=SimpleNamespace(source="display"))
     jobs = [Job(mr_series(f"v{i}", functools.partial(_recorded_image, log, i)), spec) for i in range(6)]  # type: ignore[arg-type]
     model = SimpleNamespace(network=None, scoring_network=None, spec=spec)  # a LoadedModel: what scores, on its runtime
     results = list(score_volume_jobs(model, jobs, None, num_workers=workers))  # type: ignore[arg-type]
