@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 EXTERNAL_ROOT = REPO.parent / "shared" / "data" / "fracture_external_dev"
