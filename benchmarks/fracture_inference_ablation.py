@@ -18,7 +18,7 @@ of the shipped ``fracture_xray`` weights under:
 plus the AUROC of trivial image statistics (pixel count, mean grey, fraction of near-black
 pixels), which shows whether acquisition shortcuts separate the classes.
 
-External-dev AUROCs carry a bootstrap 95% interval (``audit.metrics.metrics_with_ci``, seed 0)
+External-dev AUROCs carry a bootstrap 95% interval (``medassist.metrics.metrics_with_ci``, seed 0)
 and a paired bootstrap interval of the difference to the baseline (same images resampled).
 
     nice -n 19 .venv/bin/python benchmarks/fracture_inference_ablation.py --out /tmp/fracture_ablation.json
@@ -217,7 +217,7 @@ def score_variant(name: str, variant: str, data: dict, net, args) -> dict[str, n
 
 
 def auroc_ci(labels: np.ndarray, scores: np.ndarray, threshold: float, n_resamples: int) -> dict:
-    from medassist.audit.metrics import metrics_with_ci
+    from medassist.metrics import metrics_with_ci
 
     m = metrics_with_ci(labels, scores, threshold, n_resamples=n_resamples, seed=0)
     return {"auroc": m["auroc"], "ci": m["ci"]["auroc"], "sensitivity": m["sensitivity"],

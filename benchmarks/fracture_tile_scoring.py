@@ -88,7 +88,7 @@ def aurocs(labels: np.ndarray, whole: dict, tiled: dict, with_ci: bool) -> dict:
     """AUROC per head and pooling; the mean head's with a 95% bootstrap interval when ``with_ci``."""
     from sklearn.metrics import roc_auc_score
 
-    from medassist.audit.metrics import metrics_with_ci
+    from medassist.metrics import metrics_with_ci
 
     out = {f"whole_{h}": round(float(roc_auc_score(labels, whole[h])), 4) for h in HEADS}
     out.update({f"tiles_max_{h}": round(float(roc_auc_score(labels, tiled[h].max(1))), 4) for h in HEADS})

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medassist"
 FORBIDDEN = {
     "medassist.families": ("medassist.triage", "medassist.audit", "medassist.explain", "medassist.review",
                            "medassist.pacs"),
-    "medassist.models": ("medassist.triage", "medassist.review", "medassist.pacs"),
+    "medassist.models": ("medassist.triage", "medassist.review", "medassist.pacs", "medassist.audit"),
     "medassist.preprocess": ("medassist.families", "medassist.triage", "medassist.audit", "medassist.explain",
                              "medassist.review", "medassist.pacs"),
 }
@@ -63,6 +63,14 @@ def violations(layer: str) -> list[str]:
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_lower_layers_do_not_import_upper_ones(layer):
     assert violations(layer) == []
+
+
+def test_metrics_sit_at_the_bottom():
+    """``medassist.metrics`` is used by models, explain, audit, monitor and adapt; it imports nothing
+    from medassist but the errors."""
+    path = PACKAGE / "metrics.py"
+    reached = sorted(m for m in imported_modules(path) if within(m, "medassist") and m != "medassist")
+    assert [m for m in reached if not within(m, "medassist.errors")] == []
 
 
 def test_the_walker_sees_imports_inside_functions_and_relative_ones(tmp_path, monkeypatch):

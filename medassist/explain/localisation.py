@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from medassist.atomic import write_atomic
-from medassist.audit.metrics import wilson_interval
+from medassist.metrics import wilson_interval
 from medassist.explain.saliency import DEFAULT_METHOD, METHODS, saliency_map
 from medassist.families import ModelFamily, family_for
 from medassist.families.brain_mr import BRAIN_MR

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from medassist.audit.metrics import binary_metrics, metrics_with_ci, threshold_for_sensitivity, youden_threshold
+from medassist.metrics import binary_metrics, metrics_with_ci, threshold_for_sensitivity, youden_threshold
 from medassist.errors import MedassistError
 from medassist.models.augment import augment_batch, magnify, random_crops, rescale_percentiles
 from medassist.models.fracture_external import prepare_external, read_external, score_inputs

@@ -761,7 +761,7 @@ def source_metrics(labels: np.ndarray, scores: np.ndarray, origins: np.ndarray, 
     """Validation metrics per source: each tumour source's slices against the negatives from the
     same source (its tumour-free slices and its mirror negatives: "<origin>_same_source"), and all
     tumour slices against each negative stratum ("vs_<stratum>")."""
-    from medassist.audit.metrics import binary_metrics
+    from medassist.metrics import binary_metrics
 
     out = {}
     for origin in sorted(set(origins[labels == 1])):
@@ -794,7 +794,7 @@ def extra_sources(config: dict, pre: PreprocessSpec) -> list:
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from medassist.audit.metrics import binary_metrics
+    from medassist.metrics import binary_metrics
 
     return binary_metrics(labels, scores, 0.5)["auroc"]
 
@@ -806,7 +806,7 @@ def _type_accuracy(type_probs: np.ndarray, types: np.ndarray) -> float:
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: dict) -> float:
     """The slice threshold: ``{"sensitivity": s}`` (highest threshold keeping it) or ``{"youden": true}``."""
-    from medassist.audit.metrics import threshold_for_sensitivity, youden_threshold
+    from medassist.metrics import threshold_for_sensitivity, youden_threshold
 
     if "sensitivity" in rule:
         return threshold_for_sensitivity(labels, scores, float(rule["sensitivity"]))
@@ -872,7 +872,7 @@ def pseudo_volume_calibration(scores: np.ndarray, labels: np.ndarray, numbers: n
 def finish_tumor(config, net, pre, data: TrainingData, history) -> ModelSpec:
     """Pick the score head and slice threshold on validation (other-source negatives and mirror
     negatives together), measure the study rule, write the model."""
-    from medassist.audit.metrics import binary_metrics, threshold_for_sensitivity
+    from medassist.metrics import binary_metrics, threshold_for_sensitivity
     from medassist.models.train import write_shipped_model
 
     va = data.val_idx

@@ -26,7 +26,7 @@ from medassist.families.brain_mr import BrainMRFamily
 from medassist.families.radiograph import RadiographFamily
 from medassist.audit import evaluation as E
 from medassist.audit.card import SECTIONS, AuditOptions
-from medassist.audit.metrics import categorical_accuracy_with_ci
+from medassist.metrics import categorical_accuracy_with_ci
 from medassist.ingest.images import load_jpeg_grayscale
 from medassist.models import tumor
 from medassist.models.registry import WEIGHTS_DIR, load_model
