@@ -73,6 +73,19 @@ def test_metrics_sit_at_the_bottom():
     assert [m for m in reached if not within(m, "medassist.errors")] == []
 
 
+# inference module -> the training modules it must not import (training builds on inference, not back)
+INFERENCE_APART = {
+    "medassist.models.tumor": ("medassist.models.tumor_train", "medassist.models.train",
+                               "medassist.models.train_common", "medassist.models.augment"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(INFERENCE_APART))
+def test_inference_does_not_import_training(module):
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    assert sorted(m for m in imported_modules(path) if any(within(m, t) for t in INFERENCE_APART[module])) == []
+
+
 def test_the_walker_sees_imports_inside_functions_and_relative_ones(tmp_path, monkeypatch):
     pkg = tmp_path / "medassist" / "models"
     pkg.mkdir(parents=True)

@@ -579,7 +579,7 @@ def eval_from_brain_tumor(spec: ModelSpec, model_loader, root: str | Path, *, ba
     Cases: every validation slice (figshare tumour slices, Br35H slices without tumour) and, with
     ``mirror_negatives``, the same-source negatives the training run validated on: each validation
     tumour slice's network input with the tumour replaced by the mirrored other side of the head
-    (``tumor.mirror_negative``, where it can be made). Factors: ``class`` and ``source``. Also the
+    (``tumor_train.mirror_negative``, where it can be made). Factors: ``class`` and ``source``. Also the
     type probabilities (secondary output), two contrasts (tumour slices against each kind of
     negative) and the study rule on pseudo-volumes made of these slices. ``limit`` takes that many
     slices in class-interleaved order (smoke runs).
@@ -587,7 +587,7 @@ def eval_from_brain_tumor(spec: ModelSpec, model_loader, root: str | Path, *, ba
     import torch
 
     from medassist.ingest.images import load_jpeg_grayscale
-    from medassist.models import tumor
+    from medassist.models import tumor, tumor_train
     from medassist.preprocess import volume as vol
 
     root = Path(root)
@@ -618,7 +618,7 @@ def eval_from_brain_tumor(spec: ModelSpec, model_loader, root: str | Path, *, ba
             tensors.append(tensor)
             kept.append(rec)
             if mirror_negatives and rec.box is not None:
-                negative = tumor.mirror_negative(_as_u8(tensor), tumor.box_mask(rec.box, gray.shape, frame))
+                negative = tumor_train.mirror_negative(_as_u8(tensor), tumor.box_mask(rec.box, gray.shape, frame))
                 if negative is not None:
                     mirrors.append((rec, negative))
         if not kept:
@@ -671,7 +671,7 @@ def eval_from_brain_tumor(spec: ModelSpec, model_loader, root: str | Path, *, ba
     settings = tumor.inference_settings(spec)
     if n_tumour and (labels_a == 0).any():
         null = settings.get("null_logit")
-        extras["pseudo_volumes"] = tumor.pseudo_volume_calibration(
+        extras["pseudo_volumes"] = tumor_train.pseudo_volume_calibration(
             scores_a, labels_a, np.array(numbers), classes_a, float(spec.threshold),
             float(settings["aggregation"]["extent_mm"]),
             vol.NullModel(null["mean"], null["std"]) if null else None, seed=0)

@@ -84,7 +84,7 @@ def source_config(data_cfg: Mapping | None, source: str) -> dict:
 def source_root(data_cfg: Mapping | None, source: str) -> Path:
     """A source's root folder from the config (relative paths from the repository root);
     MedassistError when it is not there."""
-    from medassist.models.train import resolve
+    from medassist.models.train_common import resolve
 
     root = resolve(str(source_config(data_cfg, source)["root"]))
     if not root.is_dir():
