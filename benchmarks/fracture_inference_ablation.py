@@ -128,11 +128,11 @@ def rotate(inputs, degrees: float):
 
 def fracatlas_val_records(root: Path):
     """The FracAtlas validation split of the training config (block // 100 % 5 == 4)."""
-    from medassist.models import fracatlas
+    from medassist.models import fracatlas, splits
     import yaml
 
     data = yaml.safe_load((REPO / "configs" / "fracture_xray.yaml").read_text())["data"]
-    split = {k: int(data[k]) for k in ("block_size", "n_folds", "val_fold")}
+    split = splits.block_settings(data)
     return [r for r in fracatlas.read_records(root) if fracatlas.split_of(r.image_id, **split) == "val"]
 
 

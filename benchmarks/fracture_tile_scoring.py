@@ -102,7 +102,7 @@ def aurocs(labels: np.ndarray, whole: dict, tiled: dict, with_ci: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
-    from medassist.models import fracatlas, fracture_external, registry
+    from medassist.models import fracatlas, fracture_external, registry, splits
     from medassist.models.networks import build_network
     from medassist.yamlfile import read_yaml
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 np.array([r.fractured for r in records]))
     cache = np.load(FRACATLAS_CACHE)
     data = read_yaml(REPO / "configs" / "fracture_xray.yaml", "training config")["data"]
-    split = {key: int(data[key]) for key in ("block_size", "n_folds", "val_fold")}
+    split = splits.block_settings(data)
     val = np.array([fracatlas.split_of(r.image_id, **split) == "val" for r in fracatlas.read_records(FRACATLAS_ROOT)])
     val_images = cache["images"][val][: args.limit].astype(np.float32) / 255.0
     validation = (val_images, cache["labels"][val][: args.limit])

@@ -32,6 +32,7 @@ import numpy as np
 from medassist.datamodel import age_band as datamodel_age_band
 from medassist.errors import MedassistError
 from medassist.families import family_for
+from medassist.models import splits
 from medassist.models.heads import score_probability
 from medassist.models.spec import ModelSpec
 
@@ -417,7 +418,7 @@ def eval_from_scores(spec: ModelSpec | None, scores_csv: str | Path) -> EvalSet:
 
 # --- FracAtlas validation split (the fracture model's default) ------------------------------------
 
-FRACATLAS_SPLIT_DEFAULTS = {"block_size": 100, "n_folds": 5, "val_fold": 4}
+FRACATLAS_SPLIT_DEFAULTS = splits.FRACATLAS_SPLIT
 
 
 def training_config(spec: ModelSpec) -> dict:
@@ -497,7 +498,7 @@ def eval_from_fracatlas(spec: ModelSpec, model_loader, root: str | Path, *, batc
 
 # --- brain-tumour validation split (the tumour model's default) -----------------------------------
 
-BRAIN_TUMOR_SPLIT_DEFAULTS = {"block_size": 100, "n_folds": 5, "val_fold": 1}
+BRAIN_TUMOR_SPLIT_DEFAULTS = splits.BRAIN_TUMOR_SPLIT
 BRAIN_TUMOR_SOURCES = {"glioma": "figshare", "meningioma": "figshare", "pituitary": "figshare", "no_tumor": "Br35H"}
 MIRROR_CLASS = "mirror_negative"
 CONTRAST_OTHER_SOURCE = "tumour vs Br35H (other source)"

@@ -24,6 +24,7 @@ from medassist.models.fracture_external import prepare_external, read_external, 
 from medassist.models.heads import SCORE_HEADS, HeadProbabilities
 from medassist.models.networks import build_network
 from medassist.models.spec import ModelSpec, PreprocessSpec
+from medassist.models.splits import block_settings
 from medassist.models.train_common import cell_targets, load_config, resolve, sha256_of, write_shipped_model
 from medassist.preprocess.transforms import equalize_nonzero
 
@@ -118,12 +119,7 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
     external = external_inputs(config, pre)
     split = np.array(
         [
-            fracatlas.split_of(
-                r.image_id,
-                block_size=config["data"]["block_size"],
-                n_folds=config["data"]["n_folds"],
-                val_fold=config["data"]["val_fold"],
-            )
+            fracatlas.split_of(r.image_id, **block_settings(config["data"]))
             for r in records
         ]
     )

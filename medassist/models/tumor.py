@@ -10,7 +10,8 @@ Data (``/work/shared/data/brain_tumor``):
 - no_tumor: Br35H slices (licence not verified: used for training here, never redistributed),
   numbered 3065-4564 after the figshare numbers, mixed sizes and colour modes.
 The split is by contiguous blocks of file numbers: block = number // block_size, validation when
-block % n_folds == val_fold (the same rule for both sources).
+block % n_folds == val_fold (the same rule for both sources: ``splits.block_split``, defaults
+``splits.BRAIN_TUMOR_SPLIT``).
 
 The two sources differ in framing, size, colour mode, compression and background; ``prepare_slice``
 removes the cues it can (grey levels, per-image percentile scaling, background outside the head
@@ -49,6 +50,7 @@ from torch.nn import functional as F
 from medassist.errors import MedassistError
 from medassist.models.heads import HeadProbabilities, concatenate, head_probabilities, score_probability
 from medassist.models.spec import ModelSpec, PreprocessSpec
+from medassist.models.splits import block_settings, block_split
 from medassist.preprocess import volume as vol
 from medassist.preprocess.transforms import Letterbox, PercentileScale, prepare_2d
 
@@ -113,13 +115,13 @@ def read_records(root: str | Path) -> list[TumorRecord]:
 
 
 def split_of(number: int, *, block_size: int, n_folds: int, val_fold: int) -> str:
-    """'train' or 'val' by contiguous blocks of file numbers."""
-    return "val" if (number // block_size) % n_folds == val_fold else "train"
+    """'train' or 'val' by contiguous blocks of file numbers (``splits.block_split``)."""
+    return block_split(number, block_size=block_size, n_folds=n_folds, val_fold=val_fold)
 
 
 def split_indices(records: list[TumorRecord], data_cfg: dict) -> tuple[np.ndarray, np.ndarray]:
-    split = np.array([split_of(r.number, block_size=data_cfg["block_size"], n_folds=data_cfg["n_folds"],
-                               val_fold=data_cfg["val_fold"]) for r in records])
+    settings = block_settings(data_cfg)
+    split = np.array([split_of(r.number, **settings) for r in records])
     return np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
 
 

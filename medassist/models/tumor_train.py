@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from medassist.models.heads import parse_score_head
 from medassist.models.spec import ModelSpec, PreprocessSpec
+from medassist.models.splits import BRAIN_TUMOR_SPLIT
 from medassist.models.tumor import (DEFAULT_INFERENCE, HEAD_CHOICES, TYPE_LABELS, TumorRecord, _ellipsoid, box_mask,
                                     predict_all, prepare_slice, read_records, split_indices)
 from medassist.preprocess import volume as vol
@@ -363,7 +364,7 @@ class TrainingData:
 
 
 def training_data(cache: dict, records: list[TumorRecord], train_idx: np.ndarray, val_idx: np.ndarray,
-                  use_mirror: bool = True, extra: Sequence = (), block_size: int = 100) -> TrainingData:
+                  use_mirror: bool = True, extra: Sequence = (), block_size: int = BRAIN_TUMOR_SPLIT["block_size"]) -> TrainingData:
     """The figshare cache, plus the ``extra`` sources (``tumor_sources.SourceSlices``, split by
     patient), plus mirror negatives made from the train (resp. validation) tumour slices of all."""
     n0 = len(cache["images"])
