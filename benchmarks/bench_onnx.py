@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from medassist.models import fracatlas
+from medassist.models import fracatlas, splits
 from medassist.models.export import export_onnx, onnx_file
 from medassist.models.heads import SCORE_HEADS, head_probabilities
 from medassist.models.registry import load_model, spec_by_name
@@ -44,7 +44,7 @@ from medassist.models.registry import load_model, spec_by_name
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = ROOT / "cache" / "fracatlas_448.npz"
-SPLIT = {"block_size": 100, "n_folds": 5, "val_fold": 4}  # configs/fracture_xray.yaml, data
+SPLIT = splits.FRACATLAS_SPLIT  # configs/fracture_xray.yaml, data
 
 
 def parse_args() -> argparse.Namespace:

@@ -18,7 +18,7 @@ of the shipped ``fracture_xray`` weights under:
 plus the AUROC of trivial image statistics (pixel count, mean grey, fraction of near-black
 pixels), which shows whether acquisition shortcuts separate the classes.
 
-External-dev AUROCs carry a bootstrap 95% interval (``audit.metrics.metrics_with_ci``, seed 0)
+External-dev AUROCs carry a bootstrap 95% interval (``medassist.metrics.metrics_with_ci``, seed 0)
 and a paired bootstrap interval of the difference to the baseline (same images resampled).
 
     nice -n 19 .venv/bin/python benchmarks/fracture_inference_ablation.py --out /tmp/fracture_ablation.json
@@ -128,11 +128,11 @@ def rotate(inputs, degrees: float):
 
 def fracatlas_val_records(root: Path):
     """The FracAtlas validation split of the training config (block // 100 % 5 == 4)."""
-    from medassist.models import fracatlas
+    from medassist.models import fracatlas, splits
     import yaml
 
     data = yaml.safe_load((REPO / "configs" / "fracture_xray.yaml").read_text())["data"]
-    split = {k: int(data[k]) for k in ("block_size", "n_folds", "val_fold")}
+    split = splits.block_settings(data)
     return [r for r in fracatlas.read_records(root) if fracatlas.split_of(r.image_id, **split) == "val"]
 
 
@@ -217,7 +217,7 @@ def score_variant(name: str, variant: str, data: dict, net, args) -> dict[str, n
 
 
 def auroc_ci(labels: np.ndarray, scores: np.ndarray, threshold: float, n_resamples: int) -> dict:
-    from medassist.audit.metrics import metrics_with_ci
+    from medassist.metrics import metrics_with_ci
 
     m = metrics_with_ci(labels, scores, threshold, n_resamples=n_resamples, seed=0)
     return {"auroc": m["auroc"], "ci": m["ci"]["auroc"], "sensitivity": m["sensitivity"],

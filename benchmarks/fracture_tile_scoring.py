@@ -87,7 +87,7 @@ def aurocs(labels: np.ndarray, whole: dict, tiled: dict, with_ci: bool) -> dict:
     """AUROC per head and pooling; the mean head's with a 95% bootstrap interval when ``with_ci``."""
     from sklearn.metrics import roc_auc_score
 
-    from medassist.audit.metrics import metrics_with_ci
+    from medassist.metrics import metrics_with_ci
 
     out = {f"whole_{h}": round(float(roc_auc_score(labels, whole[h])), 4) for h in HEADS}
     out.update({f"tiles_max_{h}": round(float(roc_auc_score(labels, tiled[h].max(1))), 4) for h in HEADS})
@@ -101,7 +101,7 @@ def aurocs(labels: np.ndarray, whole: dict, tiled: dict, with_ci: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
-    from medassist.models import fracatlas, fracture_external, registry
+    from medassist.models import fracatlas, fracture_external, registry, splits
     from medassist.models.networks import build_network
     from medassist.yamlfile import read_yaml
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 np.array([r.fractured for r in records]))
     cache = np.load(FRACATLAS_CACHE)
     data = read_yaml(REPO / "configs" / "fracture_xray.yaml", "training config")["data"]
-    split = {key: int(data[key]) for key in ("block_size", "n_folds", "val_fold")}
+    split = splits.block_settings(data)
     val = np.array([fracatlas.split_of(r.image_id, **split) == "val" for r in fracatlas.read_records(FRACATLAS_ROOT)])
     val_images = cache["images"][val][: args.limit].astype(np.float32) / 255.0
     validation = (val_images, cache["labels"][val][: args.limit])

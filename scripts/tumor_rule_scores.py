@@ -54,7 +54,7 @@ def score_validation(model, root: Path, batch: int = 16) -> dict:
     """The validation split as the audit scores it, with cell logits."""
     from medassist.audit.evaluation import _as_u8, brain_tumor_split
     from medassist.ingest.images import load_jpeg_grayscale
-    from medassist.models import tumor
+    from medassist.models import tumor, tumor_train
 
     spec = model.spec
     split = brain_tumor_split(spec)
@@ -69,7 +69,7 @@ def score_validation(model, root: Path, batch: int = 16) -> dict:
             tensors.append(tensor)
             kept.append(rec)
             if rec.box is not None:
-                neg = tumor.mirror_negative(_as_u8(tensor), tumor.box_mask(rec.box, gray.shape, frame))
+                neg = tumor_train.mirror_negative(_as_u8(tensor), tumor.box_mask(rec.box, gray.shape, frame))
                 if neg is not None:
                     mirrors.append((rec, neg))
         p, cells = forward(model.network, torch.stack(tensors), spec.score_head)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
-from medassist.models import tumor
+from medassist.models import tumor_train
 from medassist.preprocess import volume as vol
 
 CACHE = Path(__file__).resolve().parents[1] / "cache" / "tumor_rule_scores.pkl"
@@ -53,7 +53,7 @@ def unit_mm_estimate(v: dict, spacing_mm: float = 7.0) -> tuple[float, float, in
     idx = np.flatnonzero(v["kind"] == 1)
     idx = idx[np.argsort(v["number"][idx], kind="stable")]
     logits = vol._logit(v["score"])
-    pairs = [(r[i], r[i + 1]) for r in tumor.patient_runs(v["number"][idx], v["folder"][idx], 1000)
+    pairs = [(r[i], r[i + 1]) for r in tumor_train.patient_runs(v["number"][idx], v["folder"][idx], 1000)
              for i in range(len(r) - 1)]
     a, b = (np.array([logits[idx[p[k]]] for p in pairs]) for k in (0, 1))
     rho = float(np.corrcoef(a, b)[0, 1])
@@ -126,7 +126,7 @@ def pseudo_volumes(v: dict, seed: int = 0, reps: int = 5, draws: int = 500) -> d
 
     def runs(idx, min_len):
         idx = idx[np.argsort(num[idx], kind="stable")]
-        return [idx[r] for r in tumor.patient_runs(num[idx], fol[idx], 8) if len(r) >= min_len]
+        return [idx[r] for r in tumor_train.patient_runs(num[idx], fol[idx], 8) if len(r) >= min_len]
 
     tumour_runs, mirror_runs = runs(np.flatnonzero(lab == 1), 3), runs(mir, 2)
     sets: dict = {}

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import numpy as np
 
-    from medassist.audit.metrics import threshold_for_sensitivity
+    from medassist.metrics import threshold_for_sensitivity
 
     def scores_of(name: str) -> list[float]:
         return [v["score"] for v in report["sources"][name]["volumes"] if not v.get("error")]

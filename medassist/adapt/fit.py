@@ -1,7 +1,7 @@
 """Fitting the threshold on the fit set, and the protocol's acceptance criteria on the locked set.
 
 Every figure is computed on reviewed cases (the reviewer's final call against ``score >= threshold``);
-intervals are Wilson score intervals (``medassist.audit.metrics.wilson_interval``). The threshold is
+intervals are Wilson score intervals (``medassist.metrics.wilson_interval``). The threshold is
 the highest one whose sensitivity on the fit set reaches the protocol's target.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from medassist.adapt.data import Case, ReviewedCases
 from medassist.adapt.protocol import Protocol
-from medassist.audit.metrics import threshold_for_sensitivity, wilson_interval
+from medassist.metrics import threshold_for_sensitivity, wilson_interval
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """audit stage: metrics with intervals, subgroups, calibration, review agreement, model cards.
 
-Entry points (imported lazily, so ``medassist.audit.metrics`` stays light for training):
+Entry points (imported lazily, so importing the package stays light; the metrics live in ``medassist.metrics``):
 ``run_audit`` regenerates the model cards; ``verify_review_log`` checks the review log's chain.
 """
 

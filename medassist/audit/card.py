@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medassist.audit import metrics as M
+from medassist import metrics as M
 from medassist.audit.evaluation import EvalSet
 from medassist.audit.html_style import REPORT_CSS
 from medassist.models.spec import InputKind, ModelSpec

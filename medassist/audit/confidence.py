@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medassist.audit.metrics import wilson_interval
+from medassist.metrics import wilson_interval
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import numpy as np
 from medassist.datamodel import age_band as datamodel_age_band
 from medassist.errors import MedassistError
 from medassist.families import family_for
+from medassist.models import splits
 from medassist.models.heads import score_probability
 from medassist.models.spec import ModelSpec
 
@@ -417,7 +418,7 @@ def eval_from_scores(spec: ModelSpec | None, scores_csv: str | Path) -> EvalSet:
 
 # --- FracAtlas validation split (the fracture model's default) ------------------------------------
 
-FRACATLAS_SPLIT_DEFAULTS = {"block_size": 100, "n_folds": 5, "val_fold": 4}
+FRACATLAS_SPLIT_DEFAULTS = splits.FRACATLAS_SPLIT
 
 
 def training_config(spec: ModelSpec) -> dict:
@@ -497,7 +498,7 @@ def eval_from_fracatlas(spec: ModelSpec, model_loader, root: str | Path, *, batc
 
 # --- brain-tumour validation split (the tumour model's default) -----------------------------------
 
-BRAIN_TUMOR_SPLIT_DEFAULTS = {"block_size": 100, "n_folds": 5, "val_fold": 1}
+BRAIN_TUMOR_SPLIT_DEFAULTS = splits.BRAIN_TUMOR_SPLIT
 BRAIN_TUMOR_SOURCES = {"glioma": "figshare", "meningioma": "figshare", "pituitary": "figshare", "no_tumor": "Br35H"}
 MIRROR_CLASS = "mirror_negative"
 CONTRAST_OTHER_SOURCE = "tumour vs Br35H (other source)"
@@ -579,7 +580,7 @@ def eval_from_brain_tumor(spec: ModelSpec, model_loader, root: str | Path, *, ba
     Cases: every validation slice (figshare tumour slices, Br35H slices without tumour) and, with
     ``mirror_negatives``, the same-source negatives the training run validated on: each validation
     tumour slice's network input with the tumour replaced by the mirrored other side of the head
-    (``tumor.mirror_negative``, where it can be made). Factors: ``class`` and ``source``. Also the
+    (``tumor_train.mirror_negative``, where it can be made). Factors: ``class`` and ``source``. Also the
     type probabilities (secondary output), two contrasts (tumour slices against each kind of
     negative) and the study rule on pseudo-volumes made of these slices. ``limit`` takes that many
     slices in class-interleaved order (smoke runs).
@@ -587,7 +588,7 @@ def eval_from_brain_tumor(spec: ModelSpec, model_loader, root: str | Path, *, ba
     import torch
 
     from medassist.ingest.images import load_jpeg_grayscale
-    from medassist.models import tumor
+    from medassist.models import tumor, tumor_train
     from medassist.preprocess import volume as vol
 
     root = Path(root)
@@ -618,7 +619,7 @@ def eval_from_brain_tumor(spec: ModelSpec, model_loader, root: str | Path, *, ba
             tensors.append(tensor)
             kept.append(rec)
             if mirror_negatives and rec.box is not None:
-                negative = tumor.mirror_negative(_as_u8(tensor), tumor.box_mask(rec.box, gray.shape, frame))
+                negative = tumor_train.mirror_negative(_as_u8(tensor), tumor.box_mask(rec.box, gray.shape, frame))
                 if negative is not None:
                     mirrors.append((rec, negative))
         if not kept:
@@ -671,7 +672,7 @@ def eval_from_brain_tumor(spec: ModelSpec, model_loader, root: str | Path, *, ba
     settings = tumor.inference_settings(spec)
     if n_tumour and (labels_a == 0).any():
         null = settings.get("null_logit")
-        extras["pseudo_volumes"] = tumor.pseudo_volume_calibration(
+        extras["pseudo_volumes"] = tumor_train.pseudo_volume_calibration(
             scores_a, labels_a, np.array(numbers), classes_a, float(spec.threshold),
             float(settings["aggregation"]["extent_mm"]),
             vol.NullModel(null["mean"], null["std"]) if null else None, seed=0)

@@ -32,15 +32,16 @@ import numpy as np
 import torch
 
 from medassist.atomic import write_atomic
-from medassist.audit.metrics import wilson_interval
 from medassist.explain.saliency import DEFAULT_METHOD, METHODS, saliency_map
 from medassist.families import ModelFamily, family_for
 from medassist.families.brain_mr import BRAIN_MR
 from medassist.families.radiograph import RADIOGRAPH
+from medassist.metrics import wilson_interval
+from medassist.models import splits
 from medassist.models.registry import LoadedModel
 
 # The FracAtlas split the fracture model was trained with (configs/fracture_xray.yaml).
-FRACATLAS_SPLIT = {"block_size": 100, "n_folds": 5, "val_fold": 4}
+FRACATLAS_SPLIT = splits.FRACATLAS_SPLIT
 REPORT_PATH = Path("model_cards/fracture_xray_localisation.json")
 # Expensive methods are run on the first N images only, unless told otherwise.
 DEFAULT_METHOD_LIMITS = {"integrated_gradients": 40, "occlusion": 40}

@@ -1,7 +1,8 @@
 """FracAtlas (Abedeen et al., Sci Data 2023, CC BY 4.0): labels, masks, the block split, a tensor cache.
 
 Consecutive image ids are often views of one patient, so the split is by contiguous blocks of ids:
-block = id // block_size; a block goes to validation when block % n_folds == val_fold.
+block = id // block_size; a block goes to validation when block % n_folds == val_fold
+(``splits.block_split``, defaults ``splits.FRACATLAS_SPLIT``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from medassist.ingest.images import load_jpeg_grayscale
 from medassist.models.spec import PreprocessSpec
+from medassist.models.splits import block_split
 from medassist.preprocess.transforms import letterbox_for, prepare_2d
 
 
@@ -39,8 +41,8 @@ def image_number(image_id: str) -> int:
 
 
 def split_of(image_id: str, *, block_size: int, n_folds: int, val_fold: int) -> str:
-    """'train' or 'val' by contiguous blocks of image ids."""
-    return "val" if (image_number(image_id) // block_size) % n_folds == val_fold else "train"
+    """'train' or 'val' by contiguous blocks of image ids (``splits.block_split`` of the id's number)."""
+    return block_split(image_number(image_id), block_size=block_size, n_folds=n_folds, val_fold=val_fold)
 
 
 def _first_set(row: dict, names: tuple[str, ...]) -> str:

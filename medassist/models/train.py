@@ -7,7 +7,6 @@ validation metrics into the model card. Checkpoints each epoch so an interrupted
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -17,48 +16,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from medassist.audit.metrics import binary_metrics, metrics_with_ci, threshold_for_sensitivity, youden_threshold
+from medassist.metrics import binary_metrics, metrics_with_ci, threshold_for_sensitivity, youden_threshold
 from medassist.errors import MedassistError
 from medassist.models.augment import augment_batch, magnify, random_crops, rescale_percentiles
 from medassist.models.fracture_external import prepare_external, read_external, score_inputs
 from medassist.models.heads import SCORE_HEADS, HeadProbabilities
 from medassist.models.networks import build_network
-from medassist.models.spec import InputKind, ModelSpec, PreprocessSpec
+from medassist.models.spec import ModelSpec, PreprocessSpec
+from medassist.models.splits import block_settings
+from medassist.models.train_common import cell_targets, load_config, resolve, sha256_of, write_shipped_model
 from medassist.preprocess.transforms import equalize_nonzero
-from medassist.yamlfile import read_yaml
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_config(path: str | Path) -> dict:
-    """Read a training config; relative data/output paths are resolved from the repository root."""
-    return read_yaml(path, "training config")
-
-
-def resolve(path: str) -> Path:
-    """A config path, relative to the repository root unless absolute."""
-    p = Path(path)
-    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- the loop ------------------------------------------------------------------------------------
-
-
-def cell_targets(masks: torch.Tensor, cell_shape: tuple[int, int]) -> torch.Tensor:
-    """A cell is positive when any mask pixel falls inside it."""
-    return F.adaptive_max_pool2d(masks, cell_shape)
 
 
 def predict_scores(net: nn.Module, images: np.ndarray, batch_size: int, *,
@@ -146,12 +119,7 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
     external = external_inputs(config, pre)
     split = np.array(
         [
-            fracatlas.split_of(
-                r.image_id,
-                block_size=config["data"]["block_size"],
-                n_folds=config["data"]["n_folds"],
-                val_fold=config["data"]["val_fold"],
-            )
+            fracatlas.split_of(r.image_id, **block_settings(config["data"]))
             for r in records
         ]
     )
@@ -354,46 +322,10 @@ def finish_fracture(config, net, pre, cache, train_idx, val_idx, history, extern
     return write_shipped_model(config, net, pre, threshold=threshold, score_head=head, validation=validation)
 
 
-def write_shipped_model(config: dict, net: nn.Module, pre: PreprocessSpec, *, threshold: float,
-                        score_head: str, validation: dict) -> ModelSpec:
-    """Save weights atomically, hash them, and write the ModelSpec JSON and model card."""
-    out_dir = resolve(config["output"]["weights_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / f"{config['name']}.pt"
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    tmp = weights.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(weights)
-    spec = ModelSpec(
-        name=config["name"],
-        version=str(config["version"]),
-        finding=config["finding"],
-        labels=tuple(config["labels"]),
-        threshold=round(float(threshold), 6),
-        weights=weights.name,
-        sha256=sha256_of(weights),
-        network=config["network"]["name"],
-        network_args=config["network"]["args"],
-        preprocess=pre,
-        modalities=tuple(config["scope"]["modalities"]),
-        body_parts=tuple(config["scope"].get("body_parts", [])),
-        excluded_body_parts=tuple(config["scope"].get("excluded_body_parts", [])),
-        score_head=score_head,
-        input_kind=config.get("input_kind", InputKind.IMAGE2D.value),
-        training_data=config["provenance"]["training_data"],
-        licence=config["provenance"]["licence"],
-        training_command=f"medassist train configs/{config['name']}.yaml",
-        validation=validation,
-    )
-    (out_dir / f"{config['name']}.json").write_text(spec.to_json())
-    log.info("wrote %s (sha256 %s)", weights, spec.sha256)
-    return spec
-
-
 def train_from_config(path: str | Path, device: str = "auto") -> ModelSpec:
     """Dispatch a config to the trainer for its task, on ``device`` (auto: CUDA when present)."""
     from medassist.models.registry import choose_device
-    from medassist.models.tumor import train_tumor
+    from medassist.models.tumor_train import train_tumor
 
     trainers = {"fracture": train_fracture, "tumor": train_tumor}
     config = load_config(path)

@@ -8,18 +8,17 @@
 - ``brats2015_examples``: six skull-stripped glioma T1c volumes with segmentation and brain mask,
   for validation only (research-use licence: never copy any of it into the repository).
 
-The split rule for LGG and IXI is ``hash_split`` (one place): ids ranked by a stable hash
+The split rule for LGG and IXI is ``splits.hash_split`` (the one place of the split rules): ids ranked by a stable hash
 (sha256 of salt and id), the lowest ``val_percent`` of each stratum (LGG: the institution, so
 every institution is validated; IXI: one stratum) are validation. A patient's slices never
 straddle the split, and it does not depend on file order or Python's hash seed. Its settings come
 from the config's data section (``data.lgg`` / ``data.ixi``: ``root``, ``val_percent``, ``salt``),
-defaults in ``DEFAULT_ROOTS`` and ``DEFAULT_SPLIT``.
+defaults in ``DEFAULT_ROOTS`` and ``splits.HASH_SPLIT``.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from medassist.errors import MedassistError
+from medassist.models.splits import HASH_SPLIT, hash_split
 from medassist.models.tumor import DEFAULT_INFERENCE
 from medassist.preprocess import volume as vol
 
@@ -38,7 +38,6 @@ DEFAULT_ROOTS = {
     "ixi": "../shared/data/ixi_t1",
     "brats": "../shared/data/brats2015_examples",
 }
-DEFAULT_SPLIT = {"val_percent": 20.0, "salt": "tumor_mri"}
 # LGG stacks carry no geometry. They run from the skull base (often the neck) to the vertex, so the
 # slice spacing is estimated as this craniocaudal coverage over the slice count (20 slices: 7.5 mm,
 # 36: 4.2 mm, 88: 1.7 mm), unless a spacing is given. In-plane pixels are taken as 1 mm (the heads
@@ -48,43 +47,19 @@ LGG_COVERAGE_MM = 150.0
 LGG_PIXEL_MM = 1.0
 
 
-# --- the split rule ---------------------------------------------------------------------------------
-
-
-def hash_rank(key: str, salt: str) -> int:
-    """A stable pseudo-random rank of an id: the first 8 bytes of sha256("salt:key")."""
-    return int.from_bytes(hashlib.sha256(f"{salt}:{key}".encode()).digest()[:8], "big")
-
-
-def hash_split(ids: list[str], *, val_percent: float, salt: str, strata: Mapping[str, str] | None = None
-               ) -> dict[str, str]:
-    """'train' or 'val' for each id (a patient or subject): within each stratum (e.g. an LGG
-    institution; one stratum without ``strata``), the round(val_percent% of n) ids of lowest
-    ``hash_rank`` are validation. Deterministic, independent of the order of ``ids``, and every
-    stratum with at least 3 ids gets at least one validation id."""
-    groups: dict[str, list[str]] = {}
-    for key in sorted(set(ids)):
-        groups.setdefault((strata or {}).get(key, ""), []).append(key)
-    split = {}
-    for members in groups.values():
-        n_val = round(len(members) * val_percent / 100)
-        if len(members) >= 3 and val_percent > 0:
-            n_val = max(1, n_val)
-        ranked = sorted(members, key=lambda k: hash_rank(k, salt))
-        split.update({k: "val" if i < n_val else "train" for i, k in enumerate(ranked)})
-    return split
+# --- each source's split settings (the rule: splits.hash_split) -----------------------------------
 
 
 def source_config(data_cfg: Mapping | None, source: str) -> dict:
     """A source's settings from a config's data section (``data[source]``): root and split, with defaults."""
     given = dict((data_cfg or {}).get(source) or {})
-    return {"root": DEFAULT_ROOTS[source], **DEFAULT_SPLIT, **given}
+    return {"root": DEFAULT_ROOTS[source], **HASH_SPLIT, **given}
 
 
 def source_root(data_cfg: Mapping | None, source: str) -> Path:
     """A source's root folder from the config (relative paths from the repository root);
     MedassistError when it is not there."""
-    from medassist.models.train import resolve
+    from medassist.models.train_common import resolve
 
     root = resolve(str(source_config(data_cfg, source)["root"]))
     if not root.is_dir():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from medassist.audit.metrics import wilson_interval
+from medassist.metrics import wilson_interval
 
 EMPTY_BIN = 1e-4  # proportion an empty bin counts as in the PSI
 

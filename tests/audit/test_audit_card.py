@@ -284,7 +284,7 @@ def test_external_validation_section_shows_the_other_source_figures(tmp_path):
     import dataclasses
 
     from medassist.audit.card import build_card, render_markdown
-    from medassist.audit.metrics import metrics_with_ci
+    from medassist.metrics import metrics_with_ci
 
     spec = make_shipped_model(tmp_path / "weights")
     rng = np.random.default_rng(0)
@@ -304,7 +304,7 @@ def test_external_validation_section_shows_the_other_source_figures(tmp_path):
 
 def test_external_figures_measured_after_training_fill_the_section(tmp_path):
     from medassist.audit.card import build_card, render_markdown
-    from medassist.audit.metrics import metrics_with_ci
+    from medassist.metrics import metrics_with_ci
 
     spec = make_shipped_model(tmp_path / "weights")
     rng = np.random.default_rng(1)

@@ -9,7 +9,7 @@ import pytest
 from audit_helpers import synthetic_scored_set
 from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc_auc_score, roc_curve
 
-from medassist.audit import metrics as M
+from medassist import metrics as M
 
 
 def test_training_api_is_unchanged():
@@ -145,7 +145,7 @@ def test_no_warning_on_exchangeable_subgroups():
 
 
 def test_threshold_for_sensitivity_is_the_exact_highest_one_even_on_collinear_roc_points():
-    from medassist.audit.metrics import threshold_for_sensitivity
+    from medassist.metrics import threshold_for_sensitivity
 
     # ten positives in a row above every negative: the ROC points between are collinear
     scores = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.2, 0.1])

@@ -26,9 +26,9 @@ from medassist.families.brain_mr import BrainMRFamily
 from medassist.families.radiograph import RadiographFamily
 from medassist.audit import evaluation as E
 from medassist.audit.card import SECTIONS, AuditOptions
-from medassist.audit.metrics import categorical_accuracy_with_ci
+from medassist.metrics import categorical_accuracy_with_ci
 from medassist.ingest.images import load_jpeg_grayscale
-from medassist.models import tumor
+from medassist.models import tumor, tumor_train
 from medassist.models.registry import WEIGHTS_DIR, load_model
 
 FAST = AuditOptions(n_resamples=200)
@@ -48,7 +48,7 @@ def _recompute_slices(model, root, numbers_by_class):
             if rec.box is not None:
                 tensor, frame = tumor.prepare_slice(gray, model.spec.preprocess)
                 u8 = np.clip(tensor[0].numpy() * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                neg = tumor.mirror_negative(u8, tumor.box_mask(rec.box, gray.shape, frame))
+                neg = tumor_train.mirror_negative(u8, tumor.box_mask(rec.box, gray.shape, frame))
                 if neg is not None:
                     with torch.no_grad():
                         _, cells = model.network.forward_all(torch.from_numpy(neg).float()[None, None] / 255.0)

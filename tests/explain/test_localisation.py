@@ -22,7 +22,7 @@ from medassist.explain.localisation import (
     polygon_mask,
 )
 
-from medassist.audit.metrics import wilson_interval
+from medassist.metrics import wilson_interval
 
 from .test_saliency import signal_model
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medassist.datamodel import Geometry, Image
-from medassist.models import tumor
+from medassist.models import tumor, tumor_train
 from medassist.models.spec import ModelSpec, PreprocessSpec
 from medassist.models.train import load_config
 from tumour_model_helpers import tiny_tumour_model
@@ -99,11 +99,11 @@ def test_augmentation_keeps_the_tumour_inside_the_stripped_brain():
     m[:, :, 8:14, 28:36] = 1  # a peripheral (meningioma-like) lesion at the top of the head
     x = x + m * 0.5
     aug = dict(load_config(CONFIG)["train"]["augment"], skull_strip_p=1.0)
-    xs, ms = tumor.simulate_skull_strip(x, m, 1.0, gen)
+    xs, ms = tumor_train.simulate_skull_strip(x, m, 1.0, gen)
     assert xs.shape == x.shape and ms.shape == m.shape
     for i in range(4):
         assert ms[i].sum() > 0 and float((xs[i] * ms[i]).sum()) > 0  # the lesion survives, visible
-    xa, ma = tumor.augment_tumor_batch(x, m, aug, gen)
+    xa, ma = tumor_train.augment_tumor_batch(x, m, aug, gen)
     assert xa.shape == x.shape and float(xa.min()) >= 0 and float(xa.max()) <= 1
 
 
@@ -121,25 +121,25 @@ def _symmetric_head(size=96, blob_col=30):
 
 def test_mirror_negative_erases_a_lateral_tumour_only():
     img, mask = _symmetric_head(blob_col=28)
-    neg = tumor.mirror_negative(img, mask)
+    neg = tumor_train.mirror_negative(img, mask)
     assert neg is not None and neg.shape == img.shape
     assert neg[mask > 0].max() < 200  # the blob is gone ...
     far = np.ones_like(mask, bool)
     far[20:60, 10:50] = False
     assert np.array_equal(neg[far], img[far])  # ... the rest is untouched
     mid, mid_mask = _symmetric_head(blob_col=48)
-    assert tumor.mirror_negative(mid, mid_mask) is None  # midline (pituitary-like): never erased
+    assert tumor_train.mirror_negative(mid, mid_mask) is None  # midline (pituitary-like): never erased
     skew = img.copy()
     skew[:, 48:] = skew[:, 48:] // 3  # not left-right symmetric (like a sagittal slice)
-    assert tumor.mirror_negative(skew, mask) is None
+    assert tumor_train.mirror_negative(skew, mask) is None
 
 
 def test_epoch_sampler_shares():
     gen = torch.Generator().manual_seed(0)
     labels = np.array([1] * 600 + [0] * 400)
     kinds = np.array([0] * 600 + [1] * 100 + [0] * 300)
-    draw = tumor.epoch_sampler(labels, kinds, 0.45, 0.25, gen).numpy()
-    draw = np.concatenate([draw, tumor.epoch_sampler(labels, kinds, 0.45, 0.25, gen).numpy()])
+    draw = tumor_train.epoch_sampler(labels, kinds, 0.45, 0.25, gen).numpy()
+    draw = np.concatenate([draw, tumor_train.epoch_sampler(labels, kinds, 0.45, 0.25, gen).numpy()])
     assert np.mean(labels[draw] == 1) == pytest.approx(0.45, abs=0.04)
     assert np.mean(kinds[draw] == 1) == pytest.approx(0.25, abs=0.04)
 
@@ -152,7 +152,7 @@ def test_shortcut_probe_flags_a_planted_source_cue():
     images[:, 4:28, 4:28] = rng.integers(60, 200, (n, 24, 24))
     images[labels == 1, 4:28, 4:28] //= 2  # a global intensity cue
     idx = np.arange(n)
-    out = tumor.shortcut_probe(images, labels, idx[idx % 5 != 0], idx[idx % 5 == 0])
+    out = tumor_train.shortcut_probe(images, labels, idx[idx % 5 != 0], idx[idx % 5 == 0])
     assert out["probe_auroc"] > 0.95
 
 
@@ -210,7 +210,7 @@ def test_training_smoke_run_writes_a_loadable_model(tmp_path):
                             checkpoints=str(tmp_path / "checkpoints"))
     if not (REPO / config["output"]["cache"]).is_file():
         pytest.skip("slice cache not built here (medassist train builds it: minutes)")
-    spec = tumor.train_tumor(config, device=choose_device("auto"))
+    spec = tumor_train.train_tumor(config, device=choose_device("auto"))
     assert 0.0 < spec.threshold < 1.0 and len(spec.sha256) == 64
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
     model = load_model(read_spec(tmp_path / "weights" / "tumor_mri.json"), torch.device("cpu"), tmp_path / "weights")
@@ -284,21 +284,21 @@ def _skull_on_head(size=256):
 
 def test_brain_region_cuts_the_scalp_off_and_keeps_the_lesion():
     img, lesion, brain = _skull_on_head()
-    region = tumor.brain_region(img, lesion)
+    region = tumor_train.brain_region(img, lesion)
     assert region is not None
     assert region[lesion].all()                      # the tumour is never stripped
     overlap = (region & brain).sum() / (region | brain).sum()
     assert overlap > 0.9                             # the brain, not the head
     assert not region[128, 128 + 105]                # scalp removed
     flat = np.where(img > 0, 0.5, 0).astype(np.float32)  # no skull gap: not found, the caller falls back
-    assert tumor.brain_region(flat, np.zeros_like(lesion)) is None
+    assert tumor_train.brain_region(flat, np.zeros_like(lesion)) is None
 
 
 def test_skull_strip_simulation_keeps_the_brain_and_zooms_it_to_the_frame():
     img, lesion, brain = _skull_on_head()
     x = torch.from_numpy(img)[None, None]
     m = torch.from_numpy(lesion.astype(np.float32))[None, None]
-    xs, ms = tumor.simulate_skull_strip(x, m, 1.0, torch.Generator().manual_seed(0))
+    xs, ms = tumor_train.simulate_skull_strip(x, m, 1.0, torch.Generator().manual_seed(0))
     assert ms.sum() > m.sum()                        # zoomed in: the lesion got bigger
     assert float((xs * ms).sum()) > 0                # and is still visible
     kept = xs[0, 0] > 0

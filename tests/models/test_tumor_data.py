@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from medassist.models import tumor_data as td
+from medassist.models.splits import HASH_SPLIT, hash_split
 from medassist.models.tumor_volumes import load_nifti
 from medassist.preprocess import volume as vol
 
@@ -24,19 +25,19 @@ CFG = {name: {"root": str(DATA / folder)} for name, folder in
 def test_hash_split_is_deterministic_order_free_and_stratified():
     ids = [f"P{i:03d}" for i in range(100)]
     strata = {k: ("A" if i < 60 else "B" if i < 95 else "C") for i, k in enumerate(ids)}
-    split = td.hash_split(ids, val_percent=20, salt="s", strata=strata)
-    assert split == td.hash_split(list(reversed(ids)), val_percent=20, salt="s", strata=strata)
+    split = hash_split(ids, val_percent=20, salt="s", strata=strata)
+    assert split == hash_split(list(reversed(ids)), val_percent=20, salt="s", strata=strata)
     val = [k for k in ids if split[k] == "val"]
     assert [strata[k] for k in val].count("A") == 12 and [strata[k] for k in val].count("B") == 7
     assert [strata[k] for k in val].count("C") == 1  # a small stratum still gets one
-    assert td.hash_split(ids, val_percent=20, salt="other", strata=strata) != split  # the salt reshuffles
-    assert set(td.hash_split(ids, val_percent=0, salt="s").values()) == {"train"}
+    assert hash_split(ids, val_percent=20, salt="other", strata=strata) != split  # the salt reshuffles
+    assert set(hash_split(ids, val_percent=0, salt="s").values()) == {"train"}
 
 
 def test_source_config_defaults_and_overrides():
     cfg = td.source_config({"lgg": {"val_percent": 30}}, "lgg")
-    assert cfg == {"root": td.DEFAULT_ROOTS["lgg"], "val_percent": 30, "salt": td.DEFAULT_SPLIT["salt"]}
-    assert td.source_config(None, "ixi")["val_percent"] == td.DEFAULT_SPLIT["val_percent"]
+    assert cfg == {"root": td.DEFAULT_ROOTS["lgg"], "val_percent": 30, "salt": HASH_SPLIT["salt"]}
+    assert td.source_config(None, "ixi")["val_percent"] == HASH_SPLIT["val_percent"]
 
 
 # --- lgg: a tiny tree like the real one (conftest.write_lgg_tree) ---------------------------------

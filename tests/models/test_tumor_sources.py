@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from medassist.models import tumor, tumor_sources
+from medassist.models import tumor, tumor_sources, tumor_train
 from medassist.models.spec import PreprocessSpec
 
 PRE = PreprocessSpec(input_size=32)
@@ -106,7 +106,7 @@ def test_training_data_merges_sources_and_keeps_their_splits():
     cache, records = _figshare_cache()
     lgg = _extra("lgg", 12, np.array([0, 1, 1, 0] * 3))
     ixi = _extra("ixi", 8, np.zeros(8, np.int64))
-    data = tumor.training_data(cache, records, np.arange(0, 14), np.arange(14, 20), use_mirror=False,
+    data = tumor_train.training_data(cache, records, np.arange(0, 14), np.arange(14, 20), use_mirror=False,
                                extra=[lgg, ixi], block_size=100)
     assert len(data.images) == 40 and set(data.train_idx).isdisjoint(data.val_idx)
     assert len(data.train_idx) + len(data.val_idx) == 40
@@ -121,9 +121,9 @@ def test_training_data_merges_sources_and_keeps_their_splits():
 def test_stratified_sampler_draws_the_configured_shares():
     gen = torch.Generator().manual_seed(0)
     strata = np.array(["a"] * 100 + ["b"] * 900 + ["c"] * 50)
-    draw = tumor.stratified_sampler(strata, {"a": 0.5, "b": 0.25, "missing": 0.25}, 20000, gen).numpy()
+    draw = tumor_train.stratified_sampler(strata, {"a": 0.5, "b": 0.25, "missing": 0.25}, 20000, gen).numpy()
     share = {k: float(np.mean(strata[draw] == k)) for k in "abc"}
     assert share["a"] == pytest.approx(2 / 3, abs=0.02) and share["b"] == pytest.approx(1 / 3, abs=0.02)
     assert share["c"] == 0.0  # a stratum without a share is never drawn
     with pytest.raises(ValueError, match="no rows"):
-        tumor.stratified_sampler(strata, {"missing": 1.0}, 10, gen)
+        tumor_train.stratified_sampler(strata, {"missing": 1.0}, 10, gen)

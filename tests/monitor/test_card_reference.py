@@ -1,7 +1,7 @@
 """The default reference: a model card's validation score distribution, rebuilt from its ROC curve.
 
 The synthetic cards are written the way ``medassist audit`` writes them: the ROC lists from
-``medassist.audit.metrics.roc_points`` (sklearn ``roc_curve``, ``drop_intermediate=True``,
+``medassist.metrics.roc_points`` (sklearn ``roc_curve``, ``drop_intermediate=True``,
 thresholds clamped to 1) and the evaluation's counts at the threshold."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medassist.audit.metrics import roc_points
+from medassist.metrics import roc_points
 from medassist.errors import MedassistError
 from medassist.monitor import drift as D
 from medassist.monitor.card_reference import card_bins, card_cdf, load_card_reference, survival_points

@@ -1,0 +1,81 @@
+"""What the trainers share: config reading, repository-relative paths, file hashes, the cell targets
+of box supervision and writing the shipped model (weights, ModelSpec JSON). ``train`` (the fracture
+trainer and the dispatch by task) and ``tumor_train`` both build on it; neither imports the other
+back."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from medassist.models.spec import InputKind, ModelSpec, PreprocessSpec
+from medassist.yamlfile import read_yaml
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a training config; relative data/output paths are resolved from the repository root."""
+    return read_yaml(path, "training config")
+
+
+def resolve(path: str) -> Path:
+    """A config path, relative to the repository root unless absolute."""
+    p = Path(path)
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cell_targets(masks: torch.Tensor, cell_shape: tuple[int, int]) -> torch.Tensor:
+    """A cell is positive when any mask pixel falls inside it."""
+    return F.adaptive_max_pool2d(masks, cell_shape)
+
+
+def write_shipped_model(config: dict, net: nn.Module, pre: PreprocessSpec, *, threshold: float,
+                        score_head: str, validation: dict) -> ModelSpec:
+    """Save weights atomically, hash them, and write the ModelSpec JSON and model card."""
+    out_dir = resolve(config["output"]["weights_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / f"{config['name']}.pt"
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    tmp = weights.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(weights)
+    spec = ModelSpec(
+        name=config["name"],
+        version=str(config["version"]),
+        finding=config["finding"],
+        labels=tuple(config["labels"]),
+        threshold=round(float(threshold), 6),
+        weights=weights.name,
+        sha256=sha256_of(weights),
+        network=config["network"]["name"],
+        network_args=config["network"]["args"],
+        preprocess=pre,
+        modalities=tuple(config["scope"]["modalities"]),
+        body_parts=tuple(config["scope"].get("body_parts", [])),
+        excluded_body_parts=tuple(config["scope"].get("excluded_body_parts", [])),
+        score_head=score_head,
+        input_kind=config.get("input_kind", InputKind.IMAGE2D.value),
+        training_data=config["provenance"]["training_data"],
+        licence=config["provenance"]["licence"],
+        training_command=f"medassist train configs/{config['name']}.yaml",
+        validation=validation,
+    )
+    (out_dir / f"{config['name']}.json").write_text(spec.to_json())
+    log.info("wrote %s (sha256 %s)", weights, spec.sha256)
+    return spec
