@@ -2,7 +2,7 @@
 
 import torch
 
-from medassist.models.augment import augment_batch, photometric, random_crops
+from medassist.models.augment import augment_batch, magnify, photometric, random_crops, rescale_percentiles
 
 STRONG = {"rotate_deg": 25, "rotate_any": 0.5, "scale": [0.8, 2.4], "translate": 0.25, "hflip": True,
           "vflip": True, "contrast": 0.3, "gamma": 0.5, "invert": 0.5, "unsharp": 1.5, "blur": 2.0,
@@ -68,3 +68,25 @@ def test_crops_on_a_finding_hold_it_and_other_crops_stay_on_the_anatomy():
     assert torch.equal(x, again)  # the seeded generator decides the placement
     anywhere, _ = random_crops(images, masks, 32, torch.Generator().manual_seed(1), on_finding=0.0)
     assert all(float(anywhere[i].max()) > 0 for i in range(8))
+
+
+def test_magnify_shows_a_window_at_the_input_size_with_its_mask_still_binary():
+    images, masks = _batch(n=2, size=96)
+    window_x, window_m = images[:, :, 32:80, 32:80], masks[:, :, 32:80, 32:80]
+    big_x, big_m = magnify(window_x, window_m, 96)
+    assert big_x.shape == big_m.shape == (2, 1, 96, 96)
+    assert set(big_m.unique().tolist()) == {0.0, 1.0}
+    # the mask's share of the window is kept (16 of 48 pixels a side -> a third of 96)
+    assert abs(float(big_m.mean()) - float(window_m.mean())) < 0.01
+    same_x, _ = magnify(images, masks, 96)
+    assert same_x is images  # already at the size: untouched
+
+
+def test_rescale_percentiles_maps_each_image_to_its_own_range_and_flat_images_to_zero():
+    ramp = torch.linspace(0.2, 0.4, 100).reshape(1, 1, 10, 10)
+    flat = torch.full((1, 1, 10, 10), 0.7)
+    out = rescale_percentiles(torch.cat([ramp, flat]), 0.0, 100.0)
+    assert torch.isclose(out[0].min(), torch.tensor(0.0)) and torch.isclose(out[0].max(), torch.tensor(1.0))
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    clipped = rescale_percentiles(ramp, 10.0, 90.0)
+    assert float((clipped == 0).float().mean()) > 0.05 and float((clipped == 1).float().mean()) > 0.05
