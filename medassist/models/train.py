@@ -25,7 +25,15 @@ from medassist.models.heads import SCORE_HEADS, HeadProbabilities
 from medassist.models.networks import build_network
 from medassist.models.spec import ModelSpec, PreprocessSpec
 from medassist.models.splits import block_settings
-from medassist.models.train_common import cell_targets, load_config, resolve, sha256_of, write_shipped_model
+from medassist.models.train_common import (
+    cell_targets,
+    load_config,
+    log_progress,
+    optimise,
+    resolve,
+    sha256_of,
+    write_shipped_model,
+)
 from medassist.preprocess.transforms import equalize_nonzero
 
 log = logging.getLogger(__name__)
@@ -200,14 +208,8 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
             loss = image_bce(logits[:, 0], y) + cfg_train["cell_loss_weight"] * cell_bce(
                 cells, cell_targets(m, cells.shape[-2:])
             )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += loss.item()
-            if step % 20 == 0:
-                log.info("epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch, step, steps_per_epoch,
-                         running / (step + 1), (step + 1) * batch_size / (time.time() - t0))
+            running += optimise(opt, sched, loss)
+            log_progress(epoch, step, steps_per_epoch, running, batch_size, t0, log)
         val = predict_scores(net, cache["images"][val_idx], batch_size=32, equalize=pre.equalize)
         aurocs = {k: binary_metrics(labels[val_idx], val.of(k), 0.5)["auroc"] for k in SCORE_HEADS}
         entry = {"epoch": epoch, "loss": running / steps_per_epoch, "val_auroc": aurocs}

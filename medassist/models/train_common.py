@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -43,6 +44,24 @@ def sha256_of(path: str | Path) -> str:
 def cell_targets(masks: torch.Tensor, cell_shape: tuple[int, int]) -> torch.Tensor:
     """A cell is positive when any mask pixel falls inside it."""
     return F.adaptive_max_pool2d(masks, cell_shape)
+
+
+def optimise(opt: torch.optim.Optimizer, sched, loss: torch.Tensor) -> float:
+    """One training step of both training loops: gradients of ``loss``, the optimiser and the
+    learning-rate schedule stepped; returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
+def log_progress(epoch: int, step: int, steps_per_epoch: int, running: float, batch_size: int,
+                 started: float, logger: logging.Logger) -> None:
+    """Every 20th step: the epoch's mean loss so far and the images per second."""
+    if step % 20 == 0:
+        logger.info("epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch, step, steps_per_epoch,
+                    running / (step + 1), (step + 1) * batch_size / (time.time() - started))
 
 
 def write_shipped_model(config: dict, net: nn.Module, pre: PreprocessSpec, *, threshold: float,

@@ -448,7 +448,7 @@ def train_tumor(config: dict, device: torch.device = torch.device("cpu")) -> Mod
     ``config["train"]["max_steps"]`` (optional) stops each epoch early: for smoke runs only.
     """
     from medassist.models.networks import build_network
-    from medassist.models.train_common import cell_targets, resolve
+    from medassist.models.train_common import cell_targets, log_progress, optimise, resolve
 
     cfg = config["train"]
     torch.manual_seed(cfg["seed"])
@@ -527,14 +527,8 @@ def train_tumor(config: dict, device: torch.device = torch.device("cpu")) -> Mod
             loss = image_bce(logits[:, 0], y) + cfg["cell_loss_weight"] * cell_bce(cells, cell_targets(m, cells.shape[-2:]))
             if (t >= 0).any():
                 loss = loss + cfg["type_loss_weight"] * type_ce(logits[t >= 0, 1:4], t[t >= 0])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += loss.item()
-            if step % 20 == 0:
-                log.info("epoch %d step %d/%d loss %.4f (%.1f img/s)", epoch, step, steps_per_epoch,
-                         running / (step + 1), (step + 1) * batch_size / (time.time() - t0))
+            running += optimise(opt, sched, loss)
+            log_progress(epoch, step, steps_per_epoch, running, batch_size, t0, log)
         va = data.val_idx
         val, val_types = predict_all(net, data.images[va])
         aurocs = {k: _auroc(labels[va], val.of(k)) for k in HEAD_CHOICES}
