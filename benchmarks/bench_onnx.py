@@ -9,7 +9,8 @@
   spec's threshold.
 * Speed: steady-state images/s of the network alone (no decoding), batch ``--batch-size``, after a
   warm-up, torch (channels_last, as triage runs it) and ONNX Runtime (CPU provider, every graph
-  optimisation) on 1 and 2 threads.
+  optimisation) on 1 and 2 threads; and single-image latency (batch 1, one thread, p50/p95) of each:
+  the edge case.
 * ``--int8``: the same for ``onnxruntime.quantization.quantize_dynamic`` (int8 weights).
 
 Writes ``benchmarks/results/onnx.md`` and ``onnx.json``. On a shared machine the times are lower
@@ -54,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--speed-batches", type=int, default=6, help="timed batches per configuration")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--int8", action="store_true", help="also dynamic int8 quantisation")
+    parser.add_argument("--latency-calls", type=int, default=50, help="timed single-image calls per runtime")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args()
 
@@ -119,6 +121,20 @@ def images_per_second(run, x: np.ndarray, batch: int, batches: int) -> float:
     return batch * batches / (time.perf_counter() - start)
 
 
+def latency_ms(run, x: np.ndarray, calls: int) -> dict[str, float]:
+    """Single-image latency (batch 1) in ms over ``calls`` calls after two warm-up calls: p50, p95."""
+    one = x[:1]
+    run(one)
+    run(one)
+    times = []
+    for i in range(calls):
+        image = x[i % len(x) : i % len(x) + 1]
+        start = time.perf_counter()
+        run(image)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95)), "calls": calls}
+
+
 def main() -> None:
     args = parse_args()
     spec = spec_by_name("fracture_xray")
@@ -164,6 +180,13 @@ def main() -> None:
                 speed[f"{name}_{threads}t"] = images_per_second(
                     lambda c, s=session: ort_logits(s, c, args.batch_size), x, args.batch_size, args.speed_batches)
         result["images_per_second"] = speed
+        # the edge case: one image at a time on one core (network alone, no decoding)
+        torch.set_num_threads(1)
+        latency = {"torch_1t": latency_ms(lambda c: torch_logits(model.network, c, 1), x, args.latency_calls)}
+        for name, file in variants.items():
+            session = ort_session(file, 1)
+            latency[f"{name}_1t"] = latency_ms(lambda c, s=session: ort_logits(s, c, 1), x, args.latency_calls)
+        result["latency_ms_batch1"] = latency
     result["load_average_before"], result["load_average_after"] = load_before, os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "onnx.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -176,7 +199,8 @@ def render(r: dict) -> str:
              f"{r['images']} FracAtlas validation inputs ({r['fractured']} fractured) of {r['validation_split_size']}; "
              f"torch {r['torch']}, onnxruntime {r['onnxruntime']}, {r['cpu_count']} CPUs, batch {r['batch_size']}; "
              f"load average {r['load_average_before'][0]:.2f} before, {r['load_average_after'][0]:.2f} after "
-             "(a concurrent run shares the CPUs: speeds are lower bounds)", "",
+             + ("(quiet machine)" if r["load_average_before"][0] < 1.0
+                else "(a concurrent run shares the CPUs: speeds are lower bounds)"), "",
              "| runtime | max abs diff (score) | max abs diff (any head) | AUROC | AUROC - torch | flags changed |",
              "|---|---|---|---|---|---|"]
     first = next(iter(r["agreement"].values()))
@@ -186,6 +210,9 @@ def render(r: dict) -> str:
                      f"| {a['auroc_diff']:+.5f} | {a['flags_changed']} |")
     lines += ["", "| network alone | images/s |", "|---|---|"]
     lines += [f"| {name} | {v:.1f} |" for name, v in r["images_per_second"].items()]
+    if r.get("latency_ms_batch1"):
+        lines += ["", "| one image, one thread (network alone) | p50 ms | p95 ms |", "|---|---|---|"]
+        lines += [f"| {name} | {v['p50']:.1f} | {v['p95']:.1f} |" for name, v in r["latency_ms_batch1"].items()]
     return "\n".join(lines) + "\n"
 
 
