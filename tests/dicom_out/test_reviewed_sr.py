@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from dicom_validators import validator_problems
 
 from medassist.datamodel import WorklistRow
 from medassist.dicom_out.results import SourceIndex
@@ -65,19 +64,6 @@ def _round_trip(sr, path: Path) -> hd.sr.Comprehensive3DSR:
     return hd.sr.srread(io.BytesIO(path.read_bytes()))
 
 
-def _validator_problems(path: Path) -> dict[str, list[str]]:
-    """dciodvfy's Error lines and dsrdump's error/warning lines (with its exit status), as in test_sr_location."""
-    found = {}
-    if shutil.which("dciodvfy"):
-        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-        found["dciodvfy"] = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-    if shutil.which("dsrdump"):
-        out = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
-        bad = [line for line in out.stderr.splitlines() if line.startswith(("E:", "F:", "W:"))]
-        found["dsrdump"] = bad + ([f"exit status {out.returncode}"] if out.returncode else [])
-    return found
-
-
 def _evaluations(group) -> dict[str, str]:
     """A measurement group's qualitative evaluations: concept name code -> value code (not the
     finding type and category, which highdicom lists with them)."""
@@ -116,7 +102,7 @@ def _checked_common(sr, ai_sr: pydicom.Dataset, header: pydicom.Dataset, path: P
     devices = [c for c in context if c.observer_type.value == "121007"]  # DCM Device
     assert [str(p.observer_identifying_attributes.name) for p in persons] == ["dr.alice^"]
     assert len(devices) == 1
-    problems = _validator_problems(path)
+    problems = validator_problems(path)
     assert all(v == [] for v in problems.values()), problems
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from dicom_validators import validator_problems
 from matplotlib.path import Path as PolygonPath
 
 from medassist.datamodel import WorklistRow
@@ -80,19 +79,6 @@ def _geometric_purpose(group) -> tuple[str, str]:
     return str(code.CodeValue), str(code.CodingSchemeDesignator)
 
 
-def _validator_problems(path: Path) -> dict[str, list[str]]:
-    """dciodvfy's Error lines and dsrdump's error/warning lines (with its exit status) for a file."""
-    found = {}
-    if shutil.which("dciodvfy"):
-        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-        found["dciodvfy"] = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-    if shutil.which("dsrdump"):
-        out = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
-        bad = [line for line in out.stderr.splitlines() if line.startswith(("E:", "F:", "W:"))]
-        found["dsrdump"] = bad + ([f"exit status {out.returncode}"] if out.returncode else [])
-    return found
-
-
 def test_location_of_a_map_peak_and_its_half_peak_region():
     loc = finding_location(_dx_map(pydicom.dcmread(DX, stop_before_pixels=True)))
     assert loc.peak_rc == PEAK_RC
@@ -132,7 +118,7 @@ def test_radiograph_sr_has_the_peak_point_and_region_on_the_source_image(tmp_pat
     assert purposes == {hd.sr.GraphicTypeValues.POINT: ("128140", "DCM"),  # Representative point
                         hd.sr.GraphicTypeValues.POLYLINE: ("75958009", "SCT")}  # Bounded by
 
-    problems = _validator_problems(tmp_path / "sr.dcm")
+    problems = validator_problems(tmp_path / "sr.dcm")
     assert all(v == [] for v in problems.values()), problems
 
 
@@ -200,7 +186,7 @@ def test_mr_volume_sr_references_each_flagged_slice_with_its_peak(tmp_path, writ
         assert (row_, column) == (peaks[s][0] + 0.5, peaks[s][1] + 0.5)
         assert roi.tracking_uid == group.tracking_uid
 
-    problems = _validator_problems(tmp_path / "sr.dcm")
+    problems = validator_problems(tmp_path / "sr.dcm")
     assert all(v == [] for v in problems.values()), problems
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from tumour_model_helpers import tiny_tumour_model
+from tumour_model_helpers import head_image, tiny_tumour_model
 
 from medassist.datamodel import Geometry, Image
 from medassist.errors import MedassistError
@@ -25,15 +25,6 @@ from medassist.preprocess.transforms import letterbox_for, prepare_2d
 def _spec(**changes):
     _, spec = tiny_tumour_model(32, validation={"inference": {"null_logit": {"mean": -3.0, "std": 1.5}}})
     return replace(spec, **changes)
-
-
-def _head_image(n=20, size=48, spacing=(5.0, 1.0, 1.0)) -> Image:
-    z, y, x = np.mgrid[0:n, 0:size, 0:size]
-    r = np.sqrt(((z - n / 2) / (n / 2)) ** 2 + ((y - size / 2) / (size * 0.45)) ** 2 + ((x - size / 2) / (size * 0.4)) ** 2)
-    pixels = np.where(r < 1, 100.0, 2.0).astype(np.float32)
-    affine = np.diag([0.0, 0.0, 0.0, 1.0])
-    affine[2, 0], affine[1, 1], affine[0, 2] = spacing
-    return Image(pixels=pixels, display=pixels / 100, geometry=Geometry(spacing=spacing, affine=affine))
 
 
 def _radiograph(rows=40, cols=56, seed=0) -> Image:
@@ -116,7 +107,7 @@ def test_radiograph_saliency_inputs_reuse_the_scoring_inputs():
 def test_brain_mr_delegates_to_the_tumour_model():
     net, spec = tiny_tumour_model(32, validation={"inference": {"null_logit": {"mean": -3.0, "std": 1.5}}})
     spec = replace(spec, input_kind="volume")
-    image = _head_image()
+    image = head_image()
     prepared = BRAIN_MR.prepare(image, spec)
     reference = tumor.prepare_volume(spec, image)
     assert torch.equal(prepared.inputs, reference.inputs) and np.array_equal(prepared.scored, reference.scored)
@@ -129,7 +120,7 @@ def test_brain_mr_delegates_to_the_tumour_model():
 
 def test_brain_mr_refuses_a_volume_without_a_brain():
     spec = _spec(input_kind="volume")
-    image = _head_image()
+    image = head_image()
     flat = np.full_like(image.pixels, 7.0)
     with pytest.raises(MedassistError, match=tumor.NO_BRAIN):
         BRAIN_MR.prepare(Image(pixels=flat, display=flat, geometry=image.geometry), spec)
@@ -137,7 +128,7 @@ def test_brain_mr_refuses_a_volume_without_a_brain():
 
 def test_brain_mr_plane_is_prepare_slice_with_the_head_crop_as_support():
     pre = PreprocessSpec(input_size=32)
-    pixels = _head_image().pixels[10]
+    pixels = head_image().pixels[10]
     plane = BRAIN_MR.prepare_plane(pixels, pre)
     tensor, frame = tumor.prepare_slice(pixels, pre)
     assert torch.equal(plane.input, tensor) and plane.frame == frame
@@ -149,7 +140,7 @@ def test_brain_mr_plane_is_prepare_slice_with_the_head_crop_as_support():
 
 def test_brain_mr_saliency_inputs_are_the_stored_slices_inputs():
     spec = _spec(input_kind="volume")
-    image = _head_image()
+    image = head_image()
     found = BRAIN_MR.saliency_inputs(image, spec, (12, 9, 12))
     assert found.slices == (9, 12) and found.inputs.shape == (2, 1, 32, 32)
     maps = np.ones((2, 32, 32), np.float32)

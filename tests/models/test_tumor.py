@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from medassist.datamodel import Geometry, Image
+from medassist.datamodel import Image
 from medassist.models import tumor, tumor_train
 from medassist.models.spec import ModelSpec, PreprocessSpec
 from medassist.models.train import load_config
-from tumour_model_helpers import tiny_tumour_model
+from tumour_model_helpers import head_image, tiny_tumour_model
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("MEDASSIST_DATA", "/work/shared/data")) / "brain_tumor"
@@ -160,18 +160,9 @@ def _tiny_model(input_size=32):
     return tiny_tumour_model(input_size, validation={"inference": {"null_logit": {"mean": -3.0, "std": 1.5}}})
 
 
-def _head_image(n=20, size=48, spacing=(5.0, 1.0, 1.0)) -> Image:
-    z, y, x = np.mgrid[0:n, 0:size, 0:size]
-    r = np.sqrt(((z - n / 2) / (n / 2)) ** 2 + ((y - size / 2) / (size * 0.45)) ** 2 + ((x - size / 2) / (size * 0.4)) ** 2)
-    pixels = np.where(r < 1, 100.0, 2.0).astype(np.float32)
-    affine = np.diag([0.0, 0.0, 0.0, 1.0])
-    affine[2, 0], affine[1, 1], affine[0, 2] = spacing
-    return Image(pixels=pixels, display=pixels / 100, geometry=Geometry(spacing=spacing, affine=affine))
-
-
 def test_score_volume_skips_slices_outside_the_brain():
     net, spec = _tiny_model()
-    image = _head_image()
+    image = head_image()
     res = tumor.score_volume(net, spec, image, batch=8)
     assert res["plane"] == "axial" and res["window_slices"] == 2
     assert len(res["slice_scores"]) == 20
@@ -183,7 +174,7 @@ def test_score_volume_skips_slices_outside_the_brain():
 
 def test_evaluate_normal_volumes_reports_every_variant(tmp_path):
     net, spec = _tiny_model()
-    data = np.transpose(_head_image(n=24, spacing=(1.0, 1.0, 1.0)).pixels, (2, 1, 0))  # (i, j, k)
+    data = np.transpose(head_image(n=24, spacing=(1.0, 1.0, 1.0)).pixels, (2, 1, 0))  # (i, j, k)
     path = tmp_path / "normal.nii.gz"
     nib.save(nib.Nifti1Image(data, np.diag([-1.0, -1.0, 1.0, 1.0])), str(path))
     report = tumor.evaluate_normal_volumes((net, spec), [path])
@@ -222,7 +213,7 @@ def test_training_smoke_run_writes_a_loadable_model(tmp_path):
 
 def _no_brain_volumes() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    head = _head_image().pixels
+    head = head_image().pixels
     inf_voxel = head.copy()
     inf_voxel[7, 3, 3] = np.inf
     return {
@@ -241,7 +232,7 @@ def test_prepare_volume_refuses_a_volume_without_a_brain(kind):
     from medassist.errors import MedassistError
 
     _, spec = _tiny_model()
-    image = _head_image()
+    image = head_image()
     pixels = _no_brain_volumes()[kind]
     image = Image(pixels=pixels, display=pixels, geometry=image.geometry)
     with pytest.raises(MedassistError, match=f"^{tumor.NO_BRAIN}: "):
@@ -250,7 +241,7 @@ def test_prepare_volume_refuses_a_volume_without_a_brain(kind):
 
 def test_a_noisy_head_is_still_a_head():
     _, spec = _tiny_model()
-    image = _head_image()
+    image = head_image()
     noisy = image.pixels + np.random.default_rng(1).normal(0, 60, image.pixels.shape).astype(np.float32)
     prepared = tumor.prepare_volume(spec, Image(pixels=noisy, display=noisy, geometry=image.geometry))
     assert len(prepared.scored) > 10
@@ -259,7 +250,7 @@ def test_a_noisy_head_is_still_a_head():
 def test_indices_are_says_the_plane_even_without_flagged_slices(tmp_path):
     """Stored sagittally (as IXI), scored axially: canonical indices, whether slices are reported or not."""
     net, spec = _tiny_model()
-    data = np.transpose(_head_image(n=24, spacing=(1.0, 1.0, 1.0)).pixels, (1, 0, 2))[:, :, ::-1]
+    data = np.transpose(head_image(n=24, spacing=(1.0, 1.0, 1.0)).pixels, (1, 0, 2))[:, :, ::-1]
     affine = np.array([[0, 0, 1.0, 0], [-1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])  # voxel axes P, S, R
     nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), str(tmp_path / "sag.nii.gz"))
     from medassist.ingest.nifti import read_nifti_series
