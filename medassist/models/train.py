@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ import torch
 from torch import nn
 
 from medassist.metrics import binary_metrics, metrics_with_ci, threshold_for_sensitivity, youden_threshold
-from medassist.errors import MedassistError
 from medassist.models.augment import augment_batch, magnify, random_crops, rescale_percentiles
 from medassist.models.fracture_external import prepare_external, read_external, score_inputs
 from medassist.models.heads import SCORE_HEADS, HeadProbabilities
@@ -27,6 +25,7 @@ from medassist.models.spec import ModelSpec, PreprocessSpec
 from medassist.models.splits import block_settings
 from medassist.models.train_common import (
     cell_targets,
+    initial_weights,
     load_config,
     log_progress,
     optimise,
@@ -237,18 +236,6 @@ class ExternalInputs:
     inputs: np.ndarray
     labels: np.ndarray
     regions: np.ndarray
-
-
-def initial_weights(init: Mapping) -> dict:
-    """The state dict a run starts from (``train.init_from: {weights, sha256}``): weights trained
-    here earlier (e.g. the released version), checked against their sha256, loaded with
-    ``weights_only=True``. Nothing comes from outside the project."""
-    path = resolve(init["weights"])
-    found = sha256_of(path)
-    if found != init["sha256"]:
-        raise MedassistError(f"train.init_from: {path} has sha256 {found}, the config expects {init['sha256']}")
-    log.info("starting from %s (sha256 %s...)", path, found[:12])
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def external_inputs(config: dict, pre: PreprocessSpec) -> ExternalInputs | None:

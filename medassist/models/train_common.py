@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medassist.errors import MedassistError
 from medassist.models.spec import InputKind, ModelSpec, PreprocessSpec
 from medassist.yamlfile import read_yaml
 
@@ -39,6 +41,18 @@ def sha256_of(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def initial_weights(init: Mapping) -> dict:
+    """The state dict a run starts from (``train.init_from: {weights, sha256}``): weights trained
+    here earlier (e.g. the released version), checked against their sha256, loaded with
+    ``weights_only=True``. Nothing comes from outside the project."""
+    path = resolve(init["weights"])
+    found = sha256_of(path)
+    if found != init["sha256"]:
+        raise MedassistError(f"train.init_from: {path} has sha256 {found}, the config expects {init['sha256']}")
+    log.info("starting from %s (sha256 %s...)", path, found[:12])
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def cell_targets(masks: torch.Tensor, cell_shape: tuple[int, int]) -> torch.Tensor:

@@ -448,7 +448,7 @@ def train_tumor(config: dict, device: torch.device = torch.device("cpu")) -> Mod
     ``config["train"]["max_steps"]`` (optional) stops each epoch early: for smoke runs only.
     """
     from medassist.models.networks import build_network
-    from medassist.models.train_common import cell_targets, log_progress, optimise, resolve
+    from medassist.models.train_common import cell_targets, initial_weights, log_progress, optimise, resolve
 
     cfg = config["train"]
     torch.manual_seed(cfg["seed"])
@@ -469,6 +469,8 @@ def train_tumor(config: dict, device: torch.device = torch.device("cpu")) -> Mod
 
     log.info("training on %s", device)
     net = build_network(config["network"]["name"], config["network"]["args"])
+    if cfg.get("init_from"):  # fine-tuning weights trained here earlier (e.g. the released version)
+        net.load_state_dict(initial_weights(cfg["init_from"]))
     net = net.to(device).to(memory_format=torch.channels_last)
     epochs, batch_size = cfg["epochs"], cfg["batch_size"]
     steps_per_epoch = int(cfg.get("steps_per_epoch") or len(data.train_idx) // batch_size)

@@ -1,4 +1,4 @@
-"""train.initial_weights: a run may start from weights trained here earlier, checked by sha256."""
+"""train_common.initial_weights: a run may start from weights trained here earlier, checked by sha256."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from medassist.errors import MedassistError
 from medassist.models.networks import build_network
-from medassist.models.train import initial_weights, sha256_of
+from medassist.models.train_common import initial_weights, sha256_of
 
 
 def test_initial_weights_load_when_the_sha256_matches_and_are_refused_otherwise(tmp_path):
