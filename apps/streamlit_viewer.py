@@ -310,9 +310,12 @@ def _viewer(row: WorklistRow, fk: str, marker: tuple[int, int, int] | None) -> N
                   p2.number_input("Centre column", 0, view.shape[1] - 1, view.shape[1] // 2, key=f"cc_{sk}"))
 
     mark = (marker[1], marker[2]) if marker and marker[0] == slice_index else None
+    # the peak of the shown slice, drawn while the map is (None on a slice without saliency)
+    peak = logic.slice_peak(saliency, slice_index) if saliency is not None and show and opacity > 0 else None
     rendered = logic.render(
         view, slice_index, window, saliency=saliency,
         overlay=logic.Overlay(visible=show, opacity=opacity, colormap=cmap), zoom=zoom, center=centre, marker=mark,
+        peak=peak,
     )
     r0, r1, c0, c1 = rendered.box
     parts = [f"Source image · {window.label}", f"zoom {zoom:g}x (rows {r0}-{r1 - 1}, cols {c0}-{c1 - 1})"]
@@ -324,6 +327,10 @@ def _viewer(row: WorklistRow, fk: str, marker: tuple[int, int, int] | None) -> N
         st.image(logic.colorbar(cmap), width="stretch")
         st.caption(f"Overlay layer (opacity {opacity:.0%}): saliency of {row.model} {row.model_version} "
                    f"for '{row.finding}', low → high. Where the model looked; not a diagnosis.")
+    if peak is not None and rendered.overlay_drawn:
+        outside = "" if r0 <= peak.row < r1 and c0 <= peak.col < c1 else " (outside this zoomed view)"
+        st.caption(f"Yellow ring: the model's peak (row {peak.row}, col {peak.col}) — where the map is highest"
+                   f"{' on this slice' if view.n_slices > 1 else ''}{outside}.")
     if mark:
         st.caption(f"Cyan cross: marked location (row {mark[0]}, col {mark[1]}).")
     st.session_state[f"viewer_{fk}"] = (slice_index, view.shape, view.n_slices)

@@ -10,7 +10,8 @@
   saliency map as a separate RGBA layer; :func:`composite` blends a copy for display - the
   source pixels are never altered;
 * zoom: :func:`zoom_box` crops around a centre; :func:`render` chains crop, window, overlay and
-  resize to the display size.
+  resize to the display size, and draws the reviewer's marker (a cyan cross) and the model's
+  peak on the shown slice (:func:`slice_peak`, a yellow ring).
 
 Nothing here logs patient identifiers: log lines name studies and series by UID only.
 """
@@ -25,6 +26,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -49,6 +51,9 @@ CT_PRESETS = {  # name -> (center, width), HU
 AUTO_PERCENTILES = (0.5, 99.5)
 MR_BRAIN_PERCENTILES = (1.0, 99.0)
 DEFAULT_MAX_SIDE = 1024
+MARKER_COLOR = (0, 255, 255)  # cyan cross: a location a reviewer marked
+PEAK_COLOR = (255, 255, 0)  # yellow ring: the saliency peak on the shown slice
+PEAK_RADIUS = 10  # display pixels (the cross reaches 8)
 _STATS_SAMPLE = 2_000_000
 
 
@@ -457,6 +462,31 @@ def saliency_peak(saliency: np.ndarray, slice_index: int = 0) -> tuple[int, int,
     return (int(s), int(row), int(col))
 
 
+class Peak(NamedTuple):
+    """Where a saliency plane is highest, in source pixels."""
+
+    row: int
+    col: int
+
+
+def slice_peak(saliency: np.ndarray, slice_index: int = 0) -> Peak | None:
+    """(row, col) of the maximum of a 2D map, or of plane ``slice_index`` of a (slices, rows, cols)
+    map (a single-plane map stands for every slice); the first maximum in row order, as
+    :func:`saliency_peak`. None when that plane has no saliency (all zero: a slice the model did
+    not flag), so that no peak is drawn where there is none."""
+    plane = np.asarray(saliency)
+    if plane.ndim == 3:
+        if plane.shape[0] != 1 and not 0 <= slice_index < plane.shape[0]:
+            raise MedassistError(f"slice {slice_index} outside 0..{plane.shape[0] - 1} of the saliency map")
+        plane = plane[0 if plane.shape[0] == 1 else slice_index]
+    if plane.ndim != 2:
+        raise MedassistError(f"saliency map has shape {saliency.shape}, expected (rows, cols) or (slices, rows, cols)")
+    if not plane.size or not float(plane.max()) > 0:
+        return None
+    row, col = np.unravel_index(int(np.argmax(plane)), plane.shape)
+    return Peak(int(row), int(col))
+
+
 def colorbar(colormap: str, height: int = 14, width: int = 256) -> np.ndarray:
     """A horizontal legend strip of the colormap (RGB uint8), low on the left."""
     lut = colormap_lut(colormap)
@@ -511,13 +541,16 @@ def render(
     center: tuple[float, float] | None = None,
     max_side: int = DEFAULT_MAX_SIDE,
     marker: tuple[int, int] | None = None,
+    peak: tuple[int, int] | None = None,
 ) -> Rendered:
     """Crop (zoom) -> window -> resize to at most ``max_side`` pixels -> overlay on top.
 
     The grey base is windowed on the crop only and resized before blending, and the last few
     bases are cached, so changing the overlay (toggle, opacity, colormap) redraws in
     milliseconds even for a large radiograph. A ``marker`` (row, col in source pixels) draws a
-    small cross, e.g. the location a reviewer marked. Source arrays are never modified.
+    small cyan cross, e.g. the location a reviewer marked; a ``peak`` (row, col in source pixels,
+    e.g. :func:`slice_peak`) a yellow ring of ``PEAK_RADIUS`` display pixels around it, the cross
+    drawn over it. Source arrays are never modified.
     """
     if not 0 <= slice_index < view.n_slices:
         raise MedassistError(f"slice {slice_index} outside 0..{view.n_slices - 1}")
@@ -529,9 +562,16 @@ def render(
         plane = saliency_for_slice(saliency, view, slice_index)[r0:r1, c0:c1]
         layer = saliency_layer(_resize(plane, base.shape, smooth=True), overlay.colormap)
     rgb = composite(base, layer, overlay.opacity if layer is not None and overlay else 0.0)
+    if peak is not None:
+        _draw_peak(rgb, _display_point(peak, box, scale))
     if marker is not None:
-        _draw_marker(rgb, ((marker[0] - box[0] + 0.5) * scale, (marker[1] - box[2] + 0.5) * scale))
+        _draw_marker(rgb, _display_point(marker, box, scale))
     return Rendered(rgb=rgb, box=box, scale=scale, overlay_drawn=layer is not None)
+
+
+def _display_point(at: tuple[int, int], box: tuple[int, int, int, int], scale: float) -> tuple[float, float]:
+    """A source pixel's centre (row, col) in display coordinates of a render of ``box``."""
+    return ((at[0] - box[0] + 0.5) * scale, (at[1] - box[2] + 0.5) * scale)
 
 
 _BASE_CACHE: dict[tuple, tuple[weakref.ref, np.ndarray, float]] = {}  # no strong refs: views stay evictable
@@ -595,11 +635,33 @@ def _resize(plane: np.ndarray, size: tuple[int, int], *, smooth: bool) -> np.nda
 def _draw_marker(rgb: np.ndarray, at: tuple[float, float], radius: int = 8) -> None:
     rows, cols = rgb.shape[:2]
     r, c = int(at[0]), int(at[1])
-    color = np.array([0, 255, 255], dtype=np.uint8)
+    color = np.array(MARKER_COLOR, dtype=np.uint8)
     if 0 <= r < rows:
         rgb[r, max(0, c - radius) : max(0, min(cols, c + radius + 1))] = color
     if 0 <= c < cols:
         rgb[max(0, r - radius) : max(0, min(rows, r + radius + 1)), c] = color
+
+
+def _ring(shape: tuple[int, int], at: tuple[float, float], radius: float, width: float = 2.0) -> np.ndarray:
+    """Boolean (rows, cols) mask of the display pixels whose centres lie within ``width / 2`` of a
+    circle of ``radius`` around ``at`` (display coordinates); clipped to the picture."""
+    rows, cols = shape
+    r = (np.arange(rows, dtype=np.float32) + 0.5 - np.float32(at[0]))[:, None]
+    c = (np.arange(cols, dtype=np.float32) + 0.5 - np.float32(at[1]))[None, :]
+    return np.abs(np.hypot(r, c) - np.float32(radius)) <= np.float32(width / 2.0)
+
+
+def _draw_peak(rgb: np.ndarray, at: tuple[float, float], radius: int = PEAK_RADIUS) -> None:
+    """A yellow ring around ``at`` (display coordinates), drawn in place; only the ring's bounding
+    square is examined, so a large picture costs no more than a small one."""
+    rows, cols = rgb.shape[:2]
+    reach = radius + 2
+    r0, r1 = max(0, int(at[0]) - reach), min(rows, int(at[0]) + reach + 1)
+    c0, c1 = max(0, int(at[1]) - reach), min(cols, int(at[1]) + reach + 1)
+    if r0 >= r1 or c0 >= c1:
+        return
+    mask = _ring((r1 - r0, c1 - c0), (at[0] - r0, at[1] - c0), radius)
+    rgb[r0:r1, c0:c1][mask] = np.array(PEAK_COLOR, dtype=np.uint8)
 
 
 def to_png(rgb: np.ndarray, compress_level: int = 1) -> bytes:

@@ -132,6 +132,26 @@ def test_open_a_volume_study_shows_viewer_and_finding(app):
     assert not at.exception and "zoom 2x" in " ".join(c.value for c in at.caption)
 
 
+def test_viewer_names_the_saliency_peak_it_rings(app, triage_out):
+    import numpy as np
+
+    from medassist.datamodel import read_worklist
+
+    dx = next(r for r in read_worklist(triage_out) if r.accession == "ACC001")
+    sal = np.load(dx.saliency_path)
+    row, col = np.unravel_index(int(np.argmax(sal)), sal.shape)
+    assert (row, col) == (26, 48)  # the factory's blob at 0.4 x 64, 0.6 x 80
+    at = select_study(app(), "ACC001")
+    captions = " ".join(c.value for c in at.caption)
+    assert f"Yellow ring: the model's peak (row {row}, col {col}) — where the map is highest." in captions
+    next(t for t in at.toggle if t.key.startswith("ovl_")).set_value(False).run()
+    assert "Yellow ring" not in " ".join(c.value for c in at.caption)  # no map shown, no ring
+
+    ct = select_study(at, "ACC002")  # a volume: the peak of the shown slice (2, a flagged one)
+    captions = " ".join(c.value for c in ct.caption)
+    assert "Yellow ring: the model's peak (row 24, col 24) — where the map is highest on this slice." in captions
+
+
 def test_patient_names_never_appear(app):
     at = app()
     for accession in ("ACC001", "ACC002", "ACC003", "ACC004"):

@@ -267,6 +267,75 @@ def test_render_zooms_slices_and_fits_the_display(triage_out):
     assert tuple(marked.rgb[10, 10]) == (0, 255, 255)
 
 
+def test_slice_peak_is_the_maximum_of_the_plane():
+    plane = np.zeros((6, 9), dtype=np.float32)
+    plane[4, 7] = 0.9
+    plane[1, 2] = 0.5
+    assert logic.slice_peak(plane) == (4, 7) and logic.slice_peak(plane).row == 4
+    assert logic.slice_peak(plane[None], slice_index=3) == (4, 7)  # one plane stands for every slice
+    plane[0, 8] = 0.9  # a tie: the first maximum in row order, as saliency_peak
+    assert logic.slice_peak(plane) == (0, 8)
+    assert logic.slice_peak(np.zeros((6, 9), dtype=np.float32)) is None  # nothing salient: no peak
+
+
+def test_slice_peak_of_a_volume_is_on_the_shown_slice(triage_out):
+    vol = np.zeros((3, 10, 12), dtype=np.float32)
+    vol[0, 2, 3] = 1.0  # the volume's maximum
+    vol[1, 7, 9] = 0.4
+    vol[1, 5, 1] = 0.3
+    assert logic.slice_peak(vol, 1) == (7, 9)
+    assert logic.slice_peak(vol, 0) == (2, 3)
+    assert logic.slice_peak(vol, 2) is None
+    with pytest.raises(MedassistError, match="slice 3 outside"):
+        logic.slice_peak(vol, 3)
+    row = rows_by_accession(triage_out)["ACC002"]  # blob centred at slice 2.5, row 24, col 24
+    ct_sal = logic.load_saliency(row.saliency_path)
+    assert logic.slice_peak(ct_sal, 0) == (24, 24) and logic.slice_peak(ct_sal, 4) == (24, 24)
+
+
+def test_render_draws_a_yellow_ring_around_the_peak(triage_out):
+    row = rows_by_accession(triage_out)["ACC001"]
+    view = logic.open_series(row.source_path, row.series_uid, "DX")
+    window = next(iter(logic.window_presets(view).values()))
+    assert logic.PEAK_COLOR == (255, 255, 0) and logic.PEAK_COLOR != logic.MARKER_COLOR
+    plain = logic.render(view, 0, window, max_side=max(view.shape)).rgb  # 1 display pixel per source pixel
+    pr, pc = 30, 40
+    ringed = logic.render(view, 0, window, max_side=max(view.shape), peak=(pr, pc)).rgb
+    radius = logic.PEAK_RADIUS
+    for r, c in ((pr, pc + radius), (pr, pc - radius), (pr + radius, pc), (pr - radius, pc)):
+        assert tuple(ringed[r, c]) == logic.PEAK_COLOR
+    changed = np.argwhere(np.any(ringed != plain, axis=-1))
+    distance = np.hypot(changed[:, 0] - pr, changed[:, 1] - pc)
+    assert len(changed) > 2 * np.pi * radius and np.all(np.abs(distance - radius) <= 1.5)
+    assert np.all(ringed[tuple(changed.T)] == logic.PEAK_COLOR)
+    np.testing.assert_array_equal(ringed[pr, pc], plain[pr, pc])  # the peak itself stays visible
+    # zoomed 2x: the ring is drawn around the peak's place in the crop, still PEAK_RADIUS display pixels
+    zoomed = logic.render(view, 0, window, zoom=2.0, center=(pr, pc), max_side=max(view.shape), peak=(pr, pc))
+    at_r, at_c = (pr - zoomed.box[0] + 0.5) * zoomed.scale, (pc - zoomed.box[2] + 0.5) * zoomed.scale
+    assert tuple(zoomed.rgb[int(at_r), int(at_c + radius)]) == logic.PEAK_COLOR
+    assert tuple(zoomed.rgb[int(at_r), int(at_c)]) != logic.PEAK_COLOR
+
+
+def test_no_ring_without_a_peak_and_the_cross_stays_cyan(triage_out):
+    row = rows_by_accession(triage_out)["ACC001"]
+    view = logic.open_series(row.source_path, row.series_uid, "DX")
+    window = next(iter(logic.window_presets(view).values()))
+    saliency = logic.load_saliency(row.saliency_path)
+    overlay = logic.Overlay(True, 0.5, "jet")
+    plain = logic.render(view, 0, window, saliency=saliency, overlay=overlay, max_side=80)
+    none = logic.render(view, 0, window, saliency=saliency, overlay=overlay, max_side=80, peak=None)
+    np.testing.assert_array_equal(none.rgb, plain.rgb)
+    yellow = np.all(none.rgb == logic.PEAK_COLOR, axis=-1)
+    assert not yellow.any()
+    peak = logic.slice_peak(saliency, 0)
+    both = logic.render(view, 0, window, saliency=saliency, overlay=overlay, max_side=80, peak=peak, marker=peak)
+    ring_only = logic.render(view, 0, window, saliency=saliency, overlay=overlay, max_side=80, peak=peak)
+    assert tuple(both.rgb[peak]) == logic.MARKER_COLOR and tuple(ring_only.rgb[peak]) != logic.MARKER_COLOR
+    ring = np.all(ring_only.rgb == logic.PEAK_COLOR, axis=-1)
+    assert ring.sum() > 2 * np.pi * logic.PEAK_RADIUS  # the whole ring, inside the 64 x 80 picture
+    np.testing.assert_array_equal(np.all(both.rgb == logic.PEAK_COLOR, axis=-1), ring)  # cross and ring apart
+
+
 def test_large_images_are_shrunk_for_display(tmp_path):
     pixels = np.arange(3000 * 2000, dtype=np.float32).reshape(1, 3000, 2000)
     view = logic.SeriesView(logic.Image(pixels=pixels, display=pixels / pixels.max()), "big", "1", "CR",
