@@ -12,10 +12,10 @@ def validator_problems(path: Path) -> dict[str, list[str]]:
     status, for a file; a validator that is not installed has no key."""
     found = {}
     if shutil.which("dciodvfy"):
-        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
         found["dciodvfy"] = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
     if shutil.which("dsrdump"):
-        out = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, errors="replace", timeout=60)
         bad = [line for line in out.stderr.splitlines() if line.startswith(("E:", "F:", "W:"))]
         found["dsrdump"] = bad + ([f"exit status {out.returncode}"] if out.returncode else [])
     return found

@@ -42,6 +42,7 @@ REVIEW_DECISION = CodedConcept("MA-REVIEW", LOCAL_SCHEME, "Reviewer decision on 
 REVIEW_ACCEPTED = CodedConcept("MA-ACCEPTED", LOCAL_SCHEME, "AI finding accepted by the reviewer")
 REVIEW_REJECTED = CodedConcept("MA-REJECTED", LOCAL_SCHEME, "AI finding rejected by the reviewer")
 REVIEW_CORRECTED = CodedConcept("MA-CORRECTED", LOCAL_SCHEME, "AI finding corrected by the reviewer")
+REVIEW_COMMENT = CodedConcept("121106", "DCM", "Comment")  # the reviewer's free text, a TEXT item
 
 _PROCEDURES = {
     "DX": CodedConcept("168537006", "SCT", "Plain radiography"),

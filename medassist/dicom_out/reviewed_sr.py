@@ -15,11 +15,18 @@ current ``review.store.Decision`` for one of its findings, and makes a Comprehen
   measurements (score, threshold, validation rates) attributed to the algorithm (TID 4019), the
   finding as the reviewer settled it (Present / Absent, ``audit.agreement.final_call``: accept keeps
   the model's call, reject reverses it, a correction names a finding, or a negative label), the
-  reviewer's decision (``ReviewDecision``, 99MEDASSIST codes) and the same source images;
+  reviewer's decision (``ReviewDecision``, 99MEDASSIST codes), the reviewer's comment if the
+  decision has one (a TEXT item, DCM 121106 Comment) and the same source images;
 * location: accepted, the AI SR's location groups (saliency, attributed to the algorithm) are kept;
   corrected with a location, the reviewer's point as an SCOORD POINT (TID 1410, purpose DCM
   128140 Representative point, no algorithm) on the source image of that slice (a volume: the
   slice's own instance; one multi-frame instance: frame slice + 1); otherwise no location.
+* character set: ``SpecificCharacterSet`` is ISO_IR 100 (Latin-1) when every text of the SR (patient
+  and study attributes from the AI SR, names, the comment) fits it, else ISO_IR 192 (UTF-8), so a
+  comment with e.g. "→" or CJK text is stored as written (``character_set``).
+
+The comment is free text and may name the patient: it goes into the SR only, never into a log line
+or an error message.
 
 VERIFIED here means only that a named reviewer decided the finding in medassist's review app (a
 signed-in account; single-user decisions are refused). No DICOM Digital Signature (PS3.15 Annex C,
@@ -40,6 +47,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -70,6 +79,12 @@ logger = logging.getLogger(__name__)
 REVIEWED_SR_SERIES_NUMBER = 9902
 REVIEWED_SR_SERIES_DESCRIPTION = "medassist reviewed report (research use, not for diagnosis)"
 SOURCE_CONCEPT = "121112"  # DCM 121112 Source of Measurement: the TID 1501 source image items
+LATIN_1 = "ISO_IR 100"
+UTF_8 = "ISO_IR 192"
+# the VRs whose values are encoded with SpecificCharacterSet (PS3.5 6.1.2.3); the others are ASCII
+_CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
+# control characters a DICOM text (UT) may not hold: all but CR, LF and FF (ESC only for ISO 2022)
+_UNSAFE_CONTROL = re.compile(r"[\x00-\x09\x0b\x0e-\x1f\x7f-\x9f]")
 
 
 class ReviewDecision(str, Enum):
@@ -157,6 +172,10 @@ def build_reviewed_sr(*, ai_sr: Dataset, decision: Decision, verifying_organizat
     location = decision.location_dict
     if review is ReviewDecision.CORRECT and present and location is not None:
         imaging.append(_reviewer_point(location, sources, finding, uid, decision))
+    comment = review_comment(decision)
+    if comment is not None:  # TID 1501 allows TEXT qualitative evaluations; highdicom's class only CODE
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=mcodes.REVIEW_COMMENT, value=comment, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
 
     observers = hd.sr.ObservationContext(
         observer_person_context=hd.sr.ObserverContext(
@@ -196,7 +215,37 @@ def build_reviewed_sr(*, ai_sr: Dataset, decision: Decision, verifying_organizat
     sr.VerifyingObserverSequence[0].VerificationDateTime = dicom_datetime(decision.decided_at)
     sr.SoftwareVersions = software_version()
     sr.ManufacturerModelName = "medassist"
+    sr.SpecificCharacterSet = character_set(_texts(sr))
     return sr
+
+
+def review_comment(decision: Decision) -> str | None:
+    """The decision's comment as the SR's TEXT value (control characters other than CR, LF and FF as
+    spaces, ends stripped), or None when it has none."""
+    text = _UNSAFE_CONTROL.sub(" ", decision.comment or "").strip()
+    return text or None
+
+
+def character_set(texts: Iterable[str]) -> str:
+    """The SpecificCharacterSet for an SR holding ``texts``: ISO_IR 100 (Latin-1) when all of them
+    fit it, else ISO_IR 192 (UTF-8)."""
+    for text in texts:
+        try:
+            text.encode("latin-1")
+        except UnicodeEncodeError:
+            return UTF_8
+    return LATIN_1
+
+
+def _texts(ds: Dataset) -> Iterator[str]:
+    """Every value of ``ds`` (nested sequences too) that the character set applies to."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                yield from _texts(item)
+        elif elem.VR in _CHARSET_VRS and elem.value is not None:
+            values = elem.value if elem.VM > 1 else [elem.value]
+            yield from (str(v) for v in values)
 
 
 def dicom_datetime(iso_utc: str) -> str:

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pydicom
+from review_sr_run import run_with_decision
 
 from medassist.cli import EXIT_RESULTS_FAILED, main
-from medassist.datamodel import read_worklist
-from medassist.dicom_out.results import write_dicom_results
-from medassist.review.store import open_store
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import conftest_orthanc  # noqa: E402
-
-EXPORT = Path(__file__).resolve().parents[2] / "samples" / "export"
-
-
-def _run_with_decision(tmp_path: Path, reviewer: str = "dr.alice") -> tuple[Path, list]:
-    """A stand-in triage run on two radiographs, its AI SRs written, one finding decided."""
-    run = tmp_path / "run"
-    conftest_orthanc.fake_triage([EXPORT / "PAT01", EXPORT / "PAT09"], run)
-    assert write_dicom_results(run, saliency_as=()).problems == []
-    findings = [r for r in read_worklist(run) if r.is_finding]
-    assert len(findings) == 2
-    row = findings[0]
-    open_store(run / "decisions.sqlite").record_decision(
-        study_uid=row.study_uid, series_uid=row.series_uid, model=row.model, model_version=row.model_version,
-        finding=row.finding, score=row.score, threshold=row.threshold, model_flagged=row.flagged,
-        decision="correct", corrected_finding="pneumothorax", location={"slice": 0, "row": 3, "col": 4},
-        reviewer=reviewer)
-    return run, findings
 
 
 def test_review_sr_writes_the_decided_finding_and_counts_the_rest(tmp_path, capsys):
-    run, findings = _run_with_decision(tmp_path)
+    run, findings = run_with_decision(tmp_path)
     out = tmp_path / "reviewed"
     assert main(["review-sr", str(run), "--db", str(run / "decisions.sqlite"), "--out", str(out),
                  "--organization", "General Hospital"]) == 0
@@ -60,7 +36,7 @@ def test_review_sr_writes_the_decided_finding_and_counts_the_rest(tmp_path, caps
 
 
 def test_review_sr_errors_name_the_problem(tmp_path, capsys, monkeypatch):
-    run, _ = _run_with_decision(tmp_path)
+    run, _ = run_with_decision(tmp_path)
     monkeypatch.delenv("MEDASSIST_ORGANIZATION", raising=False)
     assert main(["review-sr", str(run), "--db", str(run), "--out", str(tmp_path / "o")]) == 2
     assert "--organization" in capsys.readouterr().err
@@ -76,7 +52,7 @@ def test_review_sr_errors_name_the_problem(tmp_path, capsys, monkeypatch):
 
 
 def test_review_sr_skips_single_user_decisions(tmp_path, capsys):
-    run, _ = _run_with_decision(tmp_path, reviewer="(unauthenticated, loopback)")
+    run, _ = run_with_decision(tmp_path, reviewer="(unauthenticated, loopback)")
     assert main(["review-sr", str(run), "--db", str(run), "--out", str(tmp_path / "o"),
                  "--organization", "General Hospital"]) == 0
     printed = capsys.readouterr().out

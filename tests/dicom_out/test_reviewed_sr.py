@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import highdicom as hd
@@ -17,6 +18,7 @@ from medassist.dicom_out.results import SourceIndex
 from medassist.dicom_out.reviewed_sr import (
     REVIEWED_SR_SERIES_NUMBER,
     build_reviewed_sr,
+    character_set,
     decision_tracking_uid,
     dicom_datetime,
 )
@@ -77,6 +79,16 @@ def _algorithm_names(item) -> list[str]:
             if c.ValueType == "TEXT" and c.ConceptNameCodeSequence[0].CodeValue == "111001"]
 
 
+def _comments(sr) -> list:
+    """The DCM 121106 Comment items anywhere in an SR's content tree."""
+    found = []
+    for item in sr.ContentSequence:
+        found.extend(_comments(item) if "ContentSequence" in item else [])
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106":
+            found.append(item)
+    return found
+
+
 def _checked_common(sr, ai_sr: pydicom.Dataset, header: pydicom.Dataset, path: Path) -> None:
     """What every reviewed SR carries: a new instance in the study, its own series, the predecessor,
     COMPLETE and VERIFIED by the reviewer, the person and the device as observers, valid."""
@@ -122,6 +134,7 @@ def test_accepted_finding_is_kept_with_the_ai_measurements_and_location(tmp_path
     assert _evaluations(group) == {"125605004": "52101004", "MA-REVIEW": "MA-ACCEPTED"}  # Present, accepted
     rois = sr.content.get_planar_roi_measurement_groups()  # the AI's saliency peak and region, kept
     assert sorted(r.roi.graphic_type.value for r in rois) == ["POINT", "POLYLINE"]
+    assert _comments(sr) == []  # no comment given, no Comment item
     # The same decision again gives the same instance.
     again = build_reviewed_sr(ai_sr=ai_sr, decision=decision, verifying_organization="General Hospital")
     assert again.SOPInstanceUID == sr.SOPInstanceUID
@@ -209,3 +222,77 @@ def test_refused_without_a_named_reviewer_an_organization_or_the_finding(tmp_pat
     with pytest.raises(MedassistError, match="no measurement group"):
         build_reviewed_sr(ai_sr=ai_sr, decision=_decide(tmp_path, other, "accept"),
                           verifying_organization="General Hospital")
+
+
+def test_reviewer_comment_is_a_text_item_of_the_finding_group_and_never_logged(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    row, header, ai_sr = _dx_ai_sr(tmp_path)
+    decision = _decide(tmp_path, row, "reject", comment="  old healed fracture,\tnothing acute\r\nno follow-up\n")
+    sr = _round_trip(build_reviewed_sr(ai_sr=ai_sr, decision=decision, verifying_organization="General Hospital"),
+                     tmp_path / "comment.dcm")
+    _checked_common(sr, ai_sr, header, tmp_path / "comment.dcm")
+    [group] = sr.content.get_image_measurement_groups()
+    [comment] = [item for item in group[0].ContentSequence if item.ValueType == "TEXT"
+                 and item.ConceptNameCodeSequence[0].CodeValue == "121106"]  # in the finding's TID 1501 group
+    assert _comments(sr) == [comment]
+    code = comment.ConceptNameCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("121106", "DCM", "Comment")
+    assert comment.RelationshipType == "CONTAINS"
+    assert comment.TextValue == "old healed fracture, nothing acute\r\nno follow-up"  # tab to space, ends stripped
+    assert _evaluations(group) == {"125605004": "272519000", "MA-REVIEW": "MA-REJECTED"}
+    assert "healed" not in caplog.text
+    blank = _decide(tmp_path, row, "reject", comment=" \t ")
+    sr = build_reviewed_sr(ai_sr=ai_sr, decision=blank, verifying_organization="General Hospital")
+    assert _comments(sr) == []
+
+
+def test_character_set_is_latin_1_when_all_text_fits_it_else_utf_8():
+    assert character_set([]) == "ISO_IR 100"
+    assert character_set(["SAMPLE^FRAC01", "Befund unverändert, Zürich", "ÿ"]) == "ISO_IR 100"
+    assert character_set(["SAMPLE^FRAC01", "fracture → none"]) == "ISO_IR 192"
+    assert character_set(["骨折なし"]) == "ISO_IR 192"
+    assert character_set(["€"]) == "ISO_IR 192"  # not in ISO 8859-1
+
+
+def test_latin_1_comment_keeps_iso_ir_100(tmp_path):
+    row, header, ai_sr = _dx_ai_sr(tmp_path)
+    assert ai_sr.SpecificCharacterSet == "ISO_IR 100"
+    decision = _decide(tmp_path, row, "reject", comment="Befund unverändert")
+    path = tmp_path / "latin1.dcm"
+    sr = _round_trip(build_reviewed_sr(ai_sr=ai_sr, decision=decision, verifying_organization="General Hospital"),
+                     path)
+    _checked_common(sr, ai_sr, header, path)  # both validators: no problem at all
+    assert sr.SpecificCharacterSet == "ISO_IR 100"
+    assert "Befund unverändert".encode("latin-1") in path.read_bytes()
+    assert [c.TextValue for c in _comments(sr)] == ["Befund unverändert"]
+
+
+def test_comment_beyond_latin_1_switches_to_utf_8(tmp_path):
+    row, header, ai_sr = _dx_ai_sr(tmp_path)
+    text = "fracture → pneumothorax; 気胸あり"
+    decision = _decide(tmp_path, row, "reject", comment=text)
+    path = tmp_path / "utf8.dcm"
+    sr = _round_trip(build_reviewed_sr(ai_sr=ai_sr, decision=decision, verifying_organization="General Hospital"),
+                     path)
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+    assert text.encode("utf-8") in path.read_bytes()
+    assert [c.TextValue for c in _comments(sr)] == [text]
+    assert sr.PatientName == header.PatientName and sr.VerificationFlag == "VERIFIED"
+    # dcmtk's VR checker does not check UTF-8 text and says so; that one warning is accepted here only.
+    problems = validator_problems(path)
+    if "dsrdump" in problems:
+        problems["dsrdump"] = [p for p in problems["dsrdump"]
+                               if p != "W: The VR checker does not support this Specific Character Set: ISO_IR 192"]
+    assert all(v == [] for v in problems.values()), problems
+
+
+def test_patient_name_beyond_latin_1_switches_to_utf_8_without_a_comment(tmp_path):
+    row, _, ai_sr = _dx_ai_sr(tmp_path)
+    ai_sr.SpecificCharacterSet = "ISO_IR 192"
+    ai_sr.PatientName = "山田^太郎"
+    decision = _decide(tmp_path, row, "accept")
+    path = tmp_path / "name.dcm"
+    sr = _round_trip(build_reviewed_sr(ai_sr=ai_sr, decision=decision, verifying_organization="General Hospital"),
+                     path)
+    assert sr.SpecificCharacterSet == "ISO_IR 192" and str(sr.PatientName) == "山田^太郎"
+    assert "山田^太郎".encode("utf-8") in path.read_bytes()
