@@ -135,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     triage.add_argument("--quiet", action="store_true", help="no progress bar")
     triage.add_argument("--explain", choices=("flagged", "all", "none"), default="flagged",
                         help="which findings get a saliency map (default: flagged)")
-    triage.add_argument("--explain-method", choices=("gradcam", "integrated_gradients", "occlusion"),
-                        default="gradcam", help="saliency method (default: gradcam, the cheapest)")
+    triage.add_argument("--explain-method", choices=("gradcam", "cell_probability", "integrated_gradients", "occlusion"),
+                        default=None, help="saliency method (default: each model's own, its spec's saliency_method: "
+                        "cell_probability for fracture_xray, gradcam for tumor_mri)")
     triage.add_argument("--series-timeout", type=non_negative_seconds, default=None, metavar="S",
                         help="seconds one series may spend decoding before it becomes an error row; "
                         "0: no limit (default: 120)")

@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from medassist.atomic import write_atomic
-    from medassist.models.fracture_external import prepare_external, read_external, score_inputs
-    from medassist.models.registry import choose_device, load_named_or_file
+    from medassist.metrics import metrics_with_ci
+    from medassist.models.fracture_external import REGION_BODY_PARTS, prepare_external, read_external, score_inputs
+    from medassist.models.registry import body_part_miss, choose_device, load_named_or_file
     from medassist.models.train import ExternalInputs, external_report
 
     args = parse_args(argv)
@@ -55,6 +56,16 @@ def main(argv: list[str] | None = None) -> int:
               "n_images": len(records), "n_fractured": int(external.labels.sum()),
               "measured": "after training, on the shipped weights (scripts/fracture_external_validation.py)",
               "regions": external_report(external, scores, spec.threshold)}
+    # scope: regions the model answers "not applicable" for, and the figures on the rest (the
+    # unannotated images, region unknown, stay in as negatives)
+    out_of_scope = {region: why for region, part in REGION_BODY_PARTS.items()
+                    if (why := body_part_miss(spec, part))}
+    in_scope = [region for region in REGION_BODY_PARTS if region not in out_of_scope]
+    keep = np.array([r.fractured == 0 or all(p in in_scope for p in r.region.split("+")) for r in records])
+    if out_of_scope and keep.any():
+        report["regions"][f"in scope ({', '.join(in_scope)})"] = metrics_with_ci(
+            external.labels[keep], scores[keep], spec.threshold, n_resamples=300)
+        report["out_of_scope"] = out_of_scope
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out, json.dumps(report, indent=1) + "\n")
     for region, m in report["regions"].items():

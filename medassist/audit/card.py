@@ -978,6 +978,16 @@ def _review_blocks(review: dict | None, chain: list[str] | None) -> list[tuple]:
     return out
 
 
+# the pointing games that count a peak near the annotation as a hit, and how near
+TOLERANT_POINTING = {"pointing_game_tolerant": "within 15 px", "pointing_game_side": "within 5% of the side"}
+
+
+def _tolerant_cells(pg: dict | None) -> list:
+    pg = pg or {}
+    return [_ci(pg.get("hit_rate"), pg.get("ci95")), _f(pg.get("baseline_random_peak")),
+            _f(pg.get("baseline_centre_peak"))]
+
+
 def _localisation_blocks(loc: dict | None) -> list[tuple]:
     out: list[tuple] = [("h", 3, "Saliency localisation")]
     if loc is None:
@@ -1003,6 +1013,11 @@ def _localisation_blocks(loc: dict | None) -> list[tuple]:
                               "Energy inside", "Uniform-map baseline",
                               *(["Uniform map in support"] if in_support else [])],
                     rows))
+    tolerant = [[name, *(cell for key in TOLERANT_POINTING for cell in _tolerant_cells(m.get(key)))]
+                for name, m in methods.items() if any(m.get(key) for key in TOLERANT_POINTING)]
+    if tolerant:
+        out.append(("table", ["Method", *(h for key in TOLERANT_POINTING for h in (
+            f"Hit rate, {TOLERANT_POINTING[key]}", "Random-peak baseline", "Centre-peak baseline"))], tolerant))
     group_rows = [[name, group, g.get("n_images"), _ci((g.get("pointing_game") or {}).get("hit_rate"),
                                                         (g.get("pointing_game") or {}).get("ci95")),
                    _f((g.get("pointing_game") or {}).get("baseline_centre_peak")),

@@ -1,7 +1,8 @@
 """Saliency maps for a finding (Captum), in the network-input frame and in the source geometry.
 
-Three methods, all attributing the finding's logit (the logit of the spec's ``score_head``; see
-``medassist.models.heads.score_logit`` for what it is under each head):
+Three Captum methods attribute the finding's logit (the logit of the spec's ``score_head``; see
+``medassist.models.heads.score_logit`` for what it is under each head), and a fourth map is the
+network's own localising output:
 
 * ``gradcam`` (default, cheap): ``LayerGradCam`` on ``network.target_layer``, ReLU, upsampled
   bilinearly to the input size with ``LayerAttribution.interpolate``. The parameters are frozen
@@ -9,6 +10,12 @@ Three methods, all attributing the finding's logit (the logit of the spec's ``sc
   the backward pass runs from the logit to the target layer's output only (pool + linear).
   Given the target layer's output from the scoring pass (``features=``), the forward pass is
   the heads only as well (``FindingFromFeatures``): the same map at a small fraction of the cost.
+* ``cell_probability``: the cell head's finding probability per cell (the head that the training
+  masks supervise, e.g. FracAtlas's fracture polygons), upsampled bilinearly like GradCAM; from the
+  scoring pass's feature map it costs the heads only. Not an attribution: where the model says the
+  finding is, which is what its ``cell_max`` and ``mean`` scores read. The fracture model's map
+  (its spec's ``saliency_method``): its peak lands on the fracture more often than GradCAM's
+  (``benchmarks/fracture_localisation_maps.py``).
 * ``integrated_gradients``: zero (black) baseline, ``n_steps`` Gauss-Legendre steps, evaluated
   ``internal_batch_size`` at a time so memory stays bounded.
 * ``occlusion``: a zero patch of ``window`` pixels slid by ``stride``; attribution is the drop in
@@ -32,8 +39,17 @@ from medassist.models.heads import parse_score_head, score_logit
 from medassist.models.registry import LoadedModel
 from medassist.preprocess.transforms import Letterbox
 
-METHODS = ("gradcam", "integrated_gradients", "occlusion")
+METHODS = ("gradcam", "cell_probability", "integrated_gradients", "occlusion")
 DEFAULT_METHOD = "gradcam"
+
+
+def method_for(spec, requested: str | None = None) -> str:
+    """The saliency method for a model: ``requested`` when given, else the spec's own
+    (``ModelSpec.saliency_method``); an unknown name raises ValueError."""
+    method = requested or spec.saliency_method
+    if method not in METHODS:
+        raise ValueError(f"unknown saliency method {method!r}; known: {', '.join(METHODS)}")
+    return method
 
 # Defaults sized for a 448 input on a CPU.
 IG_STEPS = 32
@@ -131,7 +147,8 @@ def saliency_map(
     ``inputs``: (N, 1, S, S) as ``prepare_2d`` makes them (stacked), on any device.
     Returns (N, S, S) float32, non-negative, in the network-input (letterboxed) frame.
     ``n_steps``/``internal_batch_size`` apply to integrated gradients, ``window``/``stride``/
-    ``perturbations_per_eval`` to occlusion. ``rectify=False`` keeps the sign (evidence against
+    ``perturbations_per_eval`` to occlusion; ``features`` serves GradCAM and ``cell_probability``.
+    ``rectify=False`` keeps the sign (evidence against
     the finding is negative); only the sanity checks want that. ``features``: the target layer's
     output for these inputs from the scoring pass (``LoadedModel.scores_and_features``); GradCAM
     then runs on the heads only, which costs a small fraction of a forward pass.
@@ -144,7 +161,10 @@ def saliency_map(
     size = x.shape[-1]
     forward = FindingLogit(network, model.spec.score_head)
     with frozen(network):
-        if method == "gradcam" and features is not None:
+        if method == "cell_probability":
+            attr = _cell_probability(network, x if features is None else features.to(model.device),
+                                     from_features=features is not None)
+        elif method == "gradcam" and features is not None:
             attr = _gradcam_from_features(network, model.spec.score_head, features.to(model.device), rectify)
         elif method == "gradcam":
             attr = _gradcam(forward, network, x, rectify)
@@ -185,6 +205,15 @@ def _gradcam_from_features(network: nn.Module, score_head: str, feats: torch.Ten
     heads = FindingFromFeatures(network, score_head)
     cam = LayerGradCam(heads, heads.feature_map)
     return cam.attribute(feats.detach().float(), target=0, relu_attributions=rectify)
+
+
+def _cell_probability(network: nn.Module, x: torch.Tensor, *, from_features: bool = False) -> torch.Tensor:
+    """The cell head's probabilities (N, 1, h, w), from the inputs (or, ``from_features``, from
+    their feature map at the target layer)."""
+    with torch.no_grad():
+        feats = x.float() if from_features else network.features(x)
+        _, cells = network.heads(feats)
+        return torch.sigmoid(cells.float())
 
 
 def _integrated_gradients(forward: nn.Module, x: torch.Tensor, n_steps: int, internal_batch_size: int) -> torch.Tensor:

@@ -25,6 +25,9 @@ from medassist.preprocess.transforms import prepare_2d
 
 # class 4 ("humerus") is an anatomy box, not a fracture: it is not a fracture region
 FRACTURE_REGIONS = {0: "elbow", 1: "fingers", 2: "forearm", 3: "humerus", 5: "shoulder", 6: "wrist"}
+# each region's DICOM Body Part Examined, as a model's scope names it
+REGION_BODY_PARTS = {"elbow": "ELBOW", "fingers": "FINGER", "forearm": "FOREARM", "humerus": "HUMERUS",
+                     "shoulder": "SHOULDER", "wrist": "WRIST"}
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,15 @@ def models_for(series: Series, specs: list[ModelSpec]) -> list[ModelSpec]:
 
 def scope_miss(spec: ModelSpec, series: Series) -> str | None:
     """Why ``spec`` does not cover this series (None when it does)."""
-    modality, body = series.modality.upper(), series.body_part.upper()
+    modality = series.modality.upper()
     if modality not in spec.modalities:
         return f"{spec.name} reads {'/'.join(spec.modalities)}, not {modality or 'an unknown modality'}"
+    return body_part_miss(spec, series.body_part)
+
+
+def body_part_miss(spec: ModelSpec, body_part: str) -> str | None:
+    """Why ``spec`` does not cover this body part (None when it does): excluded, or outside its list."""
+    body = body_part.upper()
     if body and body in spec.excluded_body_parts:
         return f"{spec.name} was not trained or validated on {body}"
     if spec.body_parts and body not in spec.body_parts:

@@ -8,7 +8,7 @@ once and commit this file with the new weights (tests/models/test_integrity.py f
 
 # name: (version, spec sha256, weights sha256)
 RELEASED: dict[str, tuple[str, str, str]] = {
-    "fracture_xray": ("1.1.0", "10236667474acadc3fce2b2bdd0e2faba2d167254106e950fa50ab193d849be5",
+    "fracture_xray": ("1.1.1", "79777c2f74365046af6a7108a23d52ca3b8aa9f1bf1500abee45f2dee2fae4b5",
         "d121e3115de7e289532b2b2a9d64daa998052f963d8358cb197cf2c439269063"),
     "tumor_mri": ("2.1.0", "c1b6d3495b59f6684c6e496dd9eb2b12f163d01c93ab1d1065790c149ab7b507",
         "5be93d75aa488b5e6386591665147c04f3f80a96f32e0d3c2f82174dcc45701e"),

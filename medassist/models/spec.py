@@ -54,6 +54,9 @@ class ModelSpec:
 
     ``score_head``: which output is the score ("image", "cell_max" or "mean" of the two; see
     ``medassist.models.heads``).
+    ``saliency_method``: the map triage writes for a finding unless told otherwise (one of
+    ``medassist.explain.saliency.METHODS``: "gradcam", "cell_probability", ...), chosen per model
+    by where its peak lands on the validation masks.
     ``input_kind``: "image2d" (one input per radiograph) or "volume" (scored slice by slice and
     aggregated to one study score, see ``medassist.models.tumor.score_volume``).
     """
@@ -72,6 +75,7 @@ class ModelSpec:
     body_parts: tuple[str, ...] = ()
     excluded_body_parts: tuple[str, ...] = ()
     score_head: str = "image"
+    saliency_method: str = "gradcam"
     input_kind: str = InputKind.IMAGE2D.value
     training_data: str = ""
     licence: str = ""
@@ -144,6 +148,7 @@ def spec_problems(spec: ModelSpec) -> list[str]:
         (isinstance(pre.equalize, bool), "preprocess.equalize is not true or false"),
         (bool(spec.modalities) and all(isinstance(m, str) and m for m in spec.modalities), "modalities are empty"),
         (spec.score_head in SCORE_HEADS, f"score_head {spec.score_head!r} is not one of {', '.join(SCORE_HEADS)}"),
+        (is_name(spec.saliency_method), f"saliency_method {spec.saliency_method!r} is not a method name"),
         (spec.input_kind in INPUT_KINDS, f"input_kind {spec.input_kind!r} is not one of {', '.join(INPUT_KINDS)}"),
         (isinstance(spec.validation, dict), "validation is not an object"),
     ]

@@ -103,6 +103,7 @@ def write_shipped_model(config: dict, net: nn.Module, pre: PreprocessSpec, *, th
         body_parts=tuple(config["scope"].get("body_parts", [])),
         excluded_body_parts=tuple(config["scope"].get("excluded_body_parts", [])),
         score_head=score_head,
+        saliency_method=config.get("saliency_method", "gradcam"),
         input_kind=config.get("input_kind", InputKind.IMAGE2D.value),
         training_data=config["provenance"]["training_data"],
         licence=config["provenance"]["licence"],

@@ -53,10 +53,11 @@ class TriageOptions:
     or 0: no limit)."""
 
     explain: str = "flagged"
-    explain_method: str = "gradcam"
+    explain_method: str | None = None
     """Saliency. ``explain``: which findings get a saliency map, "flagged", "all" or "none"
     (written under OUT/saliency/, its path relative to OUT in the ``saliency_path`` column).
-    ``explain_method``: the saliency method ("gradcam", "integrated_gradients", "occlusion")."""
+    ``explain_method``: the saliency method (one of ``explain.saliency.METHODS``); None: each
+    model's own (``ModelSpec.saliency_method``, see ``explain.saliency.method_for``)."""
 
     progress: bool = True
     checkpoint_every: int = 50

@@ -230,7 +230,7 @@ class StageOptions:
     batch_size: int
     out_dir: str  # absolute
     explain: str
-    explain_method: str
+    explain_method: str | None  # None: each model's own
     series_timeout: float | None
     cwd: str  # the driver's working directory, against which relative input paths resolve
 

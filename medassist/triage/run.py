@@ -471,10 +471,11 @@ def wants_saliency(explain: str, spec: ModelSpec, score: float | None) -> bool:
 
 
 def explain_job(
-    model: LoadedModel, job: Job, inputs: torch.Tensor | None, slices: tuple[int, ...], out_dir: Path, method: str,
-    *, features: torch.Tensor | None = None,
+    model: LoadedModel, job: Job, inputs: torch.Tensor | None, slices: tuple[int, ...], out_dir: Path,
+    method: str | None, *, features: torch.Tensor | None = None,
 ) -> str:
     """Write the saliency map of a job's (first reported) slice; its path relative to ``out_dir``.
+    ``method`` None: the model's own (``explain.saliency.method_for``).
 
     ``features``: the job's last feature map from the scoring pass; GradCAM then needs no second
     pass through the backbone.
@@ -483,7 +484,9 @@ def explain_job(
     source geometry. A failure is logged and leaves the finding without a map: the score stands.
     """
     from medassist.explain import explain_and_write, saliency_stem
+    from medassist.explain.saliency import method_for
 
+    method = method_for(model.spec, method)
     family = family_for(model.spec)
     if family.volumetric:
         return explain_volume_job(model, job, slices, out_dir, method)

@@ -29,18 +29,18 @@ def test_accepted_site_lowers_the_threshold_and_writes_a_signed_loadable_models_
     assert status == 0, captured.err
     assert "left out 17 decision(s)" in captured.err and "12 another version of fracture_xray (1.0.0)" in captured.err
     assert "5 another model" in captured.err
-    assert "1.1.0 -> 1.1.0+site.1" in captured.out
+    assert "1.1.1 -> 1.1.1+site.1" in captured.out
 
     [spec] = shipped_specs(out)  # the registry reads it: signature verified under the site key
     released = site.RELEASED
-    assert spec.version == "1.1.0+site.1"
+    assert spec.version == "1.1.1+site.1"
     assert 0.2 < spec.threshold < released.threshold - 0.05  # the released threshold was too high here
     assert spec.sha256 == released.sha256 and spec.weights == released.weights
     assert (out / spec.weights).read_bytes() == (WEIGHTS_DIR / released.weights).read_bytes()
     assert load_model(spec, torch.device("cpu"), out).spec.version == spec.version  # weights' sha256 checked
 
     record = spec.validation["adaptation"]
-    assert record["from_version"] == "1.1.0" and len(record["protocol"]["sha256"]) == 64
+    assert record["from_version"] == "1.1.1" and len(record["protocol"]["sha256"]) == 64
     assert record["changed"]["threshold"] == {"from": released.threshold, "to": spec.threshold}
     assert record["counts"]["all"]["n"] == 300 and record["counts"]["n_dropped"] == 17
     acc = record["acceptance"]
@@ -61,7 +61,7 @@ def test_accepted_site_lowers_the_threshold_and_writes_a_signed_loadable_models_
     assert "**Accepted**" in card and f"{spec.threshold:.4f}" in card and "1.0.0" in card
 
     assert main(["models", "--models-dir", str(out)]) == 0
-    assert "1.1.0+site.1" in capsys.readouterr().out
+    assert "1.1.1+site.1" in capsys.readouterr().out
 
 
 def test_injected_disagreement_fails_a_criterion_exit_3_and_nothing_written(site, tmp_path, capsys):
@@ -129,6 +129,6 @@ def test_adapting_a_site_version_again_numbers_it_site_2(site, tmp_path):
     lower = site.site_cases(300, seed=7, positives=(0.12, 0.8), negatives=(0.0, 0.2))  # still too high here
     db2 = site.write_history(tmp_path / "run2", lower, prefix="b", version=spec.version, threshold=spec.threshold)
     result = run_adapt("fracture_xray", [db2], tmp_path / "site-2", weights_dir=first)
-    assert result.version == "1.1.0+site.2" and result.fit.threshold < spec.threshold
+    assert result.version == "1.1.1+site.2" and result.fit.threshold < spec.threshold
     again = shipped_specs(tmp_path / "site-2")[0]
-    assert again.validation["adaptation"]["previous_adaptation"]["from_version"] == "1.1.0"
+    assert again.validation["adaptation"]["previous_adaptation"]["from_version"] == "1.1.1"

@@ -24,7 +24,7 @@ def test_triage_with_the_adapted_models_dir_flags_at_the_adapted_threshold(adapt
     assert main(["triage", str(SAMPLE_DX), "--out", str(out), "--models-dir", str(adapted), "--explain", "none",
                  "--quiet", "--device", "cpu"]) == 0
     [row] = [r for r in read_worklist(out) if r.is_finding]
-    assert (row.model, row.model_version, row.threshold) == ("fracture_xray", "1.1.0+site.1", spec.threshold)
+    assert (row.model, row.model_version, row.threshold) == ("fracture_xray", "1.1.1+site.1", spec.threshold)
     assert row.flagged == (row.score >= spec.threshold)
 
 

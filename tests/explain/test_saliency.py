@@ -201,3 +201,45 @@ def test_frozen_restores_training_mode_and_flags():
     assert net.training
     assert not first.requires_grad
     assert sum(p.requires_grad for p in net.parameters()) == len(list(net.parameters())) - 1
+
+
+def test_cell_probability_is_the_cell_heads_own_map_upsampled_and_the_same_from_features():
+    from torch.nn import functional as F
+
+    model = dev_model(input_size=128, seed=5)
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        cells = torch.sigmoid(model.network.forward_all(x)[1])
+    expected = F.interpolate(cells, size=(128, 128), mode="bilinear", align_corners=False)[:, 0].numpy()
+    full = saliency_map(model, x, method="cell_probability")
+    _, features = model.scores_and_features(x)
+    cheap = saliency_map(model, x, method="cell_probability", features=features)
+    np.testing.assert_allclose(full, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(cheap, full, rtol=1e-4, atol=1e-6)
+    assert (full > 0).all() and (full < 1).all()  # probabilities, not rectified logits
+    # the map's peak is the most probable cell: where a reader is pointed
+    peak_cell = np.unravel_index(int(cells[0, 0].argmax()), cells.shape[-2:])
+    peak = np.unravel_index(int(full[0].argmax()), full.shape[1:])
+    cell_px = 128 // cells.shape[-1]
+    assert abs(peak[0] // cell_px - peak_cell[0]) <= 1 and abs(peak[1] // cell_px - peak_cell[1]) <= 1
+
+
+def test_method_for_takes_the_request_else_the_specs_own_and_refuses_unknown_names():
+    import dataclasses
+
+    from medassist.explain.saliency import method_for
+
+    spec = dev_model(input_size=128).spec
+    assert method_for(spec) == "gradcam"  # the spec default
+    pointing = dataclasses.replace(spec, saliency_method="cell_probability")
+    assert method_for(pointing) == "cell_probability"
+    assert method_for(pointing, "occlusion") == "occlusion"
+    with pytest.raises(ValueError, match="unknown saliency method 'lime'"):
+        method_for(dataclasses.replace(spec, saliency_method="lime"))
+
+
+def test_the_shipped_fracture_model_points_with_its_cell_head():
+    from medassist.models.registry import spec_by_name
+
+    assert spec_by_name("fracture_xray").saliency_method == "cell_probability"
+    assert spec_by_name("tumor_mri").saliency_method == "gradcam"

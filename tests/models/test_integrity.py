@@ -89,7 +89,7 @@ def test_an_edited_threshold_of_0_99_is_refused_by_the_pin(shipped_copy):
     edit_spec(shipped_copy / "fracture_xray.json", threshold=0.99)
     pin = released()["fracture_xray"]
     with pytest.raises(MedassistError, match=rf"fracture_xray.json: sha256 [0-9a-f]{{16}}\.\.\. is not the released "
-                                             rf"fracture_xray 1.1.0 \({pin.spec_sha256[:16]}\.\.\.\)"):
+                                             rf"fracture_xray 1.1.1 \({pin.spec_sha256[:16]}\.\.\.\)"):
         spec_by_name("fracture_xray", shipped_copy)
 
 
@@ -107,7 +107,7 @@ def test_shipped_weights_that_are_not_the_released_ones_are_refused(shipped_copy
     spec = spec_by_name("fracture_xray", shipped_copy)
     (shipped_copy / "fracture_xray.pt").write_bytes(b"\0" * 64)
     with pytest.raises(MedassistError, match=r"fracture_xray.pt: sha256 .* does not match the released "
-                                             r"fracture_xray 1.1.0 d121e3115de7e289"):
+                                             r"fracture_xray 1.1.1 d121e3115de7e289"):
         load_model(spec, CPU, shipped_copy)
 
 
@@ -129,7 +129,7 @@ def test_a_copy_of_a_released_model_needs_no_signature(tmp_path):
     folder.mkdir()
     for name in ("fracture_xray.json", "fracture_xray.pt"):
         shutil.copy(WEIGHTS_DIR / name, folder / name)
-    assert [s.version for s in shipped_specs(folder)] == ["1.1.0"]
+    assert [s.version for s in shipped_specs(folder)] == ["1.1.1"]
 
 
 def test_pin_models_check_reports_stale_pins(shipped_copy, monkeypatch, capsys):

@@ -31,3 +31,21 @@ def test_anatomy_the_model_never_saw_is_named_in_the_reason():
 
 def test_other_modalities_keep_the_short_reason():
     assert not_applicable_reason(_series("US", ""), [SPEC]) == "no shipped model applies to US / unknown body part"
+
+
+def test_body_part_miss_matches_scope_miss_and_ignores_case():
+    from medassist.models.registry import body_part_miss
+
+    assert body_part_miss(SPEC, "hand") is None and body_part_miss(SPEC, "") is None
+    assert body_part_miss(SPEC, "chest") == "fracture_xray was not trained or validated on CHEST"
+    assert body_part_miss(SPEC, "SPINE") == scope_miss(SPEC, _series("DX", "SPINE"))
+
+
+def test_the_shipped_fracture_model_answers_upper_arm_and_elbow_not_applicable():
+    from medassist.models.registry import spec_by_name
+
+    shipped = spec_by_name("fracture_xray")
+    for body in ("ELBOW", "FOREARM", "HUMERUS", "ARM"):
+        assert f"not trained or validated on {body}" in not_applicable_reason(_series("DX", body), [shipped])
+    for body in ("HAND", "WRIST", "FINGER", "SHOULDER", "KNEE", "HIP", ""):
+        assert applies_to(shipped, _series("CR", body)), body
