@@ -146,11 +146,16 @@ def load_pixels(data: Path, image_id: str, label: int) -> np.ndarray:
     path = data / "fracatlas" / "images" / folder / f"{image_id}.jpg"
     if not path.is_file():
         raise SystemExit(f"{path}: missing (label in dataset.csv and image folder disagree?)")
+    return grey_pixels(path)
+
+
+def grey_pixels(path: Path, max_side: int | None = MAX_SIDE) -> np.ndarray:
+    """A JPEG as 8-bit grey, long side at most ``max_side`` (None: the source size)."""
     with Image.open(path) as im:
         im = im.convert("L")  # grey content stored as RGB in most files; ITU-R 601 luma
         w, h = im.size
-        if max(w, h) > MAX_SIDE:
-            s = MAX_SIDE / max(w, h)
+        if max_side is not None and max(w, h) > max_side:
+            s = max_side / max(w, h)
             im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
         return np.asarray(im, dtype=np.uint8).copy()
 
