@@ -94,6 +94,21 @@ def test_inference_does_not_import_training(module):
     assert sorted(m for m in imported_modules(path) if any(within(m, t) for t in INFERENCE_APART[module])) == []
 
 
+# model card: statistics -> card dict -> layout (typed blocks) -> renderers; none reaches up
+CARD_APART = {
+    "medassist.audit.card_analysis": ("medassist.audit.card", "medassist.audit.card_layout",
+                                      "medassist.audit.card_render"),
+    "medassist.audit.card": ("medassist.audit.card_layout", "medassist.audit.card_render"),
+    "medassist.audit.card_layout": ("medassist.audit.card_render",),
+}
+
+
+@pytest.mark.parametrize("module", sorted(CARD_APART))
+def test_card_layers_do_not_reach_up(module):
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    assert sorted(m for m in imported_modules(path) if any(within(m, t) for t in CARD_APART[module])) == []
+
+
 def test_the_walker_sees_imports_inside_functions_and_relative_ones(tmp_path, monkeypatch):
     pkg = tmp_path / "medassist" / "models"
     pkg.mkdir(parents=True)

@@ -19,15 +19,13 @@ from medassist.audit.agreement import review_agreement, verify_review_log
 from medassist.audit.card import (
     REPO_ROOT,
     TEMPLATE_DIRS,
-    AuditOptions,
-    analyse,
     build_card,
     card_json,
     load_narrative,
-    render_html,
-    render_markdown,
     sanitise,
 )
+from medassist.audit.card_analysis import AuditOptions, analyse
+from medassist.audit.card_render import render_html, render_markdown
 from medassist.audit.evaluation import (
     EvalSet,
     eval_from_brain_tumor,

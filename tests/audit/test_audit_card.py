@@ -14,7 +14,8 @@ from PIL import Image as PILImage
 from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc_auc_score, roc_curve
 
 from medassist.audit import run_audit, verify_review_log
-from medassist.audit.card import SECTIONS, AuditOptions
+from medassist.audit.card import SECTIONS
+from medassist.audit.card_analysis import AuditOptions
 from medassist.audit.evaluation import find_fracatlas
 from medassist.errors import MedassistError
 
@@ -246,7 +247,7 @@ def test_argument_errors(tmp_path, shipped):
 
 
 def test_label_shortcut_risks_flag_a_factor_that_determines_the_label():
-    from medassist.audit.card import label_shortcut_risks
+    from medassist.audit.card_analysis import label_shortcut_risks
     from medassist.audit.evaluation import EvalSet
 
     rng = np.random.default_rng(0)
@@ -283,7 +284,8 @@ def test_unreadable_images_are_left_out_with_their_labels(tmp_path, shipped):
 def test_external_validation_section_shows_the_other_source_figures(tmp_path):
     import dataclasses
 
-    from medassist.audit.card import build_card, render_markdown
+    from medassist.audit.card import build_card
+    from medassist.audit.card_render import render_markdown
     from medassist.metrics import metrics_with_ci
 
     spec = make_shipped_model(tmp_path / "weights")
@@ -303,7 +305,8 @@ def test_external_validation_section_shows_the_other_source_figures(tmp_path):
 
 
 def test_external_figures_measured_after_training_fill_the_section(tmp_path):
-    from medassist.audit.card import build_card, render_markdown
+    from medassist.audit.card import build_card
+    from medassist.audit.card_render import render_markdown
     from medassist.metrics import metrics_with_ci
 
     spec = make_shipped_model(tmp_path / "weights")

@@ -25,7 +25,8 @@ from medassist.families import family_for
 from medassist.families.brain_mr import BrainMRFamily
 from medassist.families.radiograph import RadiographFamily
 from medassist.audit import evaluation as E
-from medassist.audit.card import SECTIONS, AuditOptions
+from medassist.audit.card import SECTIONS
+from medassist.audit.card_analysis import AuditOptions
 from medassist.metrics import categorical_accuracy_with_ci
 from medassist.ingest.images import load_jpeg_grayscale
 from medassist.models import tumor, tumor_train
