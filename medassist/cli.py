@@ -49,6 +49,8 @@ EXIT_RESULTS_FAILED = 3
 
 # review-sr: the verifying organization when --organization is not given
 ORGANIZATION_ENV = "MEDASSIST_ORGANIZATION"
+# review-sr --sign-key: the key's password, if it has one (never on the command line)
+SIGN_KEY_PASSWORD_ENV = "MEDASSIST_SIGN_KEY_PASSWORD"
 
 # the choices of triage --runtime and export-model --format (medassist.models.onnx_runtime.RUNTIMES and
 # medassist.models.export.EXPORT_FORMATS, kept equal by tests/test_cli.py): named here so that building the
@@ -289,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         "series, the AI SR as predecessor, VERIFIED by the reviewer (their account name) for --organization, the "
         "finding as the reviewer settled it and a corrected location as an SCOORD POINT. One file per decided "
         "finding, DIR/<study>/SR_<uid>.dcm. Undecided findings and single-user (unauthenticated) decisions are "
-        "skipped and counted. Not digitally signed (no PS3.15 Annex C signature). Exit 3 when some decision "
-        "could not be written (each listed on stderr) or sent.",
+        "skipped and counted. With --sign-key and --sign-cert each SR is digitally signed (PS3.15 Annex C, SHA-256, "
+        "over all its top-level elements); without them it is not signed. Exit 3 when some decision could not be "
+        "written (each listed on stderr) or sent.",
     )
     review_sr.add_argument("run", type=Path, metavar="RUN_DIR", help="a folder written by medassist triage")
     review_sr.add_argument("--db", required=True, type=Path, metavar="DB",
@@ -300,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"the verifying organization the SRs name (default: ${ORGANIZATION_ENV})")
     review_sr.add_argument("--send", metavar="TARGET", help="send the reviewed SRs: a DICOMweb URL (STOW-RS) or "
                            "dicom://AET@host:port (C-STORE)")
+    review_sr.add_argument("--sign-key", type=Path, metavar="KEY.pem",
+                           help="sign each SR with this PEM private key (RSA or EC; its password, if any, from "
+                           f"${SIGN_KEY_PASSWORD_ENV})")
+    review_sr.add_argument("--sign-cert", type=Path, metavar="CERT.pem",
+                           help="with --sign-key: the signer's PEM X.509 certificate, stored in each signature")
     add_pacs_credentials(review_sr)
     add_key_file(review_sr)
     review_sr.add_argument("--anchor", type=Path, metavar="FILE",
@@ -637,12 +645,21 @@ def cmd_review_sr(args: argparse.Namespace) -> int:
     if not organization:
         raise MedassistError(f"review-sr: give --organization NAME (or set {ORGANIZATION_ENV}): the verifying "
                              "organization a verified SR names")
+    if bool(args.sign_key) != bool(args.sign_cert):
+        raise MedassistError("review-sr: --sign-key and --sign-cert go together")
     require_extra("pacs", feature="medassist review-sr")
     from medassist.dicom_out.reviewed_sr import write_reviewed_srs
+    from medassist.dicom_out.signature import Signer
 
+    signer = None
+    if args.sign_key:
+        password = os.environ.get(SIGN_KEY_PASSWORD_ENV)
+        signer = Signer.from_files(args.sign_key, args.sign_cert,
+                                   password.encode("utf-8") if password else None)
     made = write_reviewed_srs(args.run, args.db, args.out, verifying_organization=organization,
-                              key_file=args.key_file, anchor_file=args.anchor)
-    print(f"medassist review-sr: {len(made.written)} reviewed SR(s) written to {args.out}; skipped "
+                              key_file=args.key_file, anchor_file=args.anchor, signer=signer)
+    signed = f", signed by {signer.subject}" if signer is not None else ""
+    print(f"medassist review-sr: {len(made.written)} reviewed SR(s) written to {args.out}{signed}; skipped "
           f"{made.undecided} undecided finding(s) and {made.not_signed_in} decision(s) not made by a signed-in "
           f"reviewer; {len(made.problems)} failed")
     for problem in made.problems:

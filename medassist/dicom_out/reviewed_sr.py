@@ -29,9 +29,14 @@ The comment is free text and may name the patient: it goes into the SR only, nev
 or an error message.
 
 VERIFIED here means only that a named reviewer decided the finding in medassist's review app (a
-signed-in account; single-user decisions are refused). No DICOM Digital Signature (PS3.15 Annex C,
-``DigitalSignaturesSequence``) is added: the SR is not cryptographically signed, and whoever can
-write it could change it. The decision log itself is tamper-evident (``review.store``). The SR stays
+signed-in account; single-user decisions are refused). By default no DICOM Digital Signature is
+added: the SR is not cryptographically signed, and whoever can write it could change it. Given a
+``signer`` (``signature.Signer``: a PEM private key and its X.509 certificate), every SR written is
+signed once complete: a PS3.15 Annex C signature (``DigitalSignaturesSequence``, SHA-256, RSA or
+ECDSA) over all its top-level elements, which ``signature.verify_dataset`` and dcmtk's ``dcmsign
+--verify`` check. The signature says who held the key, not that it is the verifying observer: the
+certificate is not matched against the reviewer's name, and whether it is trusted is for the
+receiver's certificate store. The decision log itself is tamper-evident (``review.store``). The SR stays
 PRELIMINARY, as the AI SR: medassist is not the reporting system of record.
 
 ``write_reviewed_srs(run_dir, db, out_dir, ...)`` does this for every current decision of a triage
@@ -66,6 +71,7 @@ from medassist.datamodel import read_worklist
 from medassist.dicom_out import codes as mcodes
 from medassist.dicom_out.location import FindingLocation
 from medassist.dicom_out.results import DICOM_RESULTS, _safe_name
+from medassist.dicom_out.signature import Signer
 from medassist.dicom_out.sr import DEVICE_UID, MANUFACTURER, SR_SERIES_NUMBER, derived_uid, software_version, tracking_uid
 from medassist.errors import MedassistError
 from medassist.optional import require
@@ -352,9 +358,11 @@ def write_reviewed_srs(
     verifying_organization: str,
     key_file: str | os.PathLike[str] | None = None,
     anchor_file: str | os.PathLike[str] | None = None,
+    signer: Signer | None = None,
 ) -> ReviewedSRs:
     """A reviewed SR per current decision of ``db`` (verified first), from the run's AI SRs
-    (``run_dir/dicom/<study>/SR_*.dcm``); see the module docstring.
+    (``run_dir/dicom/<study>/SR_*.dcm``); see the module docstring. With ``signer`` each is digitally
+    signed before it is written.
 
     A decision with no AI SR holding its finding, or one that cannot be built, is a problem (named
     by file and decision id); the others are written. MedassistError when the worklist, the
@@ -383,6 +391,8 @@ def write_reviewed_srs(
         path, ai_sr = found
         try:
             sr = build_reviewed_sr(ai_sr=ai_sr, decision=decision, verifying_organization=verifying_organization)
+            if signer is not None:
+                signer.sign(sr)  # last: any later change would break the signature
         except (MedassistError, ValueError) as exc:
             report.problems.append(f"{path}: no reviewed SR for decision {decision.id}: {exc}")
             continue
