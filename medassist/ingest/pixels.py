@@ -484,7 +484,10 @@ def apply_window(values: np.ndarray, center: float, width: float, *, function: s
         return np.clip((x - (center - width / 2.0)) / width, 0.0, 1.0).astype(np.float32)
     if width <= 1.0:
         return (x > center - 0.5).astype(np.float32)
-    return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0).astype(np.float32)
+    display = x - (center - 0.5)  # a new float32 array, then scaled in place (a volume is large)
+    display /= width - 1.0
+    display += 0.5
+    return np.clip(display, 0.0, 1.0, out=display)
 
 
 def percentile_scale(values: np.ndarray, percentiles: tuple[float, float] = DISPLAY_PERCENTILES) -> np.ndarray:

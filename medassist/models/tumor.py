@@ -52,7 +52,8 @@ from medassist.models.heads import HeadProbabilities, concatenate, head_probabil
 from medassist.models.spec import ModelSpec, PreprocessSpec
 from medassist.models.splits import block_settings, block_split
 from medassist.preprocess import volume as vol
-from medassist.preprocess.transforms import Letterbox, PercentileScale, prepare_2d
+from medassist.preprocess.morphology import close_square, dilate_square, open_square
+from medassist.preprocess.transforms import Letterbox, PercentileScale, prepare_2d_array
 
 log = logging.getLogger(__name__)
 
@@ -147,29 +148,67 @@ def head_mask(scaled: np.ndarray) -> np.ndarray:
     """The head (or brain, when skull-stripped) in a 0..1 slice: threshold, open, big parts, fill.
 
     Removes background noise, burnt-in text and rulers, which differ between the data sources.
-    Computed on a copy reduced to about 256 pixels (block means), then expanded back.
+    Computed on a copy reduced to about 256 pixels (block means), then expanded back. The square
+    openings, closings and dilations are ndimage's (``preprocess.morphology``, the same pixels).
     """
     rows, cols = scaled.shape
     k = max(1, int(round(max(rows, cols) / 256)))
-    small = scaled[: rows - rows % k, : cols - cols % k]
-    if k > 1:
-        small = small.reshape(small.shape[0] // k, k, small.shape[1] // k, k).mean(axis=(1, 3))
+    small = block_means(scaled[: rows - rows % k, : cols - cols % k], k)
     otsu = vol.otsu_threshold(small)
     mask = small > max(0.04, 0.35 * otsu)
-    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool), iterations=1)
-    labels, n = ndimage.label(mask)
-    if n:
-        areas = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-        keep = np.flatnonzero(areas >= max(0.05 * areas.max(), 0.002 * mask.size)) + 1
-        mask = np.isin(labels, keep)
-        mask = ndimage.binary_closing(mask, structure=np.ones((5, 5), bool), iterations=2)
-        mask = ndimage.binary_fill_holes(mask)
-        mask = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
+    mask = open_square(mask, 3)
+    mask = keep_large_parts(mask)
+    if mask.any():
+        mask = close_square(mask, 5, iterations=2)
+        mask = fill_holes(mask)
+        mask = dilate_square(mask, 3)
     if k > 1:
         mask = np.repeat(np.repeat(mask, k, axis=0), k, axis=1)
     full = np.zeros((rows, cols), dtype=bool)
     full[: mask.shape[0], : mask.shape[1]] = mask
     return full
+
+
+def block_means(image: np.ndarray, k: int) -> np.ndarray:
+    """Means of the k x k blocks of a (rows, cols) float32 image whose sides are multiples of ``k``:
+    ``image.reshape(rows // k, k, cols // k, k).mean(axis=(1, 3))``, the same numbers.
+
+    For k = 2 (a 512-pixel slice) the four values of a block are added as numpy's mean adds them,
+    (top-left + top-right) + (bottom-left + bottom-right), then divided by 4: six times faster
+    than numpy's reduction over two short axes (tests check the two agree to the bit).
+    """
+    if k == 1:
+        return image
+    rows, cols = image.shape
+    blocks = image.reshape(rows // k, k, cols // k, k)
+    if k == 2 and image.dtype == np.float32:
+        top = blocks[:, 0, :, 0] + blocks[:, 0, :, 1]
+        bottom = blocks[:, 1, :, 0] + blocks[:, 1, :, 1]
+        return (top + bottom) / 4
+    return blocks.mean(axis=(1, 3))
+
+
+def keep_large_parts(mask: np.ndarray) -> np.ndarray:
+    """The 4-connected parts of ``mask`` of at least 5% of the largest part's area and 0.2% of the
+    image (all False when the mask is empty)."""
+    labels, n = ndimage.label(mask)
+    if not n:
+        return mask
+    areas = np.bincount(labels.reshape(-1), minlength=n + 1)[1:]
+    keep = np.zeros(n + 1, dtype=bool)  # label 0, the background, is never kept
+    keep[1:] = areas >= max(0.05 * areas.max(), 0.002 * mask.size)
+    return keep[labels]
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes(mask)``: background parts (4-connected, as fill_holes' default
+    structure) that do not touch the image's edge become foreground. One labelling pass instead of
+    fill_holes' dilation repeated until nothing changes (three times faster on a 256 x 256 mask)."""
+    labels, _ = ndimage.label(~mask)
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    filled = np.ones(labels.max() + 1, dtype=bool)  # label 0 (the mask itself) and the holes
+    filled[edge[edge > 0]] = False  # the background reached from the edge
+    return filled[labels]
 
 
 def prepare_slice(image2d: np.ndarray, pre: PreprocessSpec) -> tuple[torch.Tensor, SliceFrame]:
@@ -178,6 +217,13 @@ def prepare_slice(image2d: np.ndarray, pre: PreprocessSpec) -> tuple[torch.Tenso
     Percentile scaling -> head mask (background set to 0) -> crop to the head with a 4% margin ->
     ``prepare_2d`` (percentile scaling again, longest-side resize, centred pad).
     """
+    array, frame = prepare_slice_array(image2d, pre)
+    return torch.from_numpy(array), frame
+
+
+def prepare_slice_array(image2d: np.ndarray, pre: PreprocessSpec) -> tuple[np.ndarray, SliceFrame]:
+    """``prepare_slice`` with the input as a (1, S, S) float32 numpy array (``prepare_volume``
+    stacks them with numpy)."""
     scaled = PercentileScale(*pre.percentiles)(image2d)
     mask = head_mask(scaled)
     rows, cols = scaled.shape
@@ -190,8 +236,8 @@ def prepare_slice(image2d: np.ndarray, pre: PreprocessSpec) -> tuple[torch.Tenso
                 max(0, cc[0] - margin), min(cols, cc[-1] + 1 + margin))
         scaled = scaled * mask
     r0, r1, c0, c1 = crop
-    tensor, letterbox = prepare_2d(scaled[r0:r1, c0:c1], pre)
-    return tensor, SliceFrame(crop, letterbox)
+    array, letterbox = prepare_2d_array(scaled[r0:r1, c0:c1], pre)
+    return array, SliceFrame(crop, letterbox)
 
 
 def box_mask(box: tuple[float, float, float, float], source_shape: tuple[int, int], frame: SliceFrame) -> np.ndarray:
@@ -294,7 +340,7 @@ def prepare_volume(spec: ModelSpec, image, *, axis: int | None = None, batch: in
     n = volume.shape[axis]
     ref = _intensity_reference_or_raise(volume)
     fractions = np.zeros(n)
-    inputs: list[torch.Tensor] = []
+    inputs: list[np.ndarray] = []
     fullest, fullest_fraction = np.zeros((0, 0), np.float32), -1.0  # the slice with most foreground
     for idx, chunk in vol.iter_slices(volume, axis, batch):
         finite = np.isfinite(chunk).all(axis=(1, 2))
@@ -305,12 +351,13 @@ def prepare_volume(spec: ModelSpec, image, *, axis: int | None = None, batch: in
         best = int(np.argmax(fractions[idx]))
         if fractions[idx][best] > fullest_fraction:
             fullest, fullest_fraction = chunk[best].copy(), float(fractions[idx][best])
-        inputs += [prepare_slice(s, spec.preprocess)[0] for s in chunk[fractions[idx] >= settings["min_brain_fraction"]]]
+        inputs += [prepare_slice_array(s, spec.preprocess)[0]
+                   for s in chunk[fractions[idx] >= settings["min_brain_fraction"]]]
     check_brain_found(fullest, fullest_fraction, ref, settings["min_brain_fraction"])
     scored = np.flatnonzero(fractions >= settings["min_brain_fraction"])
     size = spec.preprocess.input_size
     return PreparedVolume(
-        inputs=torch.stack(inputs) if inputs else torch.zeros((0, 1, size, size)),
+        inputs=torch.from_numpy(np.stack(inputs)) if inputs else torch.zeros((0, 1, size, size)),
         scored=scored, fractions=fractions, axis=axis, spacing_mm=float(axes.spacing[axis]),
         stored_index=tuple(axes.source_slice_index(axis, i) for i in range(n)),
     )
