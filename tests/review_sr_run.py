@@ -6,12 +6,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest_orthanc import fake_triage
+from pydicom import Dataset
 
 from medassist.datamodel import WorklistRow, read_worklist
 from medassist.dicom_out.results import write_dicom_results
 from medassist.review.store import open_store
 
 EXPORT = Path(__file__).resolve().parents[1] / "samples" / "export"
+
+
+def assert_predecessor_is(sr: Dataset, ai_sr: Dataset) -> None:
+    """``sr``'s Predecessor Documents Sequence names exactly ``ai_sr`` (study, series, instance)."""
+    [study] = sr.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == ai_sr.StudyInstanceUID
+    [series] = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == ai_sr.SeriesInstanceUID
+    [ref] = series.ReferencedSOPSequence
+    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (ai_sr.SOPClassUID, ai_sr.SOPInstanceUID)
 
 
 def run_with_decision(tmp_path: Path, reviewer: str = "dr.alice",

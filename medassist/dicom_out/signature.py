@@ -69,7 +69,12 @@ _SIGNATURE_ITEM_SIGNED = ("MACIDNumber", "DigitalSignatureUID", "DigitalSignatur
 
 
 class SigningError(ValueError):
-    """A key or certificate that cannot be used: unreadable, wrong password, not matching each other."""
+    """A key or certificate that cannot be used: unreadable, wrong password, not matching each other.
+    ``part`` says which: "key", "certificate" or "pair"."""
+
+    def __init__(self, message: str, part: str = "pair") -> None:
+        super().__init__(message)
+        self.part = part
 
 
 @dataclass(frozen=True)
@@ -94,15 +99,16 @@ def load_signer(private_key_pem: bytes, certificate_pem: bytes, password: bytes 
     try:
         key = serialization.load_pem_private_key(private_key_pem, password=password or None)
     except TypeError as exc:  # a password given for a plain key, or none for an encrypted one
-        raise SigningError(f"private key: {exc}") from exc
+        hint = " (set its password in the environment)" if password is None else ""
+        raise SigningError(f"cannot use the signing key: {exc}{hint}", "key") from exc
     except ValueError as exc:
-        raise SigningError(f"private key: not a readable PEM private key (or a wrong password): {exc}") from exc
+        raise SigningError("not a PEM private key, or a wrong password", "key") from exc
     try:
         cert = x509.load_pem_x509_certificate(certificate_pem)
     except ValueError as exc:
-        raise SigningError(f"certificate: not a readable PEM X.509 certificate: {exc}") from exc
+        raise SigningError("not a PEM X.509 certificate", "certificate") from exc
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-        raise SigningError("private key: only RSA and EC keys can sign a DICOM dataset here")
+        raise SigningError("only RSA and EC keys can sign a DICOM dataset here", "key")
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
         raise SigningError("the private key does not match the certificate's public key")
@@ -134,20 +140,10 @@ class Signer:
         except OSError as exc:
             raise MedassistError(f"{cert_file}: cannot read the signing certificate ({exc.strerror or exc})") from exc
         try:
-            serialization.load_pem_private_key(key_pem, password=password or None)
-        except TypeError as exc:
-            hint = " (set its password in the environment)" if password is None else ""
-            raise MedassistError(f"{key_file}: cannot use the signing key: {exc}{hint}") from exc
-        except ValueError as exc:
-            raise MedassistError(f"{key_file}: not a PEM private key, or a wrong password") from exc
-        try:
-            cert = x509.load_pem_x509_certificate(cert_pem)
-        except ValueError as exc:
-            raise MedassistError(f"{cert_file}: not a PEM X.509 certificate") from exc
-        try:
-            load_signer(key_pem, cert_pem, password)
+            _, cert = load_signer(key_pem, cert_pem, password)
         except SigningError as exc:
-            raise MedassistError(f"{key_file} and {cert_file}: {exc}") from exc
+            named = {"key": f"{key_file}", "certificate": f"{cert_file}"}.get(exc.part, f"{key_file} and {cert_file}")
+            raise MedassistError(f"{named}: {exc}") from exc
         return cls(key_pem, cert_pem, password, cert.subject.rfc4514_string())
 
     def sign(self, ds: Dataset) -> None:

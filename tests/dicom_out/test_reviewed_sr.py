@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_validators import validator_problems
+from review_sr_run import assert_predecessor_is
 
 from medassist.datamodel import WorklistRow
 from medassist.dicom_out.results import SourceIndex
@@ -98,12 +99,7 @@ def _checked_common(sr, ai_sr: pydicom.Dataset, header: pydicom.Dataset, path: P
     assert sr.SeriesInstanceUID not in (ai_sr.SeriesInstanceUID, header.SeriesInstanceUID)
     assert sr.SeriesNumber == REVIEWED_SR_SERIES_NUMBER
     assert sr.PatientID == header.PatientID and sr.PatientName == header.PatientName
-    [study] = sr.PredecessorDocumentsSequence
-    assert study.StudyInstanceUID == ai_sr.StudyInstanceUID
-    [series] = study.ReferencedSeriesSequence
-    assert series.SeriesInstanceUID == ai_sr.SeriesInstanceUID
-    [ref] = series.ReferencedSOPSequence
-    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (ai_sr.SOPClassUID, ai_sr.SOPInstanceUID)
+    assert_predecessor_is(sr, ai_sr)
     assert (sr.CompletionFlag, sr.VerificationFlag) == ("COMPLETE", "VERIFIED")
     [verifier] = sr.VerifyingObserverSequence
     assert str(verifier.VerifyingObserverName) == "dr.alice^"

@@ -9,7 +9,7 @@ import logging
 import pydicom
 import pytest
 import requests
-from review_sr_run import run_with_decision
+from review_sr_run import assert_predecessor_is, run_with_decision
 
 from medassist.cli import main
 
@@ -71,12 +71,7 @@ def test_reviewed_sr_sent_and_read_back_from_the_pacs(orthanc, tmp_path, capsys,
     assert remote.SOPClassUID == COMPREHENSIVE_3D_SR and remote.VerificationFlag == "VERIFIED"
     [verifier] = remote.VerifyingObserverSequence
     assert (str(verifier.VerifyingObserverName), verifier.VerifyingOrganization) == ("dr.alice^", "General Hospital")
-    [study] = remote.PredecessorDocumentsSequence
-    assert study.StudyInstanceUID == ai_sr.StudyInstanceUID
-    [series] = study.ReferencedSeriesSequence
-    assert series.SeriesInstanceUID == ai_sr.SeriesInstanceUID
-    [ref] = series.ReferencedSOPSequence
-    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (ai_sr.SOPClassUID, ai_sr.SOPInstanceUID)
+    assert_predecessor_is(remote, ai_sr)
     assert [item.TextValue for item in _items(remote)
             if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"] == [comment]
     # The corrected location went with it: the reviewer's point on the source image.
