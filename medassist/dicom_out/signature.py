@@ -118,11 +118,11 @@ def load_signer(private_key_pem: bytes, certificate_pem: bytes, password: bytes 
 @dataclass(frozen=True)
 class Signer:
     """A signing key and its certificate, read and checked once (``from_files``), for signing many
-    datasets (``sign``). The password is kept out of the repr."""
+    datasets (``sign``). Holds the loaded key, not its PEM or password; the key is kept out of the
+    repr."""
 
-    private_key_pem: bytes = field(repr=False)
-    certificate_pem: bytes
-    password: bytes | None = field(default=None, repr=False)
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = field(repr=False)
+    certificate: x509.Certificate
     subject: str = ""
 
     @classmethod
@@ -140,15 +140,15 @@ class Signer:
         except OSError as exc:
             raise MedassistError(f"{cert_file}: cannot read the signing certificate ({exc.strerror or exc})") from exc
         try:
-            _, cert = load_signer(key_pem, cert_pem, password)
+            key, cert = load_signer(key_pem, cert_pem, password)
         except SigningError as exc:
             named = {"key": f"{key_file}", "certificate": f"{cert_file}"}.get(exc.part, f"{key_file} and {cert_file}")
             raise MedassistError(f"{named}: {exc}") from exc
-        return cls(key_pem, cert_pem, password, cert.subject.rfc4514_string())
+        return cls(key, cert, cert.subject.rfc4514_string())
 
     def sign(self, ds: Dataset) -> None:
-        sign_dataset(ds, private_key_pem=self.private_key_pem, certificate_pem=self.certificate_pem,
-                     password=self.password)
+        """Add this signer's digital signature to ``ds`` (see ``sign_dataset``)."""
+        _sign_with(ds, self.key, self.certificate)
 
 
 def sign_dataset(ds: Dataset, *, private_key_pem: bytes, certificate_pem: bytes,
@@ -156,7 +156,11 @@ def sign_dataset(ds: Dataset, *, private_key_pem: bytes, certificate_pem: bytes,
     """Add a digital signature over every signable top-level element of ``ds`` (see the module
     docstring). ``ds`` must be in its final form: any later change of a signed value breaks it.
     SigningError when the key or certificate cannot be read or do not match."""
-    key, cert = load_signer(private_key_pem, certificate_pem, password)
+    _sign_with(ds, *load_signer(private_key_pem, certificate_pem, password))
+
+
+def _sign_with(ds: Dataset, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    """``sign_dataset`` with the key and certificate loaded and checked (``load_signer``)."""
     encodings = _encodings(ds, [default_encoding])
     signed = [Tag(t) for t in sorted(ds.keys()) if signable(t)]
     mac_params = ds.get("MACParametersSequence") or Sequence()
