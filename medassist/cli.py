@@ -57,6 +57,8 @@ SIGN_KEY_PASSWORD_ENV = "MEDASSIST_SIGN_KEY_PASSWORD"
 # parser imports no torch
 RUNTIMES = ("torch", "onnx", "auto")
 MODEL_FORMATS = ("onnx", "monai-bundle")
+# triage --explain-method (medassist.explain.saliency.METHODS, kept equal by tests/explain/test_saliency.py)
+SALIENCY_METHODS = ("gradcam", "cell_probability", "integrated_gradients", "occlusion")
 
 # On the CPU the fracture network scores 40 images/s at batch 4-8, 38 at 16, 34 at 32 (2 cores).
 DEFAULT_BATCH = 8
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     triage.add_argument("--quiet", action="store_true", help="no progress bar")
     triage.add_argument("--explain", choices=("flagged", "all", "none"), default="flagged",
                         help="which findings get a saliency map (default: flagged)")
-    triage.add_argument("--explain-method", choices=("gradcam", "cell_probability", "integrated_gradients", "occlusion"),
+    triage.add_argument("--explain-method", choices=SALIENCY_METHODS,
                         default=None, help="saliency method (default: each model's own, its spec's saliency_method: "
                         "cell_probability for fracture_xray, gradcam for tumor_mri)")
     triage.add_argument("--series-timeout", type=non_negative_seconds, default=None, metavar="S",

@@ -243,3 +243,9 @@ def test_the_shipped_fracture_model_points_with_its_cell_head():
 
     assert spec_by_name("fracture_xray").saliency_method == "cell_probability"
     assert spec_by_name("tumor_mri").saliency_method == "gradcam"
+
+
+def test_the_command_line_offers_exactly_the_saliency_methods():
+    from medassist import cli
+
+    assert cli.SALIENCY_METHODS == METHODS
