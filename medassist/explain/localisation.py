@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from medassist.atomic import write_atomic
-from medassist.explain.saliency import DEFAULT_METHOD, METHODS, saliency_map
+from medassist.explain.saliency import DEFAULT_METHOD, METHODS, known_method, saliency_map
 from medassist.families import ModelFamily, family_for
 from medassist.families.brain_mr import BRAIN_MR
 from medassist.families.radiograph import RADIOGRAPH
@@ -250,8 +250,7 @@ def evaluate_localisation(
     group (``by_group``, e.g. per tumour type).
     """
     for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown saliency method {method!r}; known: {', '.join(METHODS)}")
+        known_method(method)
     method_limits = dict(method_limits or {})
     method_options = dict(method_options or {})
     results: dict[str, list[dict]] = {m: [] for m in methods}

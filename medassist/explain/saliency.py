@@ -46,10 +46,15 @@ DEFAULT_METHOD = "gradcam"
 def method_for(spec, requested: str | None = None) -> str:
     """The saliency method for a model: ``requested`` when given, else the spec's own
     (``ModelSpec.saliency_method``); an unknown name raises ValueError."""
-    method = requested or spec.saliency_method
+    return known_method(requested or spec.saliency_method)
+
+
+def known_method(method: str) -> str:
+    """``method`` when it is one of ``METHODS``; ValueError naming the known ones otherwise."""
     if method not in METHODS:
         raise ValueError(f"unknown saliency method {method!r}; known: {', '.join(METHODS)}")
     return method
+
 
 # Defaults sized for a 448 input on a CPU.
 IG_STEPS = 32
@@ -153,8 +158,7 @@ def saliency_map(
     output for these inputs from the scoring pass (``LoadedModel.scores_and_features``); GradCAM
     then runs on the heads only, which costs a small fraction of a forward pass.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown saliency method {method!r}; known: {', '.join(METHODS)}")
+    known_method(method)
     network = model.network
     x = _as_batch(inputs, model.spec.preprocess.input_size).to(model.device)
     x = x.contiguous(memory_format=torch.channels_last)  # the loaded network's layout (load_model)
