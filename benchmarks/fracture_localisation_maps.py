@@ -20,11 +20,11 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -43,25 +43,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def candidate_maps(model, inputs: torch.Tensor) -> dict[str, np.ndarray]:
-    """Every candidate map for a batch of prepared inputs, (N, S, S) float32 in the input frame."""
-    from captum.attr import LayerGradCam
+    """Every candidate map for a batch of prepared inputs, (N, S, S) float32 in the input frame, each
+    made by ``explain.saliency.saliency_map`` from one scoring pass's feature map."""
+    from medassist.explain.saliency import saliency_map
 
-    from medassist.explain.saliency import FindingFromFeatures, frozen
-
-    size = inputs.shape[-1]
     _, feats = model.scores_and_features(inputs)
-    maps: dict[str, np.ndarray] = {}
-    with frozen(model.network):
-        for head in GRADCAM_HEADS:
-            heads = FindingFromFeatures(model.network, head)
-            cam = LayerGradCam(heads, heads.feature_map).attribute(feats.detach(), target=0, relu_attributions=True)
-            cam = F.interpolate(cam.detach().float(), size=(size, size), mode="bilinear", align_corners=False)
-            maps[f"gradcam_{head}"] = torch.relu(cam.sum(1)).cpu().numpy()
-        with torch.no_grad():
-            _, cells = model.network.heads(feats)
-            cell = torch.sigmoid(cells.float())
-            cell = F.interpolate(cell, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    maps["cell_probability"] = cell.cpu().numpy()
+    maps = {f"gradcam_{head}": saliency_map(replace(model, spec=replace(model.spec, score_head=head)), inputs,
+                                            method="gradcam", features=feats)
+            for head in GRADCAM_HEADS}
+    maps["cell_probability"] = saliency_map(model, inputs, method="cell_probability", features=feats)
     maps["gradcam_mean_x_cell"] = maps["gradcam_mean"] * maps["cell_probability"]
     return maps
 
