@@ -43,14 +43,11 @@ import make_sample_data as samples  # noqa: E402  (scripts/ is not a package: th
 
 from medassist.datamodel import NOT_APPLICABLE  # noqa: E402
 from medassist.models import fracatlas, splits  # noqa: E402
-from medassist.models.fracture_external import read_external  # noqa: E402
+from medassist.models.fracture_external import REGION_BODY_PARTS, read_external  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "monitor_real_drift.json"
 MODEL = "fracture_xray"
-FRACATLAS_PART = {"hand": "HAND", "leg": "LEG", "hip": "HIP", "shoulder": "SHOULDER"}
-EXTERNAL_PART = {"fingers": "FINGER", "wrist": "WRIST", "shoulder": "SHOULDER", "elbow": "ELBOW",
-                 "forearm": "FOREARM", "humerus": "HUMERUS"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,14 +77,14 @@ def fracatlas_cases(data: Path, n: int, seed: int) -> list[dict]:
     records = [r for r in fracatlas.read_records(data / "fracatlas")
                if fracatlas.split_of(r.image_id, **splits.FRACATLAS_SPLIT) == "val"]
     return [{"path": r.path, "id": Path(r.image_id).stem, "label": r.fractured,
-             "body_part": FRACATLAS_PART.get(r.region, ""), "views": r.view.split("+") if r.view != "unknown" else []}
+             "body_part": samples.BODY_PART.get(r.region, ""), "views": r.view.split("+") if r.view != "unknown" else []}
             for r in sample(records, n, seed)]
 
 
 def external_cases(data: Path, n: int, seed: int) -> list[dict]:
     """The other-source set, sampled; a body part only where a fracture label names one region."""
     return [{"path": r.path, "id": r.path.stem, "label": r.fractured,
-             "body_part": EXTERNAL_PART.get(r.region, ""), "views": []}
+             "body_part": REGION_BODY_PARTS.get(r.region, ""), "views": []}
             for r in sample(read_external(data / "fracture_external_dev"), n, seed)]
 
 
