@@ -19,6 +19,11 @@ SYSTEM_PACKAGES := chromium chromium-driver orthanc orthanc-dicomweb orthanc-gdc
 APT_PACKAGES := $(strip $(SYSTEM_PACKAGES) $(shell $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv))
 # the stamp names the package list, so adding a package installs it on machines set up before
 SYSTEM_STAMP := $(STAMPS)/system-deps-$(shell echo '$(APT_PACKAGES)' | cksum | cut -d' ' -f1)
+# ONNX exports of the shipped models, where triage's default runtime (auto) looks for them
+# ($$MEDASSIST_ONNX_DIR, else ~/.cache/medassist/onnx); the stamp names the shipped specs and that folder, so new
+# weights are exported again
+SHIPPED_MODELS := fracture_xray tumor_mri
+ONNX_STAMP := $(STAMPS)/onnx-export-$(shell cat medassist/models/weights/*.json | cksum | cut -d' ' -f1)-$(shell echo "$${MEDASSIST_ONNX_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}}" | cksum | cut -d' ' -f1)
 
 # Prints the demo worklist's main columns as an aligned table (the CSV itself is in $(DEMO_OUT)).
 SHOW_WORKLIST := import csv, sys; cols = ("modality", "body_part", "finding", "score", "flagged", "source_path", "error"); \
@@ -28,7 +33,7 @@ SHOW_WORKLIST := import csv, sys; cols = ("modality", "body_part", "finding", "s
 
 .PHONY: install system-deps demo test bench clean
 
-install: $(SYSTEM_STAMP) $(VENV)/.installed
+install: $(SYSTEM_STAMP) $(VENV)/.installed $(ONNX_STAMP)
 
 # apt-get runs only when the stamp (for this package list) is missing. Without root (and without password-less sudo) it
 # prints what to install and carries on, leaving no stamp: most of the project runs without them.
@@ -53,6 +58,11 @@ $(BIN)/python: | $(SYSTEM_STAMP)
 # the demo opens the review app and the suite exercises PACS, Ray and the codecs.
 $(VENV)/.installed: pyproject.toml $(BIN)/python
 	$(BIN)/pip install $(PIP_ARGS) -e '.[all,test]'
+	@touch $@
+
+# Re-run when the shipped specs change (the stamp's name) or by deleting build/stamps/onnx-export-*.
+$(ONNX_STAMP): $(VENV)/.installed
+	$(BIN)/medassist export-model $(SHIPPED_MODELS) --format onnx
 	@touch $@
 
 demo: install

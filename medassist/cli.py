@@ -159,12 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     triage.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join ('auto': this machine's); "
                         "default: start one on this machine")
     triage.add_argument("--ray-actors", type=positive_int, metavar="N", help="model actors (default: one per GPU, else 1)")
-    triage.add_argument("--runtime", choices=RUNTIMES, default="torch",
-                        help="what scores: torch (default), onnx (ONNX Runtime on the CPU, the export in "
-                        "--onnx-dir; needs medassist[onnx]) or auto (onnx when installed, exported, current and "
-                        "agreeing with torch on probe inputs, else torch); saliency always runs on torch")
+    triage.add_argument("--runtime", choices=RUNTIMES,
+                        help="what scores: auto (default: ONNX Runtime on the CPU when it is installed, the model is "
+                        "exported, current and agrees with torch on probe inputs, else torch), torch, or onnx (the "
+                        "same as auto, but a missing or failing export stops the run); saliency always runs on torch")
     triage.add_argument("--onnx-dir", type=Path, metavar="DIR",
-                        help="the folder medassist export-model --format onnx wrote (NAME.onnx per model)")
+                        help="the folder medassist export-model --format onnx wrote (NAME.onnx per model; default: "
+                        "$MEDASSIST_ONNX_DIR, else ~/.cache/medassist/onnx, where make install exports)")
     add_models_dir(triage)
     triage.set_defaults(func=cmd_triage)
 
@@ -224,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="--format onnx: write DIR/NAME.onnx for each named shipped model: its network's raw image and "
         "cell logits with a dynamic batch axis, carrying the model's preprocessing contract (input size, "
         "normalisation, labels, threshold, score head, sha256 of the weights) as ONNX metadata. Kept only if ONNX "
-        "Runtime reproduces the torch probabilities. Used by triage --runtime onnx --onnx-dir DIR. "
+        "Runtime reproduces the torch probabilities (recorded beside it as NAME.onnx.agreement.json). Without --out: "
+        "$MEDASSIST_ONNX_DIR, else ~/.cache/medassist/onnx, where triage looks by default (--runtime auto). "
         "--format monai-bundle: write the MONAI bundle DIR/NAME/ (metadata, inference config with medassist's "
         "preprocessing as MONAI transforms, weights, docs; radiograph models only; running it needs medassist "
         "installed). Kept only if MONAI running the bundle reproduces medassist's probabilities.",
@@ -232,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_model.add_argument("names", nargs="+", metavar="NAME", help="a shipped model (see medassist models)")
     export_model.add_argument("--format", dest="model_format", choices=MODEL_FORMATS, required=True,
                               help="the format to write (onnx: needs medassist[onnx]; monai-bundle)")
-    export_model.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    export_model.add_argument("--out", type=Path, metavar="DIR", help="output folder (needed for monai-bundle; "
+                              "onnx default: where triage looks, $MEDASSIST_ONNX_DIR or ~/.cache/medassist/onnx)")
     add_models_dir(export_model)
     export_model.set_defaults(func=cmd_export_model)
 
@@ -468,9 +471,6 @@ def require_triage_extras(args: argparse.Namespace) -> None:
         require_extra("pacs", feature="medassist triage --send")
     if args.runtime == "onnx":
         require_extra("onnx", feature="medassist triage --runtime onnx")
-        if args.onnx_dir is None:
-            raise MedassistError("--runtime onnx needs --onnx-dir DIR, the folder medassist export-model "
-                                 "--format onnx wrote")
         if args.backend == "ray":
             raise MedassistError("--runtime onnx is not available with --backend ray (it scores with torch)")
 
@@ -480,8 +480,9 @@ def triage_options(args: argparse.Namespace) -> TriageOptions:
 
     ``listen`` has only --device and --models-dir: its other options keep TriageOptions' defaults,
     and it shows no progress bar. For ``triage``, --series-timeout not given keeps the default
-    (DEFAULT_SERIES_TIMEOUT); --runtime and --onnx-dir apply to --backend local, --ray-address and
-    --ray-actors to --backend ray (which scores with torch: --runtime auto is dropped, with a warning).
+    (DEFAULT_SERIES_TIMEOUT), --runtime not given the default (auto); --runtime and --onnx-dir apply to
+    --backend local, --ray-address and --ray-actors to --backend ray (which scores with torch: --runtime
+    auto given is dropped, with a warning).
     """
     from medassist.triage.options import TriageOptions
 
@@ -495,7 +496,9 @@ def triage_options(args: argparse.Namespace) -> TriageOptions:
         if args.series_timeout is not None:
             given["series_timeout"] = args.series_timeout
         if args.backend == "local":
-            given.update(runtime=args.runtime, onnx_dir=args.onnx_dir)
+            given.update(onnx_dir=args.onnx_dir)
+            if args.runtime is not None:  # else TriageOptions' default (auto)
+                given["runtime"] = args.runtime
         else:
             if args.runtime == "auto":
                 logging.getLogger("medassist").warning("--runtime auto: --backend ray scores with torch")
@@ -593,14 +596,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    """``medassist export-model NAME... --format F --out DIR``: one file per model."""
+    """``medassist export-model NAME... --format F [--out DIR]``: one file (or bundle) per model."""
     from medassist.models.export import export_model
     from medassist.models.registry import spec_by_name
 
+    out = args.out
+    if out is None:
+        if args.model_format != "onnx":
+            raise MedassistError(f"export-model --format {args.model_format} needs --out DIR")
+        from medassist.models.onnx_runtime import default_onnx_dir
+
+        out = default_onnx_dir()
     folder = weights_dir_of(args)
     specs = [spec_by_name(name, folder) for name in dict.fromkeys(args.names)]  # every name checked first
     for spec in specs:
-        path = export_model(spec, args.model_format, args.out, folder)
+        path = export_model(spec, args.model_format, out, folder)
         print(f"medassist export-model: {spec.name} {spec.version} ({args.model_format}, weights "
               f"{spec.sha256[:12]}) -> {path}")
     return 0

@@ -159,23 +159,16 @@ def saliency_map(
     then runs on the heads only, which costs a small fraction of a forward pass.
     """
     known_method(method)
-    network = model.network
     x = _as_batch(inputs, model.spec.preprocess.input_size).to(model.device)
     x = x.contiguous(memory_format=torch.channels_last)  # the loaded network's layout (load_model)
     size = x.shape[-1]
-    forward = FindingLogit(network, model.spec.score_head)
-    with frozen(network):
-        if method == "cell_probability":
-            attr = _cell_probability(network, x if features is None else features.to(model.device),
-                                     from_features=features is not None)
-        elif method == "gradcam" and features is not None:
-            attr = _gradcam_from_features(network, model.spec.score_head, features.to(model.device), rectify)
-        elif method == "gradcam":
-            attr = _gradcam(forward, network, x, rectify)
-        elif method == "integrated_gradients":
-            attr = _integrated_gradients(forward, x, n_steps, internal_batch_size)
-        else:
-            attr = _occlusion(forward, x, window, stride, perturbations_per_eval)
+    if method == "cell_probability" and features is None:
+        # the scoring runtime's own cell logits (ONNX Runtime's too): no torch network is needed
+        attr = _cell_probability_of(model.scoring_network, x)
+    else:
+        attr = _attribution(model, x, method, n_steps=n_steps, internal_batch_size=internal_batch_size,
+                            window=window, stride=stride, perturbations_per_eval=perturbations_per_eval,
+                            rectify=rectify, features=features)
     attr = attr.detach().float()
     if attr.shape[-2:] != (size, size):
         from captum.attr import LayerAttribution
@@ -185,6 +178,27 @@ def saliency_map(
     if rectify:
         maps = torch.relu(maps)  # keep the evidence for the finding
     return maps.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _attribution(model: LoadedModel, x: torch.Tensor, method: str, *, n_steps: int, internal_batch_size: int,
+                 window: int, stride: int, perturbations_per_eval: int | None, rectify: bool,
+                 features: torch.Tensor | None) -> torch.Tensor:
+    """The raw attribution (N, C, h, w) of ``method`` on the torch network (Captum needs gradients)."""
+    network = model.network
+    forward = FindingLogit(network, model.spec.score_head)
+    with frozen(network):
+        if method == "cell_probability":
+            assert features is not None
+            attr = _cell_probability_from_features(network, features.to(model.device))
+        elif method == "gradcam" and features is not None:
+            attr = _gradcam_from_features(network, model.spec.score_head, features.to(model.device), rectify)
+        elif method == "gradcam":
+            attr = _gradcam(forward, network, x, rectify)
+        elif method == "integrated_gradients":
+            attr = _integrated_gradients(forward, x, n_steps, internal_batch_size)
+        else:
+            attr = _occlusion(forward, x, window, stride, perturbations_per_eval)
+    return attr
 
 
 def _target_layer(network: nn.Module) -> nn.Module:
@@ -211,12 +225,18 @@ def _gradcam_from_features(network: nn.Module, score_head: str, feats: torch.Ten
     return cam.attribute(feats.detach().float(), target=0, relu_attributions=rectify)
 
 
-def _cell_probability(network: nn.Module, x: torch.Tensor, *, from_features: bool = False) -> torch.Tensor:
-    """The cell head's probabilities (N, 1, h, w), from the inputs (or, ``from_features``, from
-    their feature map at the target layer)."""
+def _cell_probability_from_features(network: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """The cell head's probabilities (N, 1, h, w) from the feature map at the target layer."""
     with torch.no_grad():
-        feats = x.float() if from_features else network.features(x)
-        _, cells = network.heads(feats)
+        _, cells = network.heads(feats.float())
+        return torch.sigmoid(cells.float())
+
+
+def _cell_probability_of(scoring_network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The cell head's probabilities (N, 1, h, w) from whatever scores (``forward_all``: the torch
+    network, or ``onnx_runtime.OnnxNetwork``)."""
+    with torch.no_grad():
+        _, cells = scoring_network.forward_all(x)
         return torch.sigmoid(cells.float())
 
 

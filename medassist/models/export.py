@@ -112,10 +112,11 @@ def export_onnx(spec: ModelSpec, out_dir: str | Path, weights_dir: str | Path = 
 
     The file is written atomically, and only after ONNX Runtime has reproduced the torch
     probabilities on probe inputs (``onnx_runtime.agreement``); a failed check raises MedassistError.
+    The passed check is recorded beside the file (``onnx_runtime.record_agreement``).
     """
     require_extra("onnx", feature=ONNX_FEATURE)  # onnx writes the graph, onnxruntime checks it
     onnx = require("onnx", extra="onnx", feature=ONNX_FEATURE)
-    from medassist.models.onnx_runtime import AGREEMENT_TOLERANCE, OnnxScorer, agreement
+    from medassist.models.onnx_runtime import AGREEMENT_TOLERANCE, OnnxScorer, agreement, record_agreement
 
     out = Path(out_dir)
     try:
@@ -143,11 +144,13 @@ def export_onnx(spec: ModelSpec, out_dir: str | Path, weights_dir: str | Path = 
     onnx.checker.check_model(graph)
     data = graph.SerializeToString()
     target = onnx_file(spec, out)
-    diff = agreement(model, OnnxScorer.from_bytes(data, target, spec))
+    scorer = OnnxScorer.from_bytes(data, target, spec)
+    diff = agreement(model, scorer)
     if not diff <= AGREEMENT_TOLERANCE:
         raise MedassistError(f"{target}: ONNX Runtime gives probabilities up to {diff:.2g} away from torch's "
                              f"(allowed {AGREEMENT_TOLERANCE:g}) for model {spec.name}; not written")
     write_atomic(target, data)
+    record_agreement(scorer, diff)  # triage on this machine need not check (nor build the torch network) again
     return target
 
 

@@ -11,14 +11,26 @@ Before a file is used:
   ``AGREEMENT_TOLERANCE`` (``agreement``), on this machine, with this onnxruntime.
 
 ``--runtime onnx`` raises MedassistError when either fails (or the file is missing, or onnxruntime
-is not installed: ``pip install 'medassist[onnx]'``); ``auto`` logs why and scores with torch.
-Saliency always runs on the torch network (``OnnxLoadedModel.network``): Captum needs gradients.
+is not installed: ``pip install 'medassist[onnx]'``); ``auto`` (the default) logs why and scores
+with torch. Saliency always runs on the torch network (``OnnxLoadedModel.network``): Captum needs
+gradients.
+
+Where exports live by default (``default_onnx_dir``): ``$MEDASSIST_ONNX_DIR``, else the user's cache
+(``$XDG_CACHE_HOME`` or ``~/.cache``, then ``medassist/onnx``); ``make install`` exports every shipped
+model there. A passed agreement check is recorded beside the file (``NAME.onnx.agreement.json``:
+the file's and the weights' sha256, the tolerance, and the versions and CPU it ran on), so a later
+run on the same machine, versions and file scores without building the torch network first; the
+torch network (and MONAI, ~3 s to import) is then loaded only when a saliency map needs it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +38,33 @@ import numpy as np
 import torch
 from torch import nn
 
+from medassist.atomic import write_atomic
 from medassist.errors import MedassistError
 from medassist.models.export import INPUT_NAME, OUTPUT_NAMES, contract_problems, onnx_file
 from medassist.models.heads import score_probability
-from medassist.models.registry import LoadedModel
+from medassist.models.integrity import sha256_bytes
+from medassist.models.registry import WEIGHTS_DIR, LoadedModel, load_model
 from medassist.models.spec import ModelSpec
 from medassist.optional import require
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "onnx", "auto")
-DEFAULT_RUNTIME = "torch"  # README, Faster scoring: ONNX Runtime is not clearly faster on this CPU
+# README, Faster scoring: ONNX Runtime scores 1.4-1.6x faster than torch on the CPU, to float rounding
+DEFAULT_RUNTIME = "auto"
 AGREEMENT_TOLERANCE = 1e-4  # largest |probability difference| allowed between torch and ONNX Runtime
 RUNTIME_FEATURE = "medassist triage --runtime onnx"
+ONNX_DIR_ENV = "MEDASSIST_ONNX_DIR"
+AGREEMENT_SUFFIX = ".agreement.json"
+
+
+def default_onnx_dir() -> Path:
+    """Where exports are looked for (and written by ``export-model`` without ``--out``):
+    ``$MEDASSIST_ONNX_DIR``, else ``$XDG_CACHE_HOME/medassist/onnx`` (``~/.cache/medassist/onnx``)."""
+    if os.environ.get(ONNX_DIR_ENV):
+        return Path(os.environ[ONNX_DIR_ENV])
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "medassist" / "onnx"
 
 
 def onnxruntime_module(feature: str = RUNTIME_FEATURE):
@@ -65,6 +91,7 @@ class OnnxScorer:
     path: Path
     spec: ModelSpec
     metadata: dict[str, str] = field(default_factory=dict)
+    sha256: str = ""  # of the graph's bytes: what a recorded agreement check is tied to
 
     @classmethod
     def from_bytes(cls, data: bytes, path: Path, spec: ModelSpec, threads: int | None = None) -> "OnnxScorer":
@@ -87,7 +114,7 @@ class OnnxScorer:
         if inputs != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
             raise MedassistError(f"{path}: ONNX graph has inputs {inputs} and outputs {outputs}; "
                                  f"expected [{INPUT_NAME!r}] and {list(OUTPUT_NAMES)}")
-        return cls(session=session, path=path, spec=spec, metadata=metadata)
+        return cls(session=session, path=path, spec=spec, metadata=metadata, sha256=sha256_bytes(data))
 
     def logits(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw image logits (N, outputs) and cell logits (N, 1, h, w) of a (N, 1, S, S) batch."""
@@ -169,22 +196,98 @@ class OnnxNetwork(nn.Module):
         return self.forward_all(x)[0]
 
 
-@dataclass
-class OnnxLoadedModel(LoadedModel):
-    """A loaded model that scores with ONNX Runtime; ``network`` stays the torch one, for saliency."""
+def runtime_environment() -> str:
+    """The versions and CPU an agreement check depends on: onnxruntime, torch, numpy, the machine."""
+    ort = onnxruntime_module()
+    return (f"onnxruntime {ort.__version__}; torch {torch.__version__}; numpy {np.__version__}; "
+            f"{platform.machine()} {cpu_model()}")
 
-    scorer: OnnxScorer | None = None
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+@dataclass(frozen=True)
+class AgreementRecord:
+    """A passed agreement check of one export, as kept beside it (``NAME.onnx.agreement.json``)."""
+
+    onnx_sha256: str
+    weights_sha256: str
+    environment: str
+    tolerance: float
+    max_diff: float
+
+    def holds_for(self, scorer: OnnxScorer) -> bool:
+        """Whether this check covers ``scorer``: the same graph bytes, weights, tolerance and environment."""
+        return (self.onnx_sha256 == scorer.sha256 and self.weights_sha256 == scorer.spec.sha256
+                and self.tolerance == AGREEMENT_TOLERANCE and self.environment == runtime_environment()
+                and self.max_diff <= AGREEMENT_TOLERANCE)
+
+
+def agreement_file(onnx_path: Path) -> Path:
+    """Where the agreement record of ``onnx_path`` lives: beside it, ``NAME.onnx.agreement.json``."""
+    return onnx_path.with_name(onnx_path.name + AGREEMENT_SUFFIX)
+
+
+def record_agreement(scorer: OnnxScorer, max_diff: float, path: Path | None = None) -> Path:
+    """Keep a passed check of ``scorer`` beside its file (or at ``path``'s name); the record's path."""
+    target = agreement_file(path or scorer.path)
+    record = AgreementRecord(onnx_sha256=scorer.sha256, weights_sha256=scorer.spec.sha256,
+                             environment=runtime_environment(), tolerance=AGREEMENT_TOLERANCE, max_diff=max_diff)
+    write_atomic(target, json.dumps(asdict(record), indent=2) + "\n")
+    return target
+
+
+def recorded_agreement(scorer: OnnxScorer) -> AgreementRecord | None:
+    """The recorded check of ``scorer``'s file when it covers this graph here and now, else None
+    (no record, unreadable, or of other bytes, weights, versions or CPU)."""
+    try:
+        record = AgreementRecord(**json.loads(agreement_file(scorer.path).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return record if record.holds_for(scorer) else None
+
+
+class OnnxLoadedModel(LoadedModel):
+    """A loaded model that scores with ONNX Runtime. ``network`` is the torch one, for saliency: built
+    on first use (``load_network``) when the agreement check did not need it."""
 
     runtime = "onnx"
 
+    def __init__(self, *, spec: ModelSpec, device: torch.device, scorer: OnnxScorer,
+                 load_network: Callable[[], nn.Module], network: nn.Module | None = None) -> None:
+        self.spec, self.device, self.scorer = spec, device, scorer
+        self._load_network = load_network
+        self._network = network
+
+    @property
+    def network(self) -> nn.Module:  # type: ignore[override]  # a lazily built field of LoadedModel
+        if self._network is None:
+            log.info("model %s: torch network built (saliency runs on it)", self.spec.name)
+            self._network = self._load_network()
+        return self._network
+
+    @property
+    def network_loaded(self) -> bool:
+        """Whether the torch network has been built (for tests and logs)."""
+        return self._network is not None
+
+    def __repr__(self) -> str:
+        return f"OnnxLoadedModel({self.spec.name} {self.spec.version}, {self.scorer.path})"
+
     @property
     def scoring_network(self) -> nn.Module:
-        assert self.scorer is not None
         return OnnxNetwork(self.scorer)
 
     def scores_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, None]:
         """Scores (N,) from ONNX Runtime; no feature map (saliency runs its own torch pass)."""
-        assert self.scorer is not None
         return self.scorer.scores(batch), None
 
 
@@ -194,38 +297,80 @@ def check_runtime(runtime: str) -> None:
         raise MedassistError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
 
 
+def load_for_runtime(spec: ModelSpec, device: torch.device, runtime: str, onnx_dir: str | Path | None = None,
+                     weights_dir: str | Path = WEIGHTS_DIR, threads: int | None = None) -> LoadedModel:
+    """The model ``spec`` as it should score under ``runtime`` (triage's way in): the torch model
+    (``registry.load_model``) for torch; for onnx and auto as ``with_runtime`` says, without building
+    the torch network when the export's agreement is on record for this machine."""
+    check_runtime(runtime)
+    torch_model = _once(lambda: load_model(spec, device, Path(weights_dir)))
+    if runtime == "torch":
+        return torch_model()
+    return _choose(spec, device, torch_model, runtime, onnx_dir, threads)
+
+
 def with_runtime(model: LoadedModel, runtime: str, onnx_dir: str | Path | None,
                  threads: int | None = None) -> LoadedModel:
     """``model`` as it should score under ``runtime``: itself for torch; for onnx an
-    OnnxLoadedModel (MedassistError when it cannot: not installed, no --onnx-dir, missing, stale,
-    disagreeing, or the model is not on the CPU); for auto the ONNX one when all of that holds,
-    else ``model`` with a log line saying why."""
+    OnnxLoadedModel (MedassistError when it cannot: not installed, missing, stale, disagreeing, or
+    the model is not on the CPU); for auto the ONNX one when all of that holds, else ``model`` with
+    a log line saying why. ``onnx_dir`` None: ``default_onnx_dir()``."""
     check_runtime(runtime)
     if runtime == "torch":
         return model
+    return _choose(model.spec, model.device, lambda: model, runtime, onnx_dir, threads, loaded=model)
+
+
+def _once(load: Callable[[], LoadedModel]) -> Callable[[], LoadedModel]:
+    """``load``, called at most once (its result kept)."""
+    kept: list[LoadedModel] = []
+
+    def loaded() -> LoadedModel:
+        if not kept:
+            kept.append(load())
+        return kept[0]
+    return loaded
+
+
+def _choose(spec: ModelSpec, device: torch.device, torch_model: Callable[[], LoadedModel], runtime: str,
+            onnx_dir: str | Path | None, threads: int | None, loaded: LoadedModel | None = None) -> LoadedModel:
+    """The ONNX model when it can be had (MedassistError for onnx), else torch's with a log line (auto)."""
     try:
-        return onnx_model(model, onnx_dir, threads)
+        return onnx_model(spec, device, torch_model, onnx_dir, threads, loaded=loaded)
     except MedassistError as exc:  # MissingDependency is one
         if runtime == "onnx":
             raise
-        log.warning("--runtime auto: model %s scores with torch (%s)", model.spec.name, exc)
-        return model
+        log.warning("--runtime auto: model %s scores with torch (%s)", spec.name, exc)
+        return torch_model()
 
 
-def onnx_model(model: LoadedModel, onnx_dir: str | Path | None, threads: int | None = None) -> OnnxLoadedModel:
-    """The ONNX Runtime twin of ``model``, after its contract and agreement checks."""
+def onnx_model(spec: ModelSpec, device: torch.device, torch_model: Callable[[], LoadedModel],
+               onnx_dir: str | Path | None, threads: int | None = None, *,
+               loaded: LoadedModel | None = None) -> OnnxLoadedModel:
+    """The ONNX Runtime twin of ``spec``'s model, after its contract and agreement checks: the check
+    on record (``recorded_agreement``) when it covers this file here, else run now against
+    ``torch_model()`` and recorded when it passes (where the folder is writable)."""
     onnxruntime_module()
-    if onnx_dir is None:
-        raise MedassistError(f"model {model.spec.name}: --runtime onnx needs --onnx-dir DIR, the folder "
-                             "medassist export-model wrote")
-    if model.device.type != "cpu":
-        raise MedassistError(f"model {model.spec.name}: ONNX Runtime scores on the CPU only; the model is on "
-                             f"{model.device} (use --device cpu, or --runtime torch)")
-    scorer = load_scorer(model.spec, onnx_dir, threads)
-    diff = agreement(model, scorer)
-    if not diff <= AGREEMENT_TOLERANCE:
-        raise MedassistError(f"{scorer.path}: ONNX Runtime's probabilities differ from torch's by up to {diff:.2g} "
-                             f"(allowed {AGREEMENT_TOLERANCE:g}) on probe inputs; not used")
-    log.info("model %s scores with ONNX Runtime (%s; agreement %.1e on probe inputs)",
-             model.spec.name, scorer.path, diff)
-    return OnnxLoadedModel(spec=model.spec, network=model.network, device=model.device, scorer=scorer)
+    if device.type != "cpu":
+        raise MedassistError(f"model {spec.name}: ONNX Runtime scores on the CPU only; the model is on "
+                             f"{device} (use --device cpu, or --runtime torch)")
+    folder = default_onnx_dir() if onnx_dir is None else Path(onnx_dir)
+    scorer = load_scorer(spec, folder, threads)
+    record = recorded_agreement(scorer) if loaded is None else None
+    if record is not None:
+        diff, how = record.max_diff, "on record"
+    else:
+        loaded = torch_model()
+        diff, how = agreement(loaded, scorer), "checked now"
+        if not diff <= AGREEMENT_TOLERANCE:
+            raise MedassistError(f"{scorer.path}: ONNX Runtime's probabilities differ from torch's by up to "
+                                 f"{diff:.2g} (allowed {AGREEMENT_TOLERANCE:g}) on probe inputs; not used")
+        try:
+            record_agreement(scorer, diff)
+        except OSError as exc:  # a read-only folder: the check runs again next time
+            log.info("%s: agreement not recorded (%s)", scorer.path, exc.strerror or exc)
+    log.info("model %s scores with ONNX Runtime (%s; agreement %.1e on probe inputs, %s)",
+             spec.name, scorer.path, diff, how)
+    network = loaded.network if loaded is not None else None
+    return OnnxLoadedModel(spec=spec, device=device, scorer=scorer,
+                           load_network=lambda: torch_model().network, network=network)

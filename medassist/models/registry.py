@@ -22,7 +22,6 @@ from medassist.datamodel import Series
 from medassist.errors import MedassistError
 from medassist.models.heads import score_probability
 from medassist.models.integrity import SHIPPED_DIR, check_released_spec, is_shipped_folder, sha256_bytes, trusted_spec
-from medassist.models.networks import build_network
 from medassist.models.spec import ModelSpec
 
 WEIGHTS_DIR = SHIPPED_DIR
@@ -164,6 +163,8 @@ def load_model(spec: ModelSpec, device: torch.device, weights_dir: Path = WEIGHT
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # an unpicklable or foreign object is refused by weights_only
         raise MedassistError(f"{path}: refused to load weights ({exc})") from exc
+    from medassist.models.networks import build_network  # here: MONAI's eager import costs ~3 s a process
+
     try:
         network = build_network(spec.network, spec.network_args)
     except (KeyError, TypeError, ValueError) as exc:

@@ -42,8 +42,9 @@ class TriageOptions:
     ``batch_size``: images per model batch (>= 1). ``num_workers``: decoding worker processes
     (0: in this process; >= 0). ``weights_dir``: the models folder (shipped specs and weights).
     ``runtime``: what scores, "torch", "onnx" (ONNX Runtime on ``onnx_dir``/NAME.onnx, checked
-    against the spec; saliency stays on torch) or "auto" (ONNX when it passes those checks, else
-    torch); see ``medassist.models.onnx_runtime``."""
+    against the spec; saliency stays on torch) or "auto", the default (ONNX when it passes those
+    checks, else torch); ``onnx_dir`` None: ``onnx_runtime.default_onnx_dir()``, where ``make install``
+    exports; see ``medassist.models.onnx_runtime``."""
 
     modality_override: str | None = None
     series_timeout: float | None = DEFAULT_SERIES_TIMEOUT

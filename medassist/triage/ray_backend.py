@@ -202,9 +202,10 @@ def triage_series_ray(
 
     ``num_workers`` is not used: decode tasks run on every cluster CPU the model actors leave free.
     ``series_timeout`` holds each decode task as it holds the local backend's decoding. Scoring is
-    torch's: a ``runtime`` other than "torch" raises MedassistError (``onnx_dir`` is not used).
+    torch's: ``runtime`` "onnx" raises MedassistError, "auto" (the default) means torch here
+    (``onnx_dir`` is not used).
     """
-    if options.runtime != "torch":
+    if options.runtime == "onnx":
         raise MedassistError(f"--runtime {options.runtime} is not available with --backend ray (it scores with torch)")
     device = str(options.device)  # "auto", "cpu", "cuda" or a torch.device
     out, specs = prepare_run(out_dir, options.weights_dir)

@@ -33,13 +33,12 @@ from medassist.errors import MedassistError
 from medassist.models.registry import (
     LoadedModel,
     choose_device,
-    load_model,
     models_for,
     not_applicable_reason,
     shipped_specs,
 )
 from medassist.families import ModelFamily, family_for
-from medassist.models.onnx_runtime import with_runtime
+from medassist.models.onnx_runtime import load_for_runtime
 from medassist.models.spec import ModelSpec
 from medassist.triage.inputs import (
     DEFAULT_SERIES_TIMEOUT,
@@ -173,8 +172,7 @@ def triage_series(
 
     def produce(pending: list[tuple[ModelSpec, list[Job]]]) -> Iterator[Finished]:
         for spec, jobs in pending:
-            loaded = load_model(spec, torch_device, Path(options.weights_dir))
-            model = with_runtime(loaded, options.runtime, options.onnx_dir)
+            model = load_for_runtime(spec, torch_device, options.runtime, options.onnx_dir, Path(options.weights_dir))
             if family_for(spec).batches_across_studies:
                 results = score_jobs(model, jobs, options.batch_size, options.num_workers, options.series_timeout)
             else:

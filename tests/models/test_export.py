@@ -112,3 +112,15 @@ def test_cli_format_choices_are_the_exporters():
     from medassist import cli
 
     assert cli.MODEL_FORMATS == tuple(EXPORT_FORMATS)
+
+
+def test_export_without_out_writes_where_triage_looks(tmp_path, monkeypatch, capsys):
+    from medassist.models.onnx_runtime import agreement_file
+
+    monkeypatch.setenv("MEDASSIST_ONNX_DIR", str(tmp_path / "cache"))
+    assert main(["export-model", "fracture_xray", "--format", "onnx"]) == 0
+    written = tmp_path / "cache" / "fracture_xray.onnx"
+    assert written.is_file() and agreement_file(written).is_file()
+    assert str(written) in capsys.readouterr().out
+    assert main(["export-model", "fracture_xray", "--format", "monai-bundle"]) == 2
+    assert "export-model --format monai-bundle needs --out DIR" in capsys.readouterr().err

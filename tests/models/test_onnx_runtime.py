@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -108,3 +109,55 @@ def test_cli_runtime_choices_are_the_runtimes():
     from medassist import cli
 
     assert cli.RUNTIMES == RUNTIMES
+
+
+def test_the_default_folder_is_the_environment_s_else_the_user_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDASSIST_ONNX_DIR", str(tmp_path / "exports"))
+    assert onnx_runtime.default_onnx_dir() == tmp_path / "exports"
+    monkeypatch.delenv("MEDASSIST_ONNX_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert onnx_runtime.default_onnx_dir() == tmp_path / "xdg" / "medassist" / "onnx"
+    assert onnx_runtime.DEFAULT_RUNTIME == "auto"
+
+
+def test_an_export_records_its_agreement_and_triage_then_needs_no_torch_network(fracture):
+    spec = fracture.spec
+    scorer = load_scorer(spec, exported_dir())
+    record = onnx_runtime.recorded_agreement(scorer)
+    assert record is not None and record.onnx_sha256 == scorer.sha256 and record.weights_sha256 == spec.sha256
+    assert record.max_diff <= onnx_runtime.AGREEMENT_TOLERANCE
+    model = onnx_runtime.load_for_runtime(spec, torch.device("cpu"), "auto", exported_dir())
+    assert isinstance(model, OnnxLoadedModel) and not model.network_loaded
+    inputs = radiograph_inputs(spec, 3)
+    assert torch.allclose(model.scores(inputs), fracture.scores(inputs), atol=1e-4, rtol=0)
+    assert not model.network_loaded
+    network = model.network  # saliency asks for it: built then, from the checked weights
+    assert model.network_loaded and network is model.network
+    assert torch.equal(network.forward_all(inputs)[0], fracture.network.forward_all(inputs)[0])
+
+
+@pytest.mark.parametrize("change", ["bytes", "environment", "garbage"])
+def test_a_record_of_other_bytes_or_another_machine_is_not_trusted(fracture, tmp_path, monkeypatch, change):
+    import shutil
+
+    spec = fracture.spec
+    source = onnx_runtime.onnx_file(spec, exported_dir())
+    shutil.copy(source, tmp_path / source.name)
+    record_path = onnx_runtime.agreement_file(tmp_path / source.name)
+    shutil.copy(onnx_runtime.agreement_file(source), record_path)
+    if change == "bytes":
+        record = json.loads(record_path.read_text())
+        record_path.write_text(json.dumps(record | {"onnx_sha256": "0" * 64}))
+    elif change == "environment":
+        monkeypatch.setattr(onnx_runtime, "cpu_model", lambda: "another CPU")
+    else:
+        record_path.write_text("{not json")
+    assert onnx_runtime.recorded_agreement(load_scorer(spec, tmp_path)) is None
+    model = onnx_runtime.load_for_runtime(spec, torch.device("cpu"), "onnx", tmp_path)
+    assert model.network_loaded  # the check ran again, on the torch network
+    assert onnx_runtime.recorded_agreement(load_scorer(spec, tmp_path)) is not None  # and was recorded
+
+
+def test_load_for_runtime_torch_is_the_registry_s_model(fracture):
+    model = onnx_runtime.load_for_runtime(fracture.spec, torch.device("cpu"), "torch", exported_dir())
+    assert type(model).__name__ == "LoadedModel" and model.runtime == "torch"

@@ -33,6 +33,11 @@ def test_triage_with_onnx_gives_the_torch_worklist(torch_run, tmp_path, caplog):
                      "--runtime", "onnx", "--onnx-dir", str(exported_dir())]) == 0
     assert "model fracture_xray scores with ONNX Runtime" in caplog.text
     assert "model tumor_mri scores with ONNX Runtime" in caplog.text
+    # the export's agreement is on record and the fracture map (cell_probability) comes from ONNX
+    # Runtime's cell logits: that network is never built; the tumour map (GradCAM) builds its own
+    assert "on probe inputs, on record" in caplog.text
+    assert "model fracture_xray: torch network built" not in caplog.text
+    assert "model tumor_mri: torch network built" in caplog.text
     ours, theirs = rows_by_key(torch_run), rows_by_key(out)
     assert ours.keys() == theirs.keys()
     scored = 0
@@ -61,10 +66,12 @@ def test_runtime_onnx_without_an_export_stops_naming_the_file(tmp_path, capsys):
     assert f"medassist: error: {empty / 'fracture_xray.onnx'}: no ONNX export of model fracture_xray" in err
 
 
-def test_runtime_onnx_needs_an_onnx_dir(tmp_path, capsys):
+def test_without_an_onnx_dir_triage_looks_in_the_default_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDASSIST_ONNX_DIR", str(tmp_path / "cache"))
     assert main(["triage", str(SAMPLES / "PAT01"), "--out", str(tmp_path / "out"), "--runtime", "onnx"]) == 2
-    assert "--runtime onnx needs --onnx-dir DIR" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'cache' / 'fracture_xray.onnx'}: no ONNX export of model fracture_xray" in err
+    assert "medassist export-model fracture_xray --format onnx" in err
 
 
 def test_runtime_auto_without_an_export_scores_with_torch(torch_run, tmp_path, caplog):
