@@ -204,7 +204,7 @@ class RowKind(str, Enum):
 
 
 def kind_of_row(*, finding: str | None, model: str | None, score: float | None, error: str | None) -> RowKind:
-    """The one rule, for rows being written (records) and rows read back (WorklistRow): no model
+    """The one rule (``WorklistRow.kind``), for rows being written and rows read back: no model
     applies when the finding says so (or, in worklists written before that convention, the error
     says no model applies and no model is named); an error row when there is an error or no score."""
     if finding == NOT_APPLICABLE or (not model and _NO_MODEL_APPLIES.search(error or "")):
@@ -264,7 +264,8 @@ class WorklistRow:
         )
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], *, base: Path | None = None, where: str = "") -> "WorklistRow":
+    def from_record(cls, record: Mapping[str, Any], *, base: Path | None = None, where: str = "",
+                    as_written: bool = False) -> "WorklistRow":
         """A row from a worklist record (JSON values or CSV strings), checked strictly.
 
         ``slices`` may be "3 6 2" or a list. Columns a worklist lacks (e.g. ``manufacturer``,
@@ -272,18 +273,22 @@ class WorklistRow:
         Relative ``saliency_path``/``source_path`` values are resolved against ``base`` (the
         worklist's folder) when they do not exist relative to the working directory. Bad values
         raise MedassistError naming ``where`` (file and row).
+
+        Text is stripped and the modality upper-cased, unless ``as_written``: for a record this code
+        wrote itself with ``as_record`` (the triage journal, a study's worklist.json), whose text is
+        taken as it is, so that ``as_record`` gives the same record back.
         """
         where = where or "worklist record"
         missing = [name for name in REQUIRED_COLUMNS if name not in record]
         if missing:
             raise MedassistError(f"{where} lacks column(s) {', '.join(sorted(missing))}")
-        text = {name: _text(record.get(name)) for name in WORKLIST_COLUMNS}
+        text = {name: _text(record.get(name), strip=not as_written) for name in WORKLIST_COLUMNS}
         return cls(
             study_uid=text["study_uid"],
             series_uid=text["series_uid"],
             patient_id=text["patient_id"],
             accession=text["accession"],
-            modality=text["modality"].upper(),
+            modality=text["modality"] if as_written else text["modality"].upper(),
             body_part=text["body_part"],
             manufacturer=text["manufacturer"],
             sex=text["sex"],
@@ -355,8 +360,10 @@ class WorklistRow:
         }
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value).strip()
+def _text(value: Any, strip: bool = True) -> str:
+    if value is None:
+        return ""
+    return str(value).strip() if strip else str(value)
 
 
 def _float(value: Any, where: str) -> float | None:

@@ -38,7 +38,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -292,22 +292,25 @@ class StudyListener:
         """``out_dir/worklist.{csv,json}`` and ``quarantine.csv``: the rows of every study folder
         under ``out_dir/studies/`` (earlier runs' too), in priority order across studies, written
         by triage's own atomic writer. Saliency paths are made relative to ``out_dir``."""
+        from medassist.datamodel import WorklistRow
         from medassist.triage.worklist import write_worklist
 
-        records: list[dict] = []
+        merged: list[WorklistRow] = []
         for path in sorted((self.out_dir / "studies").glob("*/worklist.json")):
             folder = path.parent.relative_to(self.out_dir)
             try:
-                rows = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
+                records = json.loads(path.read_text(encoding="utf-8"))
+                rows = [WorklistRow.from_record(record, where=f"{path}: row {number}", as_written=True)
+                        for number, record in enumerate(records, start=1)]
+            except (OSError, ValueError, MedassistError) as exc:
                 logger.error("listener: %s left out of the merged worklist: %s", path, exc)
                 continue
-            for record in rows:
-                if record.get("saliency_path"):
-                    record["saliency_path"] = str(folder / record["saliency_path"])
-                records.append(record)
+            for row in rows:
+                if row.saliency_path:
+                    row = replace(row, saliency_path=str(folder / row.saliency_path))
+                merged.append(row)
         with self._merge_lock:
-            write_worklist(self.out_dir, records)
+            write_worklist(self.out_dir, merged)
 
     # ------------------------------------------------------------------ stopping
 

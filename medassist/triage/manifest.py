@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medassist.atomic import write_atomic
-from medassist.datamodel import IngestProblem, RowKind, Series
+from medassist.datamodel import IngestProblem, RowKind, Series, WorklistRow
 from medassist.sanitize import csv_unsafe, csv_writer
-from medassist.triage.worklist import FILES_NAME, Record, row_kind
+from medassist.triage.worklist import FILES_NAME
 
 FILES_COLUMNS = ("path", "status", "series_uid", "reason")
 USED, NOT_APPLICABLE, PENDING = "used", "not applicable", "pending"
@@ -52,10 +52,10 @@ class FileEntry:
 
 
 def file_entries(series: Sequence[Series], problems: Sequence[IngestProblem], skipped: Sequence[Skipped],
-                 records: Iterable[Record]) -> list[FileEntry]:
-    """Every file once, sorted by path: a series' files get their series' outcome in ``records``
+                 rows: Iterable[WorklistRow]) -> list[FileEntry]:
+    """Every file once, sorted by path: a series' files get their series' outcome in ``rows``
     (the worklist's rows), a problem's and a skipped file's status come from discovery."""
-    outcomes = series_outcomes(records)
+    outcomes = series_outcomes(rows)
     entries: dict[str, FileEntry] = {}
     for item in series:
         status, reason = outcomes.get(item.series_uid, (PENDING, ""))
@@ -69,26 +69,25 @@ def file_entries(series: Sequence[Series], problems: Sequence[IngestProblem], sk
     return [entries[path] for path in sorted(entries)]
 
 
-def series_outcomes(records: Iterable[Record]) -> dict[str, tuple[str, str]]:
+def series_outcomes(rows: Iterable[WorklistRow]) -> dict[str, tuple[str, str]]:
     """series UID -> (status, reason) from its rows: used if any model scored it, else not
     applicable, else the first error (without the leading source path)."""
     outcomes: dict[str, tuple[str, str]] = {}
-    for record in records:
-        uid = record.get("series_uid") or ""
+    for row in rows:
+        uid = row.series_uid or ""
         if not uid:  # an ingest problem's row: no series
             continue
-        kind = row_kind(record)
-        status = {RowKind.SCORED: USED, RowKind.NOT_APPLICABLE: NOT_APPLICABLE}.get(kind, ERROR)
-        reason = "" if status == USED else _without_source(record)
+        status = {RowKind.SCORED: USED, RowKind.NOT_APPLICABLE: NOT_APPLICABLE}.get(row.kind, ERROR)
+        reason = "" if status == USED else _without_source(row)
         current = outcomes.get(uid)
         if current is None or _OUTCOME_RANK[status] < _OUTCOME_RANK[current[0]]:
             outcomes[uid] = (status, reason)
     return outcomes
 
 
-def _without_source(record: Record) -> str:
+def _without_source(row: WorklistRow) -> str:
     """A row's error text, without the "<source path>: " it starts with."""
-    error, source = record.get("error") or "", record.get("source_path") or ""
+    error, source = row.error or "", row.source_path or ""
     return error.removeprefix(f"{source}: ") if source else error
 
 

@@ -63,11 +63,9 @@ from medassist.triage.journal import (
 from medassist.triage.manifest import file_entries, write_manifest
 from medassist.triage.options import TriageOptions
 from medassist.triage.worklist import (
-    Record,
     not_applicable_record,
     problem_record,
     remove_stale_temporaries,
-    row_kind,
     write_worklist,
 )
 
@@ -257,29 +255,31 @@ class Inputs:
 
 
 class Rows:
-    """The worklist being built: records by journal key, journaled as they are decided."""
+    """The worklist being built: rows by journal key, journaled (``as_record``) as they are decided;
+    a row taken from the journal is read back with ``WorklistRow.from_record``."""
 
     def __init__(self, journal: Journal, out_dir: Path, inputs: Inputs = Inputs()) -> None:
         self.journal = journal
         self.out_dir = out_dir
         self.inputs = inputs
-        self.records: dict[Key, Record] = {}
+        self.records: dict[Key, WorklistRow] = {}
         self.resumed = 0
         self.since_checkpoint = 0
 
-    def add(self, key: Key, record: Record, status: str = "done") -> None:
+    def add(self, key: Key, row: WorklistRow, status: str = "done") -> None:
         """Journal a row and put it in the worklist."""
-        self.journal.record(key, record, status)
-        self.records[key] = record
+        self.journal.record(key, row.as_record(), status)
+        self.records[key] = row
 
     def reuse(self, key: Key) -> bool:
         """Take a finished row from the journal; False if the work has to be done."""
-        row = self.journal.finished(key)
-        if row is None:
+        record = self.journal.finished(key)
+        if record is None:
             return False
         if key not in self.records:
             self.resumed += 1
-        self.records[key] = row
+        where = f"{self.journal.path}: {list(key)}"
+        self.records[key] = WorklistRow.from_record(record, where=where, as_written=True)
         return True
 
     def finish(self, finished: Finished) -> None:
@@ -291,7 +291,7 @@ class Rows:
             row = WorklistRow.for_series(series, model=spec.name, model_version=spec.version,
                                          finding=spec.finding, error=error)
             log.debug("series %s, model %s: %s", series.series_uid, spec.name, error)
-            self.add(key, row.as_record(), status="error")
+            self.add(key, row, status="error")
         else:
             assert score is not None
             row = WorklistRow.for_series(
@@ -299,7 +299,7 @@ class Rows:
                 score=score, threshold=spec.threshold, flagged=score >= spec.threshold, slices=finished.slices,
                 saliency_path=finished.saliency,
             )
-            self.add(key, row.as_record())
+            self.add(key, row)
         self.since_checkpoint += 1
 
     def checkpoint(self) -> tuple[Path, Path]:
@@ -560,14 +560,14 @@ def ordered_loader(dataset: Dataset, num_workers: int, *, prefetch_factor: int, 
 
 
 def summarise(
-    records: Iterable[Record], n_series: int, n_resumed: int, csv_path: Path, json_path: Path
+    rows: Iterable[WorklistRow], n_series: int, n_resumed: int, csv_path: Path, json_path: Path
 ) -> TriageSummary:
     """Count the worklist's rows by kind."""
-    kinds = [(row_kind(r), r) for r in records]
+    kinds = [(r.kind, r) for r in rows]
     return TriageSummary(
         n_series=n_series,
         n_findings=sum(1 for k, _ in kinds if k == RowKind.SCORED),
-        n_flagged=sum(1 for k, r in kinds if k == RowKind.SCORED and r.get("flagged")),
+        n_flagged=sum(1 for k, r in kinds if k == RowKind.SCORED and r.flagged),
         n_not_applicable=sum(1 for k, _ in kinds if k == RowKind.NOT_APPLICABLE),
         n_errors=sum(1 for k, _ in kinds if k == RowKind.ERROR),
         n_resumed=n_resumed,

@@ -12,7 +12,7 @@ Conventions (the contract the review app and any downstream reader rely on):
 * An **error** row: a file that could not be read (ingest problem; only ``source_path`` and
   ``error`` are filled) or a series a model could not score (identifiers, ``model`` and
   ``model_version`` filled, ``score`` empty, ``error`` naming the file and the reason).
-  ``row_kind`` tells the three apart.
+  ``WorklistRow.kind`` tells the three apart.
 * Order (priority): scored rows first - flagged before unflagged, then highest score first (with one
   model this is simply highest score first) - then not-applicable rows, then error rows; ties are
   broken by source path, series UID and model so the order is deterministic.
@@ -38,8 +38,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from medassist.atomic import write_atomic
-from medassist.datamodel import (NOT_APPLICABLE, WORKLIST_COLUMNS, IngestProblem, RowKind, Series, WorklistRow,
-                                 kind_of_row)
+from medassist.datamodel import NOT_APPLICABLE, WORKLIST_COLUMNS, IngestProblem, RowKind, Series, WorklistRow
 from medassist.sanitize import csv_unsafe, csv_writer
 
 CSV_NAME = "worklist.csv"
@@ -48,49 +47,47 @@ QUARANTINE_NAME = "quarantine.csv"
 FILES_NAME = "files.csv"  # what became of each input file: medassist.triage.manifest
 QUARANTINE_COLUMNS = ("path", "reason")
 
-Record = dict  # one row as WorklistRow.as_record() returns it
 
-
-def problem_record(problem: IngestProblem) -> Record:
+def problem_record(problem: IngestProblem) -> WorklistRow:
     """An error row for a file ingest could not read."""
-    row = WorklistRow(
+    return WorklistRow(
         study_uid="", series_uid="", patient_id="", accession="", modality="", body_part="",
         source_path=problem.path, error=problem.reason,
     )
-    return row.as_record()
 
 
-def not_applicable_record(series: Series, reason: str) -> Record:
+def not_applicable_record(series: Series, reason: str) -> WorklistRow:
     """A row for a series no shipped model covers; ``reason`` goes into ``error``."""
-    return WorklistRow.for_series(series, finding=NOT_APPLICABLE, error=reason).as_record()
+    return WorklistRow.for_series(series, finding=NOT_APPLICABLE, error=reason)
 
 
-def row_kind(record: Record) -> RowKind:
-    """The kind of a row being written (``datamodel.kind_of_row``, the rule readers use too)."""
-    return kind_of_row(finding=record.get("finding"), model=record.get("model"), score=record.get("score"),
-                       error=record.get("error"))
+def row_kind(row: WorklistRow) -> RowKind:
+    """The kind of a row (``WorklistRow.kind``: one rule for rows written and rows read back)."""
+    return row.kind
 
 
 _KIND_RANK = {RowKind.SCORED: 0, RowKind.NOT_APPLICABLE: 1, RowKind.ERROR: 2}
 
 
-def priority_key(record: Record) -> tuple:
-    """Sort key: scored (flagged first, highest score first), then not applicable, then errors."""
-    kind = row_kind(record)
+def priority_key(row: WorklistRow) -> tuple:
+    """Sort key: scored (flagged first, highest score first), then not applicable, then errors.
+    The score is the one written (``as_record`` rounds it to 6 places), so rows the worklist shows
+    as equal tie on the same columns."""
+    kind = row.kind
     scored = kind == RowKind.SCORED
     return (
         _KIND_RANK[kind],
-        not (scored and bool(record.get("flagged"))),
-        -float(record["score"]) if scored else 0.0,
-        record.get("source_path") or "",
-        record.get("series_uid") or "",
-        record.get("model") or "",
+        not (scored and bool(row.flagged)),
+        -round(float(row.score), 6) if scored and row.score is not None else 0.0,
+        row.source_path or "",
+        row.series_uid or "",
+        row.model or "",
     )
 
 
-def sort_records(records: Iterable[Record]) -> list[Record]:
-    """Records in worklist (priority) order."""
-    return sorted(records, key=priority_key)
+def sort_records(rows: Iterable[WorklistRow]) -> list[WorklistRow]:
+    """Rows in worklist (priority) order."""
+    return sorted(rows, key=priority_key)
 
 
 def csv_cell(value: object) -> object:
@@ -104,26 +101,28 @@ def csv_cell(value: object) -> object:
     return str(value)
 
 
-def render_csv(records: Sequence[Record]) -> str:
-    """The worklist as CSV text with a header of WORKLIST_COLUMNS."""
+def render_csv(rows: Sequence[WorklistRow]) -> str:
+    """The worklist as CSV text with a header of WORKLIST_COLUMNS (cells from ``as_record``)."""
     buffer = io.StringIO()
     writer = csv_writer(buffer)
     writer.writerow(WORKLIST_COLUMNS)
-    for record in records:
-        writer.writerow([csv_cell(record.get(col)) for col in WORKLIST_COLUMNS])
+    for row in rows:
+        record = row.as_record()
+        writer.writerow([csv_cell(record[col]) for col in WORKLIST_COLUMNS])
     return buffer.getvalue()
 
 
-def render_json(records: Sequence[Record]) -> str:
-    """The worklist as a JSON array of objects keyed by WORKLIST_COLUMNS (in column order)."""
-    rows = [{col: record.get(col) for col in WORKLIST_COLUMNS} for record in records]
-    return json.dumps(rows, indent=1) + "\n"
+def render_json(rows: Sequence[WorklistRow]) -> str:
+    """The worklist as a JSON array of objects keyed by WORKLIST_COLUMNS (in column order), values
+    from ``as_record``."""
+    records = [row.as_record() for row in rows]
+    return json.dumps([{col: record[col] for col in WORKLIST_COLUMNS} for record in records], indent=1) + "\n"
 
 
-def quarantine_entry(record: Record) -> tuple[str, str]:
+def quarantine_entry(row: WorklistRow) -> tuple[str, str]:
     """(path, reason) of an error row: the file its error names, if it names one inside the row's
     source path, and the reason without that prefix; else the source path and the whole error."""
-    source, error = record.get("source_path") or "", record.get("error") or ""
+    source, error = row.source_path or "", row.error or ""
     named, separator, reason = error.partition(": ")
     inside = named == source or named.startswith(source.rstrip("/\\") + os.sep)
     if separator and source and inside:
@@ -131,9 +130,9 @@ def quarantine_entry(record: Record) -> tuple[str, str]:
     return source, error
 
 
-def quarantine_entries(records: Iterable[Record]) -> list[tuple[str, str]]:
+def quarantine_entries(rows: Iterable[WorklistRow]) -> list[tuple[str, str]]:
     """The quarantine list: one (path, reason) per distinct error, sorted by path."""
-    entries = {quarantine_entry(r) for r in records if row_kind(r) == RowKind.ERROR}
+    entries = {quarantine_entry(r) for r in rows if r.kind == RowKind.ERROR}
     return sorted(entries)
 
 
@@ -153,10 +152,10 @@ def remove_stale_temporaries(out_dir: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def write_worklist(out_dir: Path, records: Iterable[Record]) -> tuple[Path, Path]:
-    """Sort the records and atomically (re)write ``worklist.csv``, ``worklist.json`` and
+def write_worklist(out_dir: Path, rows: Iterable[WorklistRow]) -> tuple[Path, Path]:
+    """Sort the rows and atomically (re)write ``worklist.csv``, ``worklist.json`` and
     ``quarantine.csv``; returns the worklist's two paths."""
-    ordered = sort_records(records)
+    ordered = sort_records(rows)
     csv_path, json_path = Path(out_dir) / CSV_NAME, Path(out_dir) / JSON_NAME
     write_atomic(csv_path, render_csv(ordered), private=True)
     write_atomic(json_path, render_json(ordered), private=True)

@@ -43,14 +43,15 @@ def write_history(folder: Path, cases: Sequence[tuple[float, bool]], *, prefix: 
     version = version or RELEASED.version
     threshold = RELEASED.threshold if threshold is None else threshold
     folder.mkdir(parents=True, exist_ok=True)
-    records = []
+    rows = []
     for i, (score, _) in enumerate(cases):
-        records.append(WorklistRow(
+        rows.append(WorklistRow(
             study_uid=f"2.25.{prefix}.1.{i}", series_uid=f"2.25.{prefix}.2.{i}", patient_id=f"PAT-{prefix}-{i}",
             modality="DX", body_part="HAND", source_path=f"/data/{prefix}/{i}.dcm", model=model,
             model_version=version, finding="fracture", score=score, threshold=threshold, flagged=score >= threshold,
-        ).as_record())
-    write_worklist(folder, records)
+        ))
+    write_worklist(folder, rows)
+    records = [row.as_record() for row in rows]
     store = open_store(folder)
     for i, (record, (score, truth)) in enumerate(zip(records, cases)):
         call = truth if calls is None else calls[i]

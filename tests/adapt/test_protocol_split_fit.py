@@ -99,17 +99,18 @@ def test_a_raised_threshold_fails_the_sensitivity_criterion(site, tmp_path):
 
 
 def test_decisions_are_dropped_and_counted_by_reason(site, tmp_path):
+    from dataclasses import replace
+
     from medassist.datamodel import read_worklist
     from medassist.triage.worklist import write_worklist
 
     cases = site.site_cases(20, seed=8)
     first = site.write_history(tmp_path / "a", cases)
     again = site.write_history(tmp_path / "b", cases)  # the same series reviewed again in another run
-    rows = [r.as_record() for r in read_worklist(first.parent)]
-    kept = [r for r in rows if r["series_uid"] != "2.25.s.2.0"]  # one finding gone from the worklist ...
-    for r in kept:
-        if r["series_uid"] == "2.25.s.2.1":
-            r["score"] = round(r["score"] + 0.01, 6)  # ... and one re-scored after its review
+    rows = read_worklist(first.parent)
+    kept = [r for r in rows if r.series_uid != "2.25.s.2.0"]  # one finding gone from the worklist ...
+    kept = [replace(r, score=round(r.score + 0.01, 6)) if r.series_uid == "2.25.s.2.1" else r
+            for r in kept]  # ... and one re-scored after its review
     write_worklist(first.parent, kept)
     read = read_reviewed_cases([first, again, first.parent], site.MODEL, site.RELEASED.version, locked_share=0.3)
     assert read.dropped == {

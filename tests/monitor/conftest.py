@@ -44,7 +44,7 @@ def finding_records(scores: Sequence[float], *, prefix: str, body_parts: Sequenc
 def write_run(folder: Path, records: list[dict], when: datetime = MONDAY) -> Path:
     """A triage output folder holding these rows, its worklist dated ``when`` (the run time)."""
     folder.mkdir(parents=True, exist_ok=True)
-    csv_path, _ = write_worklist(folder, records)
+    csv_path, _ = write_worklist(folder, [WorklistRow.from_record(r) for r in records])
     stamp = when.timestamp()
     os.utime(csv_path, (stamp, stamp))
     return folder

@@ -190,7 +190,7 @@ def test_merged_worklist_is_in_priority_order_across_studies_and_survives_a_rest
                           body_part="HAND", model="m", model_version="1", finding="fracture", score=scores[study],
                           threshold=0.5, flagged=scores[study] >= 0.5, source_path=str(inputs[0]),
                           saliency_path="saliency/map.npy")
-        write_worklist(out, [row.as_record()])
+        write_worklist(out, [row])
 
     first = StudyListener("MEDASSIST", free_port(), tmp_path, triage=triage, allow_ae=["MEDASSIST"])
     first.triage_study("1.2.3")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from medassist.datamodel import RowKind, WorklistRow
 from medassist.ingest.fuzz import STRUCTURAL_MUTATIONS, default_sources, reason_category, write_fuzz_corpus
 from medassist.triage.manifest import read_manifest
 from medassist.triage.testing import synthetic_radiograph, write_dicom_image, write_throwaway_model
@@ -55,6 +56,11 @@ usage["RUSAGE_SELF"]["maxrss_kb"] = [int(line.split()[1]) for line in open("/pro
 print("USAGE " + json.dumps(usage), file=sys.stderr)
 sys.exit(status)
 """
+
+
+def kind_of(record: dict) -> RowKind:
+    """The kind of a row of worklist.json, as read back."""
+    return row_kind(WorklistRow.from_record(record))
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +105,17 @@ def test_triage_survives_the_fuzz_corpus(tmp_path, broad_model_dir, capsys):
 
     for path in good:
         (row,) = by_path[str(path)]
-        assert row_kind(row) == "scored", row
+        assert kind_of(row) == "scored", row
     categories: collections.Counter[str] = collections.Counter()
     decodable: collections.Counter[str] = collections.Counter()
     for path, mutation in [(b.path, b.mutation) for b in corpus] + [(p, "shared malformed") for p in malformed]:
         (row,) = by_path[str(path)]  # exactly one row per file: nothing lost, nothing doubled
         entry = manifest[str(path)]
-        if row_kind(row) == "scored" or (row_kind(row) == "not_applicable" and mutation not in STRUCTURAL_MUTATIONS):
+        if kind_of(row) == "scored" or (kind_of(row) == "not_applicable" and mutation not in STRUCTURAL_MUTATIONS):
             decodable[mutation] += 1  # not applicable: a value mutation changed the modality, say
-            assert entry["status"] == {"scored": "used"}.get(row_kind(row), "not applicable"), (entry, row)
+            assert entry["status"] == {"scored": "used"}.get(kind_of(row), "not applicable"), (entry, row)
             continue
-        assert row_kind(row) == "error", row
+        assert kind_of(row) == "error", row
         reason = row["error"].removeprefix(f"{path}: ")
         category = reason_category(reason)
         assert category is not None, (path, row["error"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medassist.datamodel import WORKLIST_COLUMNS, IngestProblem
+from medassist.datamodel import WORKLIST_COLUMNS, IngestProblem, WorklistRow
 from medassist.errors import MedassistError
 from medassist.triage import TriageOptions, triage_series
 from medassist.triage.journal import JOURNAL_NAME, Journal, result_key, run_lock
@@ -24,14 +24,11 @@ from medassist.triage.worklist import (
 )
 
 
-def record(**values) -> dict:
-    base = {col: "" for col in WORKLIST_COLUMNS}
-    base.update(score=None, threshold=None, flagged=None)
-    base.update(values)
-    return base
+def record(**values) -> WorklistRow:
+    return WorklistRow(**{"study_uid": "", "series_uid": "", **values})  # every other column empty
 
 
-def scored(name: str, score: float, threshold: float) -> dict:
+def scored(name: str, score: float, threshold: float) -> WorklistRow:
     return record(source_path=name, model="m", finding="fracture", score=score, threshold=threshold,
                   flagged=score >= threshold)
 
@@ -46,13 +43,15 @@ def test_order_scored_flagged_first_then_not_applicable_then_errors():
         scored("top-flagged", 0.8, 0.5),
         record(source_path="decode", model="m", finding="fracture", error="bad pixels"),
     ]
-    ordered = [r["source_path"] for r in sort_records(rows)]
+    ordered = [r.source_path for r in sort_records(rows)]
     assert ordered == ["top-flagged", "mid-flagged", "high-unflagged", "low", "na", "decode", "err"]
     assert [row_kind(r) for r in sort_records(rows)][-3:] == ["not_applicable", "error", "error"]
 
 
 def test_a_row_has_the_same_kind_when_written_and_when_read_back():
-    from medassist.datamodel import RowKind, WorklistRow
+    from dataclasses import replace
+
+    from medassist.datamodel import RowKind
 
     cases = {
         RowKind.SCORED: scored("s", 0.7, 0.5),
@@ -61,15 +60,15 @@ def test_a_row_has_the_same_kind_when_written_and_when_read_back():
         RowKind.ERROR: record(source_path="decode", model="m", finding="fracture", error="bad pixels"),
     }
     for kind, rec in cases.items():
-        rec = dict(rec, study_uid="1.2", series_uid="1.2.3")
-        assert row_kind(rec) == kind and WorklistRow.from_record(rec).kind == kind
+        rec = replace(rec, study_uid="1.2", series_uid="1.2.3")
+        assert row_kind(rec) == kind and WorklistRow.from_record(rec.as_record()).kind == kind
     # a worklist written before the finding said so: no model named, the error says none applies
-    legacy = dict(record(source_path="old", error="no model applies to CT"), study_uid="1", series_uid="1.1")
-    assert row_kind(legacy) == RowKind.NOT_APPLICABLE == WorklistRow.from_record(legacy).kind
+    legacy = replace(record(source_path="old", error="no model applies to CT"), study_uid="1", series_uid="1.1")
+    assert row_kind(legacy) == RowKind.NOT_APPLICABLE == WorklistRow.from_record(legacy.as_record()).kind
     # an error that merely mentions a model is an error
-    broken = dict(record(source_path="x", model="m", error="model m: no pixel data applies"), study_uid="1",
-                  series_uid="1.2")
-    assert row_kind(broken) == RowKind.ERROR == WorklistRow.from_record(broken).kind
+    broken = replace(record(source_path="x", model="m", error="model m: no pixel data applies"), study_uid="1",
+                     series_uid="1.2")
+    assert row_kind(broken) == RowKind.ERROR == WorklistRow.from_record(broken.as_record()).kind
 
 
 def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back_as_they_were(tmp_path):
@@ -241,6 +240,20 @@ def test_killed_run_resumes_from_the_journal(tmp_path, model_dir, series_factory
     assert rows_of(out) == expected
     keys = [tuple(json.loads(line)["key"]) for line in (out / JOURNAL_NAME).read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 6
+
+
+def test_a_resumed_row_is_written_as_the_uninterrupted_run_wrote_it(tmp_path, model_dir, series_factory):
+    import dataclasses
+
+    # text a reader would strip (a file name ending in a space) comes back from the journal as written
+    series = [dataclasses.replace(series_factory(i), source_path=f"/data/scan {i}.dcm ") for i in range(3)]
+    out = tmp_path / "out"
+    run(series, out, model_dir)
+    written = {name: (out / name).read_bytes() for name in ("worklist.csv", "worklist.json", QUARANTINE_NAME)}
+    assert b"scan 0.dcm " in written["worklist.json"]
+    again = run(series, out, model_dir)
+    assert again.n_resumed == 3
+    assert {name: (out / name).read_bytes() for name in written} == written
 
 
 def test_new_model_version_rescores(tmp_path, model_dir, series_factory):
