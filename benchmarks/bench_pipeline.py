@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from medassist.ingest import discover_series
-from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, load_model, shipped_specs
+from medassist.models.onnx_runtime import RUNTIMES, load_for_runtime
+from medassist.models.registry import WEIGHTS_DIR, LoadedModel, choose_device, shipped_specs
 from medassist.triage import TriageOptions, run_triage
 from medassist.families import family_for
 from medassist.triage.inputs import Job, JobDataset
@@ -69,6 +70,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--explain", default="flagged", choices=("flagged", "all", "none"),
                         help="saliency policy of the end-to-end runs (default: flagged, as triage)")
+    parser.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                        help="what scores in model-only and local runs (default torch; Ray always scores with torch)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray backend")
     parser.add_argument("--object-store-mb", type=int, default=4096,
                         help="Ray object store (default 4096 MB; with 1 GB the decoded MR volume waits ~20 s "
@@ -232,12 +235,13 @@ def main() -> None:
             for label, key, count, model_name in kinds:
                 print(f"{label}: decode only, model only, end to end local{'' if ray is None else ' and Ray'} ...",
                       flush=True)
-                model = load_model(specs[model_name], device)
+                model = load_for_runtime(specs[model_name], device, args.runtime)
                 decode = decode_volumes if specs[model_name].input_kind == "volume" else decode_2d
                 inputs, images, t_decode = decode(tmp / key, model)
                 t_model = model_only(model, inputs, args.batch_size)
                 del inputs, model
-                t_local, flagged = end_to_end(run_triage, tmp / key, tmp / "out" / f"{key}_local", args)
+                t_local, flagged = end_to_end(run_triage, tmp / key, tmp / "out" / f"{key}_local", args,
+                                              runtime=args.runtime)
                 row = {"data": label, "model": model_name, "series": count, "images": images,
                        "decode_s": t_decode, "model_s": t_model, "local_s": t_local, "flagged": flagged}
                 if ray is not None:
@@ -251,7 +255,7 @@ def main() -> None:
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pipeline.md").write_text(table)
-    meta = {"device": str(device), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    meta = {"device": str(device), "runtime": args.runtime, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "batch_size": args.batch_size, "workers": args.workers, "explain": args.explain,
             "ray_start_s": ray_start, "load_average_before": load_before, "load_average_after": load_after,
             "machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__}
@@ -276,7 +280,7 @@ def render(results: list[dict], args: argparse.Namespace, device: torch.device, 
     ray_note = f"; Ray cluster start {ray_start:.0f} s (not in the table)" if ray_start is not None else ""
     lines += [
         "",
-        f"Images per second (MR: slices). Device {device}, {os.cpu_count()} CPUs, torch threads "
+        f"Images per second (MR: slices). Runtime {args.runtime} (Ray: torch). Device {device}, {os.cpu_count()} CPUs, torch threads "
         f"{torch.get_num_threads()}, batch {args.batch_size}, local decode workers {args.workers}, "
         f"saliency '{args.explain}'{ray_note}; load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after.",
