@@ -23,7 +23,6 @@ for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_name] = "1"  # one core, before numpy / torch load their thread pools
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -35,6 +34,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import monitor_real_drift as drift  # noqa: E402  (the FracAtlas sampling and DICOM wrapping)
+from figures_out import write_figures  # noqa: E402
 
 from medassist.families import family_for  # noqa: E402
 from medassist.ingest.discover import read_series_file  # noqa: E402
@@ -98,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             times = [time_one(path, model, family) for path in files]
             result["runtimes"][name] = summary(times)
     result["load_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(result))
-    print(render(result))
+    write_figures(args.out, result, render(result))
     return 0
 
 

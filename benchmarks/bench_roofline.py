@@ -16,9 +16,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from medassist.models.export import export_onnx  # noqa: E402
 from medassist.models.onnx_runtime import load_scorer  # noqa: E402
 from medassist.models.registry import load_model, spec_by_name  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures_out import write_figures  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "roofline"
 
@@ -142,16 +145,14 @@ def main(argv: list[str] | None = None) -> int:
                 "onnx": {"images_per_second": onnx_rate, "gflops": onnx_rate * work / 1e9},
             }
     result["load_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(result))
-    print(render(result))
+    write_figures(args.out, result, render(result))
     return 0
 
 
 def render(r: dict) -> str:
     lines = [f"# Roofline: {r['model']} at {r['input_size']} px, {r['gflop_per_image']:.2f} GFLOP per image", "",
-             f"Network alone, batch {r['batch_size']}; peak = best fp32 2048^2 matrix product; {r['platform']}, "
+             f"Network alone, batch {r['batch_size']}; peak = best fp32 GEMM (n = 1024, 2048) of torch and ONNX Runtime; "
+             f"{r['platform']}, "
              f"torch {r['torch']}, {r['cpu_count']} CPUs; load average {r['load_before'][0]:.2f} before, "
              f"{r['load_after'][0]:.2f} after.", "",
              "| threads | measured peak GFLOP/s (torch / ORT GEMM) | FMA peak at reported clock | torch images/s "
