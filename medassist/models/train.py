@@ -135,6 +135,8 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
         hardware = np.array([r.hardware for r in records], dtype=bool)
         log.info("training without the %d hardware images of the training split", int(hardware[train_idx].sum()))
         train_idx = train_idx[~hardware[train_idx]]
+    if cfg_train.get("exclude_regions"):  # leave-one-region-out: that anatomy is never trained on
+        train_idx = without_regions(train_idx, records, cfg_train["exclude_regions"])
     labels = cache["labels"]
     log.info("train %d images (%d fractured), validation %d (%d fractured)",
              len(train_idx), labels[train_idx].sum(), len(val_idx), labels[val_idx].sum())
@@ -227,6 +229,14 @@ def train_fracture(config: dict, device: torch.device = torch.device("cpu")) -> 
         (ckpt_dir / "history.json").write_text(json.dumps(history, indent=1))
 
     return finish_fracture(config, net, pre, cache, train_idx, val_idx, history, external)
+
+
+def without_regions(indices: np.ndarray, records: list, regions: list[str]) -> np.ndarray:
+    """``indices`` less the records showing any of ``regions`` (a record's region may be "hand+leg")."""
+    left_out = set(regions)
+    keep = np.array([not (set(records[i].region.split("+")) & left_out) for i in indices], dtype=bool)
+    log.info("training without the %d images of region(s) %s", int((~keep).sum()), ", ".join(sorted(left_out)))
+    return indices[keep]
 
 
 @dataclasses.dataclass(frozen=True)
