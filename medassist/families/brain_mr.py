@@ -88,7 +88,7 @@ class BrainMRFamily(ModelFamily):
         from medassist.models.tumor import score_prepared_volume
 
         result = score_prepared_volume(network, spec, prepared)
-        return StudyScore(float(result["score"]), tuple(result["slices"]))
+        return StudyScore(float(result.score), tuple(result.slices))
 
     def jobs_per_batch(self, batch_size: int) -> int:
         """One study at a time."""

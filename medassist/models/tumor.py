@@ -40,6 +40,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -399,19 +400,51 @@ def check_brain_found(fullest: np.ndarray, fraction: float, reference: vol.Inten
                              f"({solid:.1%} of its pixels in solid regions, {fraction:.1%} above threshold: noise?)")
 
 
-def score_volume(network: nn.Module, spec: ModelSpec, image, *, batch: int = 16, axis: int | None = None) -> dict:
+IndicesAre = Literal["stored", "canonical"]  # the index space of a volume's reported slices
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: the per-slice arrays have no single truth value
+class ScoredVolume:
+    """The study score of one volume (``score_prepared_volume``), with what it was made from."""
+
+    score: float
+    """The study score (``preprocess.volume.aggregate_study_score`` over the in-brain slices)."""
+    threshold: float
+    """The model's operating threshold (``spec.threshold``)."""
+    flagged: bool
+    """``score >= threshold``."""
+    slices: tuple[int, ...]
+    """The flagged run's slice indices in ``indices_are``'s space; () when not flagged."""
+    indices_are: IndicesAre
+    """``stored`` when the plane is the stored slice axis (``slices`` are stored slice indices),
+    else ``canonical`` (indices along the canonical axis of a reformatted plane)."""
+    slice_scores: np.ndarray
+    """(n,) float64 score of every slice along the plane, canonical order; 0 outside the brain."""
+    in_brain: np.ndarray
+    """(n,) bool: the slices counted as in the brain (``preprocess.volume.in_brain``)."""
+    type_probabilities: dict[str, float]
+    """Type label -> mean type probability over the flagged run (else of the top-scoring slice)."""
+    plane: str
+    """The plane scored across (one of ``preprocess.volume.PLANES``)."""
+    spacing_mm: float
+    """The spacing between slices along the plane."""
+    window_slices: int
+    """How many adjacent slices the aggregation window spans (``preprocess.volume.window_length``)."""
+
+
+def score_volume(network: nn.Module, spec: ModelSpec, image, *, batch: int = 16, axis: int | None = None
+                 ) -> ScoredVolume:
     """Score an Image slice by slice across its acquisition plane and aggregate to one study score
     (``prepare_volume`` then ``score_prepared_volume``)."""
     return score_prepared_volume(network, spec, prepare_volume(spec, image, axis=axis, batch=batch), batch=batch)
 
 
-def score_prepared_volume(network: nn.Module, spec: ModelSpec, prepared: PreparedVolume, *, batch: int = 16) -> dict:
-    """The study score of a prepared volume.
-
-    Returns score, flagged, the flagged slice indices (in the stored slice order when the plane is
-    the stored slice axis, else canonical indices, with ``indices_are`` saying which), per-slice
-    scores (0 for slices outside the brain), in-brain mask, type probabilities of the flagged run,
-    plane and window settings.
+def score_prepared_volume(network: nn.Module, spec: ModelSpec, prepared: PreparedVolume, *, batch: int = 16
+                          ) -> ScoredVolume:
+    """The study score of a prepared volume (a ``ScoredVolume``): score, flagged, the flagged slice
+    indices (in the stored slice order when the plane is the stored slice axis, else canonical
+    indices, with ``indices_are`` saying which), per-slice scores (0 for slices outside the brain),
+    in-brain mask, type probabilities of the flagged run, plane and window settings.
     """
     settings = inference_settings(spec)
     n, axis = prepared.fractions.size, prepared.axis
@@ -433,15 +466,15 @@ def score_prepared_volume(network: nn.Module, spec: ModelSpec, prepared: Prepare
     types = type_probs[list(flagged_idx)].mean(0) if flagged_idx else type_probs[int(np.argmax(slice_scores))]
     source_idx = [prepared.stored_index[i] for i in flagged_idx]
     use_source = all(i is not None for i in prepared.stored_index)  # the plane is the stored slice axis
-    return {
-        "score": float(score), "threshold": threshold, "flagged": bool(flagged),
-        "slices": tuple(int(i) for i in (source_idx if use_source else flagged_idx)) if flagged else (),
-        "indices_are": "stored" if use_source else "canonical",
-        "slice_scores": slice_scores, "in_brain": inside,
-        "type": dict(zip(settings["type_labels"], (float(v) for v in types))),
-        "plane": vol.PLANES[axis], "spacing_mm": prepared.spacing_mm,
-        "window_slices": vol.window_length(n, prepared.spacing_mm, extent),
-    }
+    return ScoredVolume(
+        score=float(score), threshold=threshold, flagged=bool(flagged),
+        slices=tuple(int(i) for i in (source_idx if use_source else flagged_idx)) if flagged else (),
+        indices_are="stored" if use_source else "canonical",
+        slice_scores=slice_scores, in_brain=inside,
+        type_probabilities=dict(zip(settings["type_labels"], (float(v) for v in types))),
+        plane=vol.PLANES[axis], spacing_mm=prepared.spacing_mm,
+        window_slices=vol.window_length(n, prepared.spacing_mm, extent),
+    )
 
 
 # --- normal volumes from other sources ------------------------------------------------------------------
@@ -531,14 +564,14 @@ def evaluate_normal_volumes(model, paths, *, thick_mm: float = 5.0, variants=("o
             img = {"original": lambda: image, "thick": lambda: thick_slices(image, thick_mm),
                    "skull_stripped": lambda: skull_strip(image)}[variant]()
             res = score_volume(network, spec, img)
-            inside = res["in_brain"]
+            inside = res.in_brain
             results[variant] = {
-                "shape": list(img.pixels.shape), "plane": res["plane"], "spacing_mm": res["spacing_mm"],
+                "shape": list(img.pixels.shape), "plane": res.plane, "spacing_mm": res.spacing_mm,
                 "n_slices": int(len(inside)), "n_in_brain": int(inside.sum()),
-                "fraction_slices_flagged": float(np.mean(res["slice_scores"][inside] >= spec.threshold)) if inside.any() else 0.0,
-                "max_slice_score": float(res["slice_scores"].max()),
-                "study_score": round(res["score"], 6), "flagged": res["flagged"], "flagged_slices": list(res["slices"]),
-                "window_slices": res["window_slices"],
+                "fraction_slices_flagged": float(np.mean(res.slice_scores[inside] >= spec.threshold)) if inside.any() else 0.0,
+                "max_slice_score": float(res.slice_scores.max()),
+                "study_score": round(res.score, 6), "flagged": res.flagged, "flagged_slices": list(res.slices),
+                "window_slices": res.window_slices,
             }
         report["volumes"][name] = results
     report["all_clear"] = not any(v.get("flagged") for r in report["volumes"].values() for v in r.values()

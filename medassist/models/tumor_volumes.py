@@ -176,7 +176,7 @@ def load_nifti(path: str | Path):
     return series.load()
 
 
-def reported_tumour_slices(mask, prepared: tumor.PreparedVolume, indices_are: str) -> tuple[int, ...]:
+def reported_tumour_slices(mask, prepared: tumor.PreparedVolume, indices_are: tumor.IndicesAre) -> tuple[int, ...]:
     """The slices across ``prepared``'s plane where ``mask`` (an Image on the volume's grid) is
     non-empty, as stored slice indices when ``indices_are == 'stored'``, else canonical."""
     canonical, _ = vol.reorient_canonical(mask, "pixels")
@@ -204,15 +204,15 @@ def score_image(model, image, *, source: str, variant: str, name: str, mask=None
             seconds = round(time.perf_counter() - started, 3)
         prepared = tumor.prepare_volume(spec, image)
         result = tumor.score_prepared_volume(network, spec, prepared)
-        tumour = None if mask is None else reported_tumour_slices(mask, prepared, result["indices_are"])
+        tumour = None if mask is None else reported_tumour_slices(mask, prepared, result.indices_are)
     except MedassistError as exc:
         return dataclasses.replace(failed(source, variant, name, threshold, str(exc), masked=mask is not None),
                                    transform_s=seconds)
-    inside, slice_scores = result["in_brain"], result["slice_scores"]
+    inside, slice_scores = result.in_brain, result.slice_scores
     return VolumeScore(
-        source=source, variant=variant, name=name, score=round(float(result["score"]), 6), threshold=threshold,
-        flagged=bool(result["flagged"]), slices=tuple(result["slices"]), indices_are=result["indices_are"],
-        plane=result["plane"], spacing_mm=round(float(result["spacing_mm"]), 4), n_slices=int(inside.size),
+        source=source, variant=variant, name=name, score=round(float(result.score), 6), threshold=threshold,
+        flagged=bool(result.flagged), slices=tuple(result.slices), indices_are=result.indices_are,
+        plane=result.plane, spacing_mm=round(float(result.spacing_mm), 4), n_slices=int(inside.size),
         n_in_brain=int(inside.sum()), n_slices_over_threshold=int(np.sum(slice_scores[inside] >= threshold)),
         max_slice_score=round(float(slice_scores.max(initial=0.0)), 6), tumour_slices=tumour,
         transform_s=seconds,

@@ -268,7 +268,7 @@ def test_dicom_series_of_a_volume_model_are_scored_as_triage_scores_them(tmp_pat
     assert len(ev.scores) == len(mr)
     for uid, score in zip(ev.ids, ev.scores):
         s = next(x for x in mr if x.series_uid == uid)
-        assert score == pytest.approx(tumor.score_volume(model.network, spec, s.load())["score"], abs=1e-6)
+        assert score == pytest.approx(tumor.score_volume(model.network, spec, s.load()).score, abs=1e-6)
 
 
 def test_categorical_accuracy_matches_sklearn():

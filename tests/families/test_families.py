@@ -113,7 +113,7 @@ def test_brain_mr_delegates_to_the_tumour_model():
     assert torch.equal(prepared.inputs, reference.inputs) and np.array_equal(prepared.scored, reference.scored)
     study = BRAIN_MR.score_study(net, spec, prepared)
     result = tumor.score_volume(net, spec, image)
-    assert study.score == result["score"] and study.slices == tuple(result["slices"])
+    assert study.score == result.score and study.slices == tuple(result.slices)
     with pytest.raises(TypeError, match="scored whole"):
         BRAIN_MR.aggregate(torch.zeros(3), ())
 

@@ -59,11 +59,12 @@ def test_volume_scoring_runs_unchanged_on_the_exported_graph():
     prepared = volume_inputs(spec)
     ours = score_prepared_volume(torch_model.network, spec, prepared)
     theirs = score_prepared_volume(model.scoring_network, spec, prepared)
-    assert abs(ours["score"] - theirs["score"]) <= 1e-4
-    assert ours["slices"] == theirs["slices"] and ours["flagged"] == theirs["flagged"]
-    np.testing.assert_allclose(ours["slice_scores"], theirs["slice_scores"], atol=1e-4)
-    assert ours["type"].keys() == theirs["type"].keys()
-    np.testing.assert_allclose(list(ours["type"].values()), list(theirs["type"].values()), atol=1e-4)
+    assert abs(ours.score - theirs.score) <= 1e-4
+    assert ours.slices == theirs.slices and ours.flagged == theirs.flagged
+    np.testing.assert_allclose(ours.slice_scores, theirs.slice_scores, atol=1e-4)
+    assert ours.type_probabilities.keys() == theirs.type_probabilities.keys()
+    np.testing.assert_allclose(list(ours.type_probabilities.values()), list(theirs.type_probabilities.values()),
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize("onnx_dir", ["missing", "none", "stale"])

@@ -164,12 +164,37 @@ def test_score_volume_skips_slices_outside_the_brain():
     net, spec = _tiny_model()
     image = head_image()
     res = tumor.score_volume(net, spec, image, batch=8)
-    assert res["plane"] == "axial" and res["window_slices"] == 2
-    assert len(res["slice_scores"]) == 20
-    assert not res["in_brain"][0] and not res["in_brain"][-1]
-    assert res["slice_scores"][0] == 0 and res["slice_scores"][-1] == 0
-    assert 0 <= res["score"] <= 1 and isinstance(res["flagged"], bool)
-    assert set(res["type"]) == set(tumor.TYPE_LABELS)
+    assert res.plane == "axial" and res.window_slices == 2
+    assert len(res.slice_scores) == 20
+    assert not res.in_brain[0] and not res.in_brain[-1]
+    assert res.slice_scores[0] == 0 and res.slice_scores[-1] == 0
+    assert 0 <= res.score <= 1 and isinstance(res.flagged, bool)
+    assert set(res.type_probabilities) == set(tumor.TYPE_LABELS)
+
+
+def test_scored_volume_is_a_frozen_typed_record():
+    """``score_prepared_volume`` returns a ``ScoredVolume``: the fields (in the former dict's key order,
+    "type" now ``type_probabilities``), their types, and no assignment."""
+    import dataclasses
+    import typing
+
+    net, spec = _tiny_model()
+    image = head_image()
+    res = tumor.score_prepared_volume(net, spec, tumor.prepare_volume(spec, image))
+    assert isinstance(res, tumor.ScoredVolume)
+    assert [f.name for f in dataclasses.fields(res)] == [
+        "score", "threshold", "flagged", "slices", "indices_are", "slice_scores", "in_brain",
+        "type_probabilities", "plane", "spacing_mm", "window_slices"]
+    assert type(res.score) is float and type(res.threshold) is float and type(res.flagged) is bool
+    assert type(res.slices) is tuple and all(type(i) is int for i in res.slices)
+    assert res.indices_are in typing.get_args(tumor.IndicesAre)
+    assert res.slice_scores.dtype == np.float64 and res.in_brain.dtype == bool
+    assert res.slice_scores.shape == res.in_brain.shape == (20,)
+    assert all(type(v) is float for v in res.type_probabilities.values())
+    assert res.plane == "axial" and type(res.spacing_mm) is float and type(res.window_slices) is int
+    assert res.flagged == (res.score >= res.threshold)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.score = 0.0  # type: ignore[misc]
 
 
 def test_evaluate_normal_volumes_reports_every_variant(tmp_path):
@@ -257,7 +282,7 @@ def test_indices_are_says_the_plane_even_without_flagged_slices(tmp_path):
 
     spec = ModelSpec(**{**spec.__dict__, "threshold": 1.0})  # nothing reaches it: no slice reported
     res = tumor.score_volume(net, spec, read_nifti_series(str(tmp_path / "sag.nii.gz")).load())
-    assert res["plane"] == "axial" and res["slices"] == () and res["indices_are"] == "canonical"
+    assert res.plane == "axial" and res.slices == () and res.indices_are == "canonical"
 
 
 def _skull_on_head(size=256):

@@ -120,10 +120,10 @@ def test_each_worker_decodes_at_most_one_volume_ahead_of_scoring(tmp_path, monke
     def fake_prepare_volume(spec, image: Image) -> SimpleNamespace:  # runs where the volume is decoded
         return SimpleNamespace(inputs=torch.from_numpy(image.display[:, None]), value=int(image.display[0, 0, 0]))
 
-    def fake_score_prepared_volume(network, spec, prepared) -> dict:
+    def fake_score_prepared_volume(network, spec, prepared) -> SimpleNamespace:  # a ScoredVolume's score, slices
         time.sleep(0.3)  # scoring slower than decoding: the workers run ahead as far as allowed
         scored.append((prepared.value, len(log.read_text().split()), type(prepared.inputs).__name__))
-        return {"score": prepared.value / 10, "slices": (prepared.value,)}
+        return SimpleNamespace(score=prepared.value / 10, slices=(prepared.value,))
 
     monkeypatch.setattr(tumor, "prepare_volume", fake_prepare_volume)
     monkeypatch.setattr(tumor, "score_prepared_volume", fake_score_prepared_volume)
