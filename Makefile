@@ -81,6 +81,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_triage.py
 	$(BIN)/python benchmarks/bench_review.py
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_roofline.py
 
 clean:
 	rm -rf $(DEMO_OUT) $(STAMPS)
