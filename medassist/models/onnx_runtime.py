@@ -25,6 +25,7 @@ torch network (and MONAI, ~3 s to import) is then loaded only when a saliency ma
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -236,9 +237,9 @@ def agreement_file(onnx_path: Path) -> Path:
     return onnx_path.with_name(onnx_path.name + AGREEMENT_SUFFIX)
 
 
-def record_agreement(scorer: OnnxScorer, max_diff: float, path: Path | None = None) -> Path:
-    """Keep a passed check of ``scorer`` beside its file (or at ``path``'s name); the record's path."""
-    target = agreement_file(path or scorer.path)
+def record_agreement(scorer: OnnxScorer, max_diff: float) -> Path:
+    """Keep a passed check of ``scorer`` beside its file; the record's path."""
+    target = agreement_file(scorer.path)
     record = AgreementRecord(onnx_sha256=scorer.sha256, weights_sha256=scorer.spec.sha256,
                              environment=runtime_environment(), tolerance=AGREEMENT_TOLERANCE, max_diff=max_diff)
     write_atomic(target, json.dumps(asdict(record), indent=2) + "\n")
@@ -303,7 +304,7 @@ def load_for_runtime(spec: ModelSpec, device: torch.device, runtime: str, onnx_d
     (``registry.load_model``) for torch; for onnx and auto as ``with_runtime`` says, without building
     the torch network when the export's agreement is on record for this machine."""
     check_runtime(runtime)
-    torch_model = _once(lambda: load_model(spec, device, Path(weights_dir)))
+    torch_model = functools.cache(lambda: load_model(spec, device, Path(weights_dir)))  # built at most once
     if runtime == "torch":
         return torch_model()
     return _choose(spec, device, torch_model, runtime, onnx_dir, threads)
@@ -318,25 +319,15 @@ def with_runtime(model: LoadedModel, runtime: str, onnx_dir: str | Path | None,
     check_runtime(runtime)
     if runtime == "torch":
         return model
-    return _choose(model.spec, model.device, lambda: model, runtime, onnx_dir, threads, loaded=model)
-
-
-def _once(load: Callable[[], LoadedModel]) -> Callable[[], LoadedModel]:
-    """``load``, called at most once (its result kept)."""
-    kept: list[LoadedModel] = []
-
-    def loaded() -> LoadedModel:
-        if not kept:
-            kept.append(load())
-        return kept[0]
-    return loaded
+    # the torch network is in memory already: the agreement check runs now, whatever is on record
+    return _choose(model.spec, model.device, lambda: model, runtime, onnx_dir, threads, check_now=True)
 
 
 def _choose(spec: ModelSpec, device: torch.device, torch_model: Callable[[], LoadedModel], runtime: str,
-            onnx_dir: str | Path | None, threads: int | None, loaded: LoadedModel | None = None) -> LoadedModel:
+            onnx_dir: str | Path | None, threads: int | None, check_now: bool = False) -> LoadedModel:
     """The ONNX model when it can be had (MedassistError for onnx), else torch's with a log line (auto)."""
     try:
-        return onnx_model(spec, device, torch_model, onnx_dir, threads, loaded=loaded)
+        return onnx_model(spec, device, torch_model, onnx_dir, threads, check_now=check_now)
     except MedassistError as exc:  # MissingDependency is one
         if runtime == "onnx":
             raise
@@ -346,21 +337,23 @@ def _choose(spec: ModelSpec, device: torch.device, torch_model: Callable[[], Loa
 
 def onnx_model(spec: ModelSpec, device: torch.device, torch_model: Callable[[], LoadedModel],
                onnx_dir: str | Path | None, threads: int | None = None, *,
-               loaded: LoadedModel | None = None) -> OnnxLoadedModel:
+               check_now: bool = False) -> OnnxLoadedModel:
     """The ONNX Runtime twin of ``spec``'s model, after its contract and agreement checks: the check
-    on record (``recorded_agreement``) when it covers this file here, else run now against
-    ``torch_model()`` and recorded when it passes (where the folder is writable)."""
+    on record (``recorded_agreement``) when it covers this file here (unless ``check_now``), else
+    run now against ``torch_model()`` and recorded when it passes (where the folder is writable)."""
     onnxruntime_module()
     if device.type != "cpu":
         raise MedassistError(f"model {spec.name}: ONNX Runtime scores on the CPU only; the model is on "
                              f"{device} (use --device cpu, or --runtime torch)")
     folder = default_onnx_dir() if onnx_dir is None else Path(onnx_dir)
     scorer = load_scorer(spec, folder, threads)
-    record = recorded_agreement(scorer) if loaded is None else None
+    record = None if check_now else recorded_agreement(scorer)
+    network = None  # built now only when the check needs it
     if record is not None:
         diff, how = record.max_diff, "on record"
     else:
         loaded = torch_model()
+        network = loaded.network
         diff, how = agreement(loaded, scorer), "checked now"
         if not diff <= AGREEMENT_TOLERANCE:
             raise MedassistError(f"{scorer.path}: ONNX Runtime's probabilities differ from torch's by up to "
@@ -371,6 +364,5 @@ def onnx_model(spec: ModelSpec, device: torch.device, torch_model: Callable[[], 
             log.info("%s: agreement not recorded (%s)", scorer.path, exc.strerror or exc)
     log.info("model %s scores with ONNX Runtime (%s; agreement %.1e on probe inputs, %s)",
              spec.name, scorer.path, diff, how)
-    network = loaded.network if loaded is not None else None
     return OnnxLoadedModel(spec=spec, device=device, scorer=scorer,
                            load_network=lambda: torch_model().network, network=network)
