@@ -36,6 +36,7 @@ from medassist.models.onnx_runtime import load_scorer  # noqa: E402
 from medassist.models.registry import load_model, spec_by_name  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_onnx import images_per_second  # noqa: E402  (the steady-state timing of the network alone)
 from figures_out import write_figures  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "roofline"
@@ -110,15 +111,6 @@ def fma_peak_gflops(threads: int) -> float | None:
     return threads * 32 * mhz / 1e3
 
 
-def images_per_second(run, x: torch.Tensor, batches: int) -> float:
-    run(x)
-    run(x)
-    start = time.perf_counter()
-    for _ in range(batches):
-        run(x)
-    return len(x) * batches / (time.perf_counter() - start)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spec = spec_by_name(args.model)
@@ -136,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             peak = max(gemm.values())
             torch.set_num_threads(threads)
             with torch.no_grad():
-                torch_rate = images_per_second(lambda b: model.network.forward_all(b), x, args.batches)
+                torch_rate = images_per_second(lambda b: model.network.forward_all(b), x, len(x), args.batches)
             scorer = load_scorer(spec, tmp, threads)
-            onnx_rate = images_per_second(lambda b: scorer.logits(b), np.ascontiguousarray(x.numpy()), args.batches)
+            onnx_rate = images_per_second(lambda b: scorer.logits(b), np.ascontiguousarray(x.numpy()), len(x),
+                                          args.batches)
             result["threads"][str(threads)] = {
                 "peak_gflops": peak, "gemm_gflops": gemm, "fma_peak_gflops_at_reported_clock": fma_peak_gflops(threads),
                 "torch": {"images_per_second": torch_rate, "gflops": torch_rate * work / 1e9},
